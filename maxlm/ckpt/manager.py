@@ -1,0 +1,93 @@
+"""The one checkpoint manager: orbax steps under `run_dir/checkpoints/<step>/`.
+
+Each step holds `params` (pure nested dict of arrays), optionally `opt_state` and
+`data_state` (the Grain iterator's JSON state), and `config` (the resolved Config as JSON).
+Orbax writes into a temporary directory and renames on commit, so a step that was being
+written when the process died is never listed, never restored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from maxlm import config as config_lib
+from maxlm.errors import MaxlmError
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """Returns the `checkpoints/` directory of a run dir, or `path` itself if it is one."""
+    path = Path(path).resolve()
+    return path if path.name == "checkpoints" else path / "checkpoints"
+
+
+class Checkpoints:
+    """Save / restore training state at steps of one run."""
+
+    def __init__(self, path: str | Path, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
+        self.directory = checkpoint_dir(path)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+            cleanup_tmp_directories=not read_only,
+        )
+        self._mgr = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """Returns the newest committed step, or None."""
+        return self._mgr.latest_step()
+
+    def save(self, step: int, params: Any, config: config_lib.Config, opt_state: Any = None, data_state: dict | None = None) -> None:
+        """Starts an (async) save of `step`; `wait()` blocks until it is committed."""
+        items = {"params": ocp.args.StandardSave(params), "config": ocp.args.JsonSave(config_lib.to_dict(config))}
+        if opt_state is not None:
+            items["opt_state"] = ocp.args.StandardSave(opt_state)
+        if data_state is not None:
+            items["data_state"] = ocp.args.JsonSave(data_state)
+        self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def config(self, step: int | None = None) -> config_lib.Config:
+        """Returns the Config saved with `step` (default: latest)."""
+        step = self._step(step)
+        raw = self._mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        return config_lib.from_dict(raw, where=f"{self.directory}/{step}/config")
+
+    def restore(self, step: int | None, abstract_params: Any, abstract_opt_state: Any = None, data_state: bool = False) -> dict:
+        """Returns {"params", ["opt_state"], ["data_state"]} of `step`, placed like the abstract trees."""
+        step = self._step(step)
+        items = {"params": ocp.args.StandardRestore(abstract_params)}
+        if abstract_opt_state is not None:
+            items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+        if data_state:
+            items["data_state"] = ocp.args.JsonRestore()
+        return dict(self._mgr.restore(step, args=ocp.args.Composite(**items)))
+
+    def item_names(self, step: int | None = None) -> set[str]:
+        """Returns which items (params, opt_state, data_state, config) `step` holds."""
+        step = self._step(step)
+        return {p.name for p in (self.directory / str(step)).iterdir() if p.is_dir()}
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are committed."""
+        self._mgr.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self._mgr.wait_until_finished()
+        self._mgr.close()
+
+    def _step(self, step: int | None) -> int:
+        if step is None:
+            step = self.latest_step()
+        if step is None or step not in self._mgr.all_steps():
+            raise MaxlmError(f"{self.directory}: no committed checkpoint{'' if step is None else f' at step {step}'}")
+        return step
+
+
+def abstract_like(tree: Any, shardings: Any = None) -> Any:
+    """Returns ShapeDtypeStructs for `tree`, with `shardings` attached when given."""
+    if shardings is None:
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)), tree)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)

@@ -1,0 +1,125 @@
+"""The one sampler: prefill + decode through a preallocated KV cache, in a single jit.
+
+Prompts of different lengths are left-padded; each row's positions count only its real
+tokens, so a padded row decodes exactly as it would alone. Shared by `maxlm generate`,
+the end-of-run samples, eval and RL rollouts.
+Letters: B batch, T prompt length, N new tokens, S = T + N cache slots, V vocab.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from maxlm.config import ModelConfig, head_dim
+from maxlm.models.layers import DTYPES, KVCache
+from maxlm.models.params import bind
+
+
+def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Returns logits with everything outside the top-k and the top-p nucleus set to -inf."""
+    logits = logits_BxV.astype(jnp.float32)
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_desc = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        # Keep a token while the mass before it is below top_p (so the top token always stays).
+        before = jnp.cumsum(probs, axis=-1) - probs
+        cutoff = jnp.min(jnp.where(before < top_p, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+def choose(logits_BxV: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+    """Returns the next token [B] int32: argmax when temperature is 0, else a filtered sample."""
+    if temperature == 0.0:
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    filtered = filter_logits(logits_BxV / temperature, top_k, top_p)
+    return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (tokens [B, T], valid [B, T]) with each prompt right-aligned."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    t = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), t), pad_id, np.int32)
+    valid = np.zeros((len(prompts), t), bool)
+    for i, p in enumerate(prompts):
+        tokens[i, t - len(p):] = p
+        valid[i, t - len(p):] = True
+    return tokens, valid
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_spec", "max_new_tokens", "temperature", "top_k", "top_p"))
+def _generate(graphdef, cache_spec, params, tokens_BxT, valid_BxT, stop_ids, key, *, max_new_tokens, temperature, top_k, top_p):
+    model = bind(graphdef, params)
+    b, t = tokens_BxT.shape
+    s = t + max_new_tokens
+    layers, kv_heads, head, dtype = cache_spec
+    cache = KVCache(*(jnp.zeros((layers, b, s, kv_heads, head), DTYPES[dtype]) for _ in range(2)))
+    valid_BxS = jnp.concatenate([valid_BxT, jnp.ones((b, max_new_tokens), bool)], axis=1)
+    positions_BxT = jnp.maximum(jnp.cumsum(valid_BxT, axis=1) - 1, 0).astype(jnp.int32)
+    slots = jnp.arange(s)
+    # Prefill: causal over slots, padding keys hidden; a query always sees itself (no empty rows).
+    mask = (slots[None, :] <= jnp.arange(t)[:, None])[None] & valid_BxS[:, None, :]
+    mask = mask | (slots[None, :] == jnp.arange(t)[:, None])[None]
+    h, cache = model.hidden(tokens_BxT, positions_BxT, mask, cache, 0)
+    logits = model.logits(h[:, -1:])[:, 0]
+    key, sub = jax.random.split(key)
+    first = choose(logits, sub, temperature, top_k, top_p)
+    out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
+    done = jnp.isin(first, stop_ids)
+    last_pos = positions_BxT[:, -1]
+
+    def body(i, carry):
+        out, cache, done, key = carry
+        token = out[:, i - 1]
+        slot = t + i - 1
+        m = (valid_BxS & (slots <= slot)[None, :])[:, None, :]
+        h, cache = model.hidden(token[:, None], (last_pos + i)[:, None], m, cache, slot)
+        key, sub = jax.random.split(key)
+        nxt = choose(model.logits(h)[:, 0], sub, temperature, top_k, top_p)
+        nxt = jnp.where(done, stop_ids[0], nxt)  # finished rows repeat the stop token
+        done = done | jnp.isin(nxt, stop_ids)
+        return out.at[:, i].set(nxt), cache, done, key
+
+    out, *_ = jax.lax.fori_loop(1, max_new_tokens, body, (out, cache, done, key))
+    return out
+
+
+def generate(
+    graphdef: nnx.GraphDef,
+    cfg: ModelConfig,
+    params: Any,
+    prompts: Sequence[Sequence[int]] | np.ndarray,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Returns int32 [B, T + N]: the left-padded prompts followed by N new tokens per row."""
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    tokens, valid = left_pad([list(p) for p in np.asarray(prompts).tolist()] if isinstance(prompts, np.ndarray) else prompts, pad_id)
+    if tokens.shape[1] + max_new_tokens > cfg.max_seq_len:
+        raise ValueError(
+            f"prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds model.max_seq_len ({cfg.max_seq_len})"
+        )
+    stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
+    new = _generate(
+        graphdef, (cfg.num_layers, cfg.num_kv_heads, head_dim(cfg), cfg.dtype), params, jnp.asarray(tokens), jnp.asarray(valid), stops, jax.random.key(seed),
+        max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+    )
+    return np.concatenate([tokens, np.asarray(new)], axis=1)

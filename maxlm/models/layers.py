@@ -1,0 +1,160 @@
+"""Decoder building blocks: RMSNorm, RoPE (incl. llama3 scaling), GQA attention, SwiGLU.
+
+Letters: B batch, T query length, S key length, D model, N query heads, K kv heads,
+H head dim, F mlp, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from maxlm.config import ModelConfig, RopeScalingConfig, head_dim
+from maxlm.parallel.rules import constrain
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], cfg: ModelConfig, init: str = "normal", fan_in: int | None = None) -> nnx.Param:
+    """Returns a Param carrying logical axis names; normal init scaled by fan-in unless `ones`/`zeros`."""
+    dtype = DTYPES[cfg.param_dtype]
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        std = cfg.init_std if fan_in is None else fan_in ** -0.5
+        value = (std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, computed in f32."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.eps = cfg.norm_eps
+        self.scale = param(rngs, (cfg.hidden_size,), ("embed",), cfg, init="ones")
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        x = x_BxTxD.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return (x * self.scale[...].astype(jnp.float32)).astype(x_BxTxD.dtype)
+
+
+def rope_inv_freq(dim: int, theta: float, scaling: RopeScalingConfig) -> jax.Array:
+    """Returns the [H/2] inverse frequencies, with Llama 3.1's piecewise rescaling when asked."""
+    inv = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    if scaling.type == "linear":
+        return inv / scaling.factor
+    if scaling.type == "llama3":
+        wavelen = 2 * jnp.pi / inv
+        low_wl = scaling.original_max_position / scaling.low_freq_factor
+        high_wl = scaling.original_max_position / scaling.high_freq_factor
+        smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
+        mid = (1 - smooth) * inv / scaling.factor + smooth * inv
+        inv = jnp.where(wavelen > low_wl, inv / scaling.factor, jnp.where(wavelen < high_wl, inv, mid))
+    return inv
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Returns x rotated by position, in the half-split layout that HF checkpoints use."""
+    angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # [B, T, H/2]
+    sin = jnp.sin(angles)[:, :, None, :]
+    cos = jnp.cos(angles)[:, :, None, :]
+    x = x_BxTxNxH.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxTxNxH.dtype)
+
+
+@dataclasses.dataclass
+class KVCache:
+    """One layer's preallocated keys and values; `k`/`v`: [B, S, K, H]."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+jax.tree_util.register_dataclass(KVCache, data_fields=["k", "v"], meta_fields=[])
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with RoPE; attends within a segment, optionally through a KV cache."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
+        self.qkv_bias = cfg.qkv_bias
+        self.impl = cfg.attention
+        # Plain tuple: module attributes must be hashable static data, unlike the config dataclass.
+        sc = cfg.rope_scaling
+        self.rope = (h, cfg.rope_theta, sc.type, sc.factor, sc.low_freq_factor, sc.high_freq_factor, sc.original_max_position)
+        self.q = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), cfg, fan_in=d)
+        self.k = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg, fan_in=d)
+        self.v = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg, fan_in=d)
+        self.o = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), cfg, fan_in=n * h)
+        if cfg.qkv_bias:
+            self.q_bias = param(rngs, (n, h), ("heads", "head_dim"), cfg, init="zeros")
+            self.k_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), cfg, init="zeros")
+            self.v_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), cfg, init="zeros")
+
+    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None):
+        """Returns (out [B,T,D], updated cache or None); with a cache, writes T slots at `cache_index`."""
+        dt = x_BxTxD.dtype
+        h, theta, *scaling = self.rope
+        inv_freq = rope_inv_freq(h, theta, RopeScalingConfig(*scaling))
+        q = jnp.einsum("btd,dnh->btnh", x_BxTxD, self.q[...].astype(dt))
+        k = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.k[...].astype(dt))
+        v = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.v[...].astype(dt))
+        if self.qkv_bias:
+            q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
+        q = constrain(apply_rope(q, positions_BxT, inv_freq), ("batch", "length", "act_heads", None))
+        k = constrain(apply_rope(k, positions_BxT, inv_freq), ("batch", "length", "act_kv_heads", None))
+        v = constrain(v, ("batch", "length", "act_kv_heads", None))
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, axis=1)
+            cache = KVCache(k, v)
+            k, v = k.astype(dt), v.astype(dt)
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask_BxTxS[:, None, :, :], implementation=self.impl
+        )
+        out = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(dt))
+        return constrain(out, ("batch", "length", "act_embed")), cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.mlp_dim
+        self.gate = param(rngs, (d, f), ("embed", "mlp"), cfg, fan_in=d)
+        self.up = param(rngs, (d, f), ("embed", "mlp"), cfg, fan_in=d)
+        self.down = param(rngs, (f, d), ("mlp", "embed"), cfg, fan_in=f)
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        dt = x_BxTxD.dtype
+        g = jnp.einsum("btd,df->btf", x_BxTxD, self.gate[...].astype(dt))
+        u = jnp.einsum("btd,df->btf", x_BxTxD, self.up[...].astype(dt))
+        h = constrain(jax.nn.silu(g) * u, ("batch", "length", "act_mlp"))
+        return constrain(jnp.einsum("btf,fd->btd", h, self.down[...].astype(dt)), ("batch", "length", "act_embed"))
+
+
+class Block(nnx.Module):
+    """One pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache=None, cache_index=None):
+        """Returns (x [B,T,D], cache)."""
+        a, cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index)
+        x = x_BxTxD + a
+        return x + self.mlp(self.mlp_norm(x)), cache

@@ -1,0 +1,49 @@
+"""Parameters as plain pytrees: abstract shapes, mesh shardings, sharded init, model rebuild.
+
+Training, checkpoints and HF interop all handle params as the pure nested dict that
+`nnx.State.to_pure_dict()` gives; `bind` turns one back into a callable Decoder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from maxlm.config import ModelConfig
+from maxlm.models.llama import Decoder
+from maxlm.parallel.rules import named_sharding
+
+
+def abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any, Any]:
+    """Returns (graphdef, params of ShapeDtypeStructs, logical axis names per param) without allocating."""
+    model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    names = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.to_pure_dict(state))
+    return graphdef, shapes, names
+
+
+def shardings(cfg: ModelConfig, mesh: Mesh) -> Any:
+    """Returns the NamedSharding of every parameter on `mesh` from its logical axis names."""
+    _, shapes, names = abstract(cfg)
+    return jax.tree.map(
+        lambda s, n: named_sharding(mesh, tuple(n), s.shape), shapes, names, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    )
+
+
+def init(cfg: ModelConfig, mesh: Mesh, seed: int) -> Any:
+    """Returns freshly initialized params, each created directly in its sharded layout."""
+    def make():
+        return nnx.to_pure_dict(nnx.split(Decoder(cfg, rngs=nnx.Rngs(seed)))[1])
+
+    out_shardings = shardings(cfg, mesh)  # outside set_mesh: eval_shape would attach the mesh to names
+    with jax.set_mesh(mesh):
+        return jax.jit(make, out_shardings=out_shardings)()
+
+
+def bind(graphdef: nnx.GraphDef, params: Any) -> Decoder:
+    """Returns a Decoder whose weights are `params` (works inside jit on traced params)."""
+    return nnx.merge(graphdef, params)

@@ -1,0 +1,254 @@
+"""`maxlm train` for task: pretrain — set up, step, log, checkpoint, sample, export.
+
+The loop keeps one step in flight: step s+1 is dispatched before the metrics of step s
+are fetched, so the host never idles the device waiting on a print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from maxlm import config as config_lib
+from maxlm.ckpt.manager import Checkpoints
+from maxlm.config import Config
+from maxlm.data.pipeline import make_eval_batches, make_train_iterator
+from maxlm.data.tokenizers import ensure_tokenizer
+from maxlm.errors import MaxlmError
+from maxlm.models import params as params_lib
+from maxlm.parallel.distributed import initialize_from_env
+from maxlm.parallel.mesh import data_parallel_size, make_mesh
+from maxlm.train import metrics as metrics_lib
+from maxlm.train import optim, state as state_lib, steps as steps_lib
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished (or preempted) run produced."""
+
+    run_dir: Path
+    step: int
+    losses: dict[int, float]
+    eval_loss: float | None = None
+    samples: list[str] = dataclasses.field(default_factory=list)
+    hf_dir: Path | None = None
+    preempted: bool = False
+
+
+def check_fits(cfg: Config, mesh) -> None:
+    """Raises MaxlmError when the batch cannot be split over the data-parallel devices."""
+    dp = data_parallel_size(mesh)
+    micro = cfg.train.global_batch_size // cfg.train.grad_accum_steps
+    if micro % dp:
+        raise MaxlmError(
+            f"train.global_batch_size ({cfg.train.global_batch_size}) / train.grad_accum_steps ({cfg.train.grad_accum_steps}) "
+            f"= {micro} rows per step is not divisible by the data-parallel size {dp} (mesh.data x mesh.fsdp)"
+        )
+
+
+def resolve_vocab(cfg: Config, vocab_size: int) -> Config:
+    """Returns cfg with model.vocab_size set from the tokenizer when it was left at 0."""
+    if cfg.model.vocab_size == 0:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    if cfg.model.vocab_size < vocab_size:
+        raise MaxlmError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's ({vocab_size})")
+    return cfg
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+def evaluate(eval_fn, params, batches, to_global) -> float | None:
+    """Returns the token-mean held-out loss over `batches`, or None without eval data."""
+    if not batches:
+        return None
+    nll = count = 0.0
+    for b in batches:
+        out = jax.device_get(eval_fn(params, to_global(b)))
+        nll, count = nll + float(out["nll_sum"]), count + float(out["count"])
+    return nll / max(count, 1.0)
+
+
+def train(cfg: Config, *, log=print) -> RunResult:
+    """Runs (or resumes) a pretraining run and returns what it produced."""
+    initialize_from_env()
+    mesh = make_mesh(cfg.mesh)
+    check_fits(cfg, mesh)
+    cfg = state_lib.resolve_init_from(cfg)
+    run_dir = Path(cfg.run_dir).resolve()
+    main = jax.process_index() == 0
+    tokenizer = ensure_tokenizer(cfg)
+    cfg = resolve_vocab(cfg, tokenizer.vocab_size)
+    if main:
+        config_lib.dump_yaml(cfg, run_dir / "config.yaml")
+    train_it = make_train_iterator(cfg, tokenizer)
+    eval_batches = make_eval_batches(cfg, tokenizer, cfg.train.eval_steps) if cfg.data.eval_files else []
+
+    tx = optim.optimizer(cfg.train)
+    lr_at = optim.schedule(cfg.train)
+    ckpts = Checkpoints(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    state, data_state, p_shard, o_shard = state_lib.setup(cfg, mesh, tx, ckpts)
+    if data_state is not None:
+        train_it.set_state(data_state)
+        log(f"resumed from {ckpts.directory}/{state.step}")
+    n_params = metrics_lib.param_count(cfg.model)
+    log(f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} devices")
+
+    graphdef, _, _ = params_lib.abstract(cfg.model)
+    batch_shard = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    step_fn = jax.jit(
+        steps_lib.train_step(graphdef, tx, cfg.train),
+        in_shardings=(p_shard, o_shard, batch_shard),
+        out_shardings=(p_shard, o_shard, None),
+        donate_argnums=(0, 1),
+    )
+    eval_fn = jax.jit(steps_lib.eval_step(graphdef), in_shardings=(p_shard, batch_shard))
+
+    def to_global(batch: dict) -> dict:
+        return {k: jax.make_array_from_process_local_data(batch_shard, np.asarray(v)) for k, v in batch.items()}
+
+    writer = metrics_lib.MetricsWriter(run_dir, enabled=main)
+    writer.truncate_after(state.step)
+    flops_per_token = metrics_lib.train_flops_per_token(cfg.model, cfg.data.seq_len)
+    peak = metrics_lib.peak_flops_per_device()
+    preemption = _Preemption()
+    losses: dict[int, float] = {}
+    window = {"tokens": 0.0, "time": 0.0, "data": 0.0, "loss": [], "grad_norm": []}
+    consecutive_bad = skipped_updates = 0
+    last_saved = state.step
+    eval_loss = None
+    pbar = tqdm(total=cfg.train.steps, initial=state.step, disable=not main, desc="train", unit="step", dynamic_ncols=True)
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        ckpts.save(step, state.params, cfg, state.opt_state, train_it.get_state())
+        last_saved = step
+
+    def finish(step: int, m: dict, t_data: float, t_wall: float) -> None:
+        """Consumes the fetched metrics of `step`: guards, logs, evals."""
+        nonlocal consecutive_bad, skipped_updates, eval_loss
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        if m["nonfinite"]:
+            consecutive_bad += 1
+            skipped_updates += 1
+            if consecutive_bad >= cfg.train.max_consecutive_nonfinite:
+                raise MaxlmError(
+                    f"step {step}: {consecutive_bad} non-finite losses or gradients in a row "
+                    f"(train.max_consecutive_nonfinite={cfg.train.max_consecutive_nonfinite}); lower train.learning_rate"
+                )
+        else:
+            consecutive_bad = 0
+        losses[step] = m["loss"]
+        window["tokens"] += m["tokens"] * jax.process_count()
+        window["time"] += t_wall
+        window["data"] += t_data
+        window["loss"].append(m["loss"])
+        window["grad_norm"].append(m["grad_norm"])
+        record = None
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            tps = window["tokens"] / max(window["time"], 1e-9)
+            record = {
+                "step": step,
+                "loss": float(np.mean(window["loss"])),
+                "learning_rate": float(lr_at(step - 1)),
+                "grad_norm": float(np.mean(window["grad_norm"])),
+                "tokens_per_second": tps,
+                "mfu": (tps * flops_per_token / (peak * jax.device_count())) if peak else None,
+                "data_wait_fraction": window["data"] / max(window["time"], 1e-9),
+                "skipped_updates": skipped_updates,
+                "skipped_records": int(getattr(train_it, "skipped_records", 0)),
+            }
+            window.update(tokens=0.0, time=0.0, data=0.0, loss=[], grad_norm=[])
+        if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and eval_batches:
+            eval_loss = evaluate(eval_fn, state.params, eval_batches, to_global)
+            record = (record or {"step": step}) | {"eval_loss": eval_loss}
+        if record:
+            writer.write(record)
+            pbar.set_postfix(loss=f"{record.get('loss', m['loss']):.3f}", refresh=False)
+        pbar.update(1)
+
+    if state.step < cfg.train.steps:
+        log("compiling the train step ...")
+    pending = None
+    t_last = time.perf_counter()
+    with jax.set_mesh(mesh):
+        for step in range(state.step + 1, cfg.train.steps + 1):
+            if preemption.requested:
+                break
+            t0 = time.perf_counter()
+            batch = to_global(next(train_it))
+            t_data = time.perf_counter() - t0
+            state.params, state.opt_state, m = step_fn(state.params, state.opt_state, batch)
+            state.step = step
+            if pending:
+                finish(*pending, t_wall=time.perf_counter() - t_last)
+                t_last = time.perf_counter()
+            pending = (step, m, t_data)
+            if step % cfg.checkpoint.interval_steps == 0:
+                save(step)
+        if pending:
+            jax.block_until_ready(pending[1])
+            finish(*pending, t_wall=time.perf_counter() - t_last)
+        if state.step != last_saved:
+            save(state.step)
+        ckpts.close()
+    pbar.close()
+    preemption.restore()
+    writer.close()
+    result = RunResult(run_dir, state.step, losses, eval_loss, preempted=preemption.requested)
+    if preemption.requested:
+        log(f"SIGTERM: saved step {state.step} to {ckpts.directory} and stopped; rerun the same command to resume")
+        return result
+    if main:
+        plot = writer.plot_loss()
+        if plot:
+            log(f"loss curve: {plot}")
+        result.samples = write_samples(cfg, graphdef, state.params, tokenizer, run_dir, log)
+        if cfg.export.hf_dir:
+            from maxlm.ckpt.hf import export_hf
+
+            out = Path(cfg.export.hf_dir)
+            result.hf_dir = export_hf(run_dir, out if out.is_absolute() else run_dir / out)
+            log(f"Hugging Face export: {result.hf_dir}")
+    return result
+
+
+def write_samples(cfg: Config, graphdef, params, tokenizer, run_dir: Path, log) -> list[str]:
+    """Returns the end-of-run samples (also written to run_dir/samples.txt)."""
+    if not cfg.sample.prompts:
+        return []
+    from maxlm.infer.sampler import generate
+
+    s = cfg.sample
+    prompts = [([tokenizer.bos_id] if cfg.data.add_bos and tokenizer.bos_id >= 0 else []) + tokenizer.encode(p) for p in s.prompts]
+    out = generate(
+        graphdef, cfg.model, params, prompts, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+        stop_ids=[tokenizer.eos_id] if tokenizer.eos_id >= 0 else (), seed=cfg.train.seed,
+    )
+    texts = []
+    for p, row in zip(s.prompts, out[:, -s.max_new_tokens:]):
+        ids = [int(t) for t in row]
+        if tokenizer.eos_id in ids:
+            ids = ids[: ids.index(tokenizer.eos_id)]
+        texts.append(p + tokenizer.decode(ids))
+    (run_dir / "samples.txt").write_text("\n\n".join(texts) + "\n")
+    log("samples:\n" + "\n".join(f"  > {t!r}" for t in texts))
+    return texts

@@ -1,0 +1,107 @@
+"""The one metrics writer (metrics.jsonl, TensorBoard, loss-curve PNG) and throughput math."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+
+from maxlm.config import ModelConfig, head_dim
+
+# Dense bf16 peak FLOP/s per device, from vendor datasheets; unknown devices report no MFU.
+PEAK_FLOPS = {
+    "h100": 989e12, "h200": 989e12, "a100": 312e12, "l4": 121e12,
+    "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12, "tpu v6": 918e12,
+}
+
+
+def peak_flops_per_device() -> float | None:
+    """Returns the accelerator's dense bf16 peak FLOP/s, or None when unknown (e.g. CPU)."""
+    kind = jax.devices()[0].device_kind.lower()
+    for name, flops in PEAK_FLOPS.items():
+        if name in kind:
+            return flops
+    return None
+
+
+def param_count(cfg: ModelConfig) -> int:
+    """Returns the number of parameters of the decoder (embedding and heads included)."""
+    d, f, h, n, k, v, layers = cfg.hidden_size, cfg.mlp_dim, head_dim(cfg), cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size, cfg.num_layers
+    attn = d * h * (n + 2 * k) + n * h * d + (h * (n + 2 * k) if cfg.qkv_bias else 0)
+    per_layer = attn + 3 * d * f + 2 * d
+    return layers * per_layer + v * d * (1 if cfg.tie_embeddings else 2) + d
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Returns training FLOPs per token: 6·N (matmul params) + 12·L·N_heads·H·T (attention, PaLM's count)."""
+    matmul_params = param_count(cfg) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_embeddings else 1)
+    return 6 * matmul_params + 12 * cfg.num_layers * cfg.num_heads * head_dim(cfg) * seq_len
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.path = self.run_dir / "metrics.jsonl"
+        self._tb = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                self._tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records past `step` (a resumed run rewrites what the killed run logged after its checkpoint)."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+        self.path.write_text("".join(l + "\n" for l in keep))
+
+    def write(self, record: dict) -> None:
+        """Writes one record (must hold "step")."""
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    self._tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        """Flushes TensorBoard events."""
+        if self._tb is not None:
+            self._tb.close()
+
+    def plot_loss(self) -> Path | None:
+        """Writes run_dir/loss.png from metrics.jsonl and returns its path."""
+        if not self.enabled or not self.path.exists():
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+        train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+        evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if train:
+            ax.plot(*zip(*train), label="train loss")
+        if evals:
+            ax.plot(*zip(*evals), "o-", label="eval loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats / token)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        out = self.run_dir / "loss.png"
+        fig.savefig(out, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        return out

@@ -1,0 +1,84 @@
+"""Training state as data, and where it comes from: a fresh init, a resumed run, or `init_from`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import Mesh
+
+from maxlm.ckpt.manager import Checkpoints, abstract_like
+from maxlm.config import Config
+from maxlm.errors import MaxlmError
+from maxlm.models import params as params_lib
+
+# Model keys that describe how to run, not what the weights are: the new run's config wins.
+RUNTIME_MODEL_KEYS = ("dtype", "remat", "scan_layers", "attention", "scalar_head")
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a step changes: completed steps, params, optimizer state."""
+
+    step: int
+    params: Any
+    opt_state: Any
+
+
+def source_config(path: str) -> Config:
+    """Returns the config saved with the checkpoint at `path` (a maxlm run or checkpoint dir)."""
+    p = Path(path)
+    if (p / "config.json").exists() and not (p / "checkpoints").exists():
+        raise MaxlmError(f"init_from {path}: this is a Hugging Face model dir; run `maxlm import-hf {path} OUT` and use OUT")
+    if not p.exists():
+        raise MaxlmError(f"init_from {path}: no such directory")
+    return Checkpoints(p, read_only=True).config()
+
+
+def resolve_init_from(cfg: Config) -> Config:
+    """Returns cfg with the model shape (and tokenizer, if unset) taken from `train.init_from`."""
+    if not cfg.train.init_from:
+        return cfg
+    src = source_config(cfg.train.init_from)
+    model = dataclasses.replace(src.model, **{k: getattr(cfg.model, k) for k in RUNTIME_MODEL_KEYS})
+    tok = cfg.tokenizer if cfg.tokenizer.path else dataclasses.replace(cfg.tokenizer, path=src.tokenizer.path)
+    return dataclasses.replace(cfg, model=model, tokenizer=tok)
+
+
+def opt_shardings(tx: optax.GradientTransformation, abstract_params: Any) -> Any:
+    """Returns the shardings XLA gives the optimizer state of sharded params (no allocation)."""
+    return jax.jit(tx.init).lower(abstract_params).compile().output_shardings
+
+
+def load_params(path: str, cfg: Config, mesh: Mesh) -> Any:
+    """Returns the params of the latest checkpoint under `path`, sharded for `mesh`."""
+    _, shapes, _ = params_lib.abstract(cfg.model)
+    target = abstract_like(shapes, params_lib.shardings(cfg.model, mesh))
+    ckpts = Checkpoints(path, read_only=True)
+    saved = ckpts.config().model
+    if saved.scalar_head != cfg.model.scalar_head:
+        raise MaxlmError(f"init_from {path}: scalar head presence differs from the model config")
+    return ckpts.restore(None, target)["params"]
+
+
+def setup(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, ckpts: Checkpoints) -> tuple[TrainState, dict | None, Any, Any]:
+    """Returns (state, saved data-iterator state or None, param shardings, opt-state shardings)."""
+    _, shapes, _ = params_lib.abstract(cfg.model)
+    p_shard = params_lib.shardings(cfg.model, mesh)
+    abstract_params = abstract_like(shapes, p_shard)
+    with jax.set_mesh(mesh):
+        o_shard = opt_shardings(tx, abstract_params)
+        step = ckpts.latest_step()
+        if step is not None:
+            abstract_opt = abstract_like(jax.eval_shape(tx.init, shapes), o_shard)
+            restored = ckpts.restore(step, abstract_params, abstract_opt, data_state=True)
+            return TrainState(step, restored["params"], restored["opt_state"]), restored.get("data_state"), p_shard, o_shard
+        if cfg.train.init_from:
+            params = load_params(cfg.train.init_from, cfg, mesh)
+        else:
+            params = params_lib.init(cfg.model, mesh, cfg.train.seed)
+        opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
+    return TrainState(0, params, opt_state), None, p_shard, o_shard

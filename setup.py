@@ -1,0 +1,45 @@
+"""maxlm: curate, pretrain, fine-tune, align, evaluate and export Llama-family models in JAX."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "grain>=0.2.18",
+    "sentencepiece>=0.2",
+    "chex>=0.1.90",
+    "numpy>=1.26",
+    "pyyaml>=6",
+    "tqdm>=4.66",
+    "tensorboardX>=2.6",
+    "matplotlib>=3.8",
+    "safetensors>=0.4",
+    "zstandard>=0.22",
+    "pyarrow>=15",
+]
+
+EXTRAS = {
+    # torch is pinned to the CPU build that is served for this platform; parity and peer benchmarks only.
+    "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "tokenizers>=0.20"],
+    "hf": ["transformers>=5.0", "tokenizers>=0.20"],
+    "seqio": ["seqio>=0.0.19"],
+    "gpu": ["jax[cuda12]>=0.10"],
+    "tpu": ["jax[tpu]>=0.10"],
+    "ray": ["ray[data]>=2.9"],
+}
+
+setup(
+    name="maxlm",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else __doc__,
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["maxlm", "maxlm.*", "data_pipelines", "data_pipelines.*"]),
+    package_data={"data_pipelines": ["**/*.txt", "**/*.json"]},
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["maxlm=maxlm.cli:main"]},
+)
