@@ -18,6 +18,7 @@ CORE = [
     "safetensors>=0.4",
     "zstandard>=0.22",
     "pyarrow>=15",
+    "array_record>=0.8",
 ]
 
 EXTRAS = {

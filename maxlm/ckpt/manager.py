@@ -1,21 +1,43 @@
 """The one checkpoint manager: orbax steps under `run_dir/checkpoints/<step>/`.
 
 Each step holds `params` (pure nested dict of arrays), optionally `opt_state` and
-`data_state` (the Grain iterator's JSON state), and `config` (the resolved Config as JSON).
+`data_state` (each process's Grain iterator state, one file per process), and `config` (the resolved Config as JSON).
 Orbax writes into a temporary directory and renames on commit, so a step that was being
 written when the process died is never listed, never restored.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
 from maxlm import config as config_lib
 from maxlm.errors import MaxlmError
+
+
+class _FrozenIteratorState:
+    """One process's iterator position as Grain's checkpoint handler expects it.
+
+    The state is captured when the save starts: an async save may serialize it later,
+    after the live iterator has moved on.
+    """
+
+    def __init__(self, state: dict | None = None):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state).encode()
+
+    def set_state(self, raw: bytes) -> None:
+        self.state = json.loads(raw)
+
+    def start_prefetch(self) -> None:
+        pass
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -45,7 +67,7 @@ class Checkpoints:
         if opt_state is not None:
             items["opt_state"] = ocp.args.StandardSave(opt_state)
         if data_state is not None:
-            items["data_state"] = ocp.args.JsonSave(data_state)
+            items["data_state"] = grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_state))
         self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
 
     def config(self, step: int | None = None) -> config_lib.Config:
@@ -60,9 +82,13 @@ class Checkpoints:
         items = {"params": ocp.args.StandardRestore(abstract_params)}
         if abstract_opt_state is not None:
             items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
-        if data_state:
-            items["data_state"] = ocp.args.JsonRestore()
-        return dict(self._mgr.restore(step, args=ocp.args.Composite(**items)))
+        holder = _FrozenIteratorState()
+        if data_state and "data_state" in self.item_names(step):
+            items["data_state"] = grain.checkpoint.CheckpointRestore(holder)
+        out = dict(self._mgr.restore(step, args=ocp.args.Composite(**items)))
+        if "data_state" in out:
+            out["data_state"] = holder.state
+        return out
 
     def item_names(self, step: int | None = None) -> set[str]:
         """Returns which items (params, opt_state, data_state, config) `step` holds."""

@@ -7,6 +7,7 @@ H head dim, F mlp, V vocab, L layers.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,14 @@ def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], cfg: Mo
         std = cfg.init_std if fan_in is None else fan_in ** -0.5
         value = (std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, jnp.float32)).astype(dtype)
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def linear(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Array:
+    """Returns x contracted over its last `n_in` dims with the first `n_in` dims of w."""
+    # As one 2-D GEMM: XLA:CPU runs the weight gradient of a [B,T,D]x[D,F] einsum ~2x slower.
+    lead, contract, out = x.shape[: x.ndim - n_in], w.shape[:n_in], w.shape[n_in:]
+    y = jnp.dot(x.reshape(-1, math.prod(contract)), w.astype(x.dtype).reshape(math.prod(contract), -1), preferred_element_type=out_dtype)
+    return y.reshape(*lead, *out)
 
 
 class RMSNorm(nnx.Module):
@@ -107,9 +116,9 @@ class Attention(nnx.Module):
         dt = x_BxTxD.dtype
         h, theta, *scaling = self.rope
         inv_freq = rope_inv_freq(h, theta, RopeScalingConfig(*scaling))
-        q = jnp.einsum("btd,dnh->btnh", x_BxTxD, self.q[...].astype(dt))
-        k = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.k[...].astype(dt))
-        v = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.v[...].astype(dt))
+        q = linear(x_BxTxD, self.q[...])
+        k = linear(x_BxTxD, self.k[...])
+        v = linear(x_BxTxD, self.v[...])
         if self.qkv_bias:
             q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
         q = constrain(apply_rope(q, positions_BxT, inv_freq), ("batch", "length", "act_heads", None))
@@ -123,7 +132,7 @@ class Attention(nnx.Module):
         out = jax.nn.dot_product_attention(
             q, k, v, mask=mask_BxTxS[:, None, :, :], implementation=self.impl
         )
-        out = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(dt))
+        out = linear(out, self.o[...], n_in=2)
         return constrain(out, ("batch", "length", "act_embed")), cache
 
 
@@ -137,11 +146,10 @@ class MLP(nnx.Module):
         self.down = param(rngs, (f, d), ("mlp", "embed"), cfg, fan_in=f)
 
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        dt = x_BxTxD.dtype
-        g = jnp.einsum("btd,df->btf", x_BxTxD, self.gate[...].astype(dt))
-        u = jnp.einsum("btd,df->btf", x_BxTxD, self.up[...].astype(dt))
+        g = linear(x_BxTxD, self.gate[...])
+        u = linear(x_BxTxD, self.up[...])
         h = constrain(jax.nn.silu(g) * u, ("batch", "length", "act_mlp"))
-        return constrain(jnp.einsum("btf,fd->btd", h, self.down[...].astype(dt)), ("batch", "length", "act_embed"))
+        return constrain(linear(h, self.down[...]), ("batch", "length", "act_embed"))
 
 
 class Block(nnx.Module):

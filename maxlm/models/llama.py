@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maxlm.config import ModelConfig
-from maxlm.models.layers import DTYPES, Block, KVCache, RMSNorm, param
+from maxlm.models.layers import DTYPES, Block, KVCache, RMSNorm, linear, param
 from maxlm.parallel.rules import constrain
 
 REMAT_POLICIES = {
@@ -81,7 +81,7 @@ class Decoder(nnx.Module):
     def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
         """Returns f32 logits [B, T, V]."""
         w = self.embed[...].T if self.tie_embeddings else self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", hidden_BxTxD, w.astype(hidden_BxTxD.dtype), preferred_element_type=jnp.float32)
+        logits = linear(hidden_BxTxD, w, out_dtype=jnp.float32)
         return constrain(logits, ("batch", "length", "act_vocab"))
 
     def scores(self, hidden_BxTxD: jax.Array) -> jax.Array:

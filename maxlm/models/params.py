@@ -19,8 +19,15 @@ from maxlm.parallel.rules import named_sharding
 
 def abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any, Any]:
     """Returns (graphdef, params of ShapeDtypeStructs, logical axis names per param) without allocating."""
-    model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(model)
+    box = {}
+
+    def make():
+        box["graphdef"], state = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)))
+        return state
+
+    # jax.eval_shape, not nnx.eval_shape: the latter binds logical names to any active mesh.
+    state = jax.eval_shape(make)
+    graphdef = box["graphdef"]
     names = nnx.to_pure_dict(nnx.get_partition_spec(state))
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.to_pure_dict(state))
     return graphdef, shapes, names
@@ -39,7 +46,7 @@ def init(cfg: ModelConfig, mesh: Mesh, seed: int) -> Any:
     def make():
         return nnx.to_pure_dict(nnx.split(Decoder(cfg, rngs=nnx.Rngs(seed)))[1])
 
-    out_shardings = shardings(cfg, mesh)  # outside set_mesh: eval_shape would attach the mesh to names
+    out_shardings = shardings(cfg, mesh)
     with jax.set_mesh(mesh):
         return jax.jit(make, out_shardings=out_shardings)()
 

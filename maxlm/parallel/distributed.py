@@ -13,6 +13,9 @@ _ENV = ("MAXLM_COORDINATOR", "MAXLM_NUM_PROCESSES", "MAXLM_PROCESS_ID")
 def initialize_from_env() -> bool:
     """Returns True after calling jax.distributed.initialize when the environment asks for it."""
     if all(k in os.environ for k in _ENV):
+        if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+            # Cross-process collectives on CPU (local multi-process runs and tests) go through gloo.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=os.environ["MAXLM_COORDINATOR"],
             num_processes=int(os.environ["MAXLM_NUM_PROCESSES"]),

@@ -142,10 +142,15 @@ def train(cfg: Config, *, log=print) -> RunResult:
         ckpts.save(step, state.params, cfg, state.opt_state, train_it.get_state())
         last_saved = step
 
-    def finish(step: int, m: dict, t_data: float, t_wall: float) -> None:
-        """Consumes the fetched metrics of `step`: guards, logs, evals."""
+    fetched_at = [time.perf_counter()]
+
+    def finish(step: int, m: dict, t_data: float) -> None:
+        """Consumes the metrics of `step` (waiting for it to finish): guards, logs, evals."""
         nonlocal consecutive_bad, skipped_updates, eval_loss
         m = {k: float(v) for k, v in jax.device_get(m).items()}
+        # Wall time between consecutive fetches: the step's compute finishes inside device_get.
+        now = time.perf_counter()
+        t_wall, fetched_at[0] = now - fetched_at[0], now
         if m["nonfinite"]:
             consecutive_bad += 1
             skipped_updates += 1
@@ -179,6 +184,7 @@ def train(cfg: Config, *, log=print) -> RunResult:
             window.update(tokens=0.0, time=0.0, data=0.0, loss=[], grad_norm=[])
         if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and eval_batches:
             eval_loss = evaluate(eval_fn, state.params, eval_batches, to_global)
+            fetched_at[0] = time.perf_counter()  # eval time is not training throughput
             record = (record or {"step": step}) | {"eval_loss": eval_loss}
         if record:
             writer.write(record)
@@ -188,7 +194,6 @@ def train(cfg: Config, *, log=print) -> RunResult:
     if state.step < cfg.train.steps:
         log("compiling the train step ...")
     pending = None
-    t_last = time.perf_counter()
     with jax.set_mesh(mesh):
         for step in range(state.step + 1, cfg.train.steps + 1):
             if preemption.requested:
@@ -199,14 +204,12 @@ def train(cfg: Config, *, log=print) -> RunResult:
             state.params, state.opt_state, m = step_fn(state.params, state.opt_state, batch)
             state.step = step
             if pending:
-                finish(*pending, t_wall=time.perf_counter() - t_last)
-                t_last = time.perf_counter()
+                finish(*pending)
             pending = (step, m, t_data)
             if step % cfg.checkpoint.interval_steps == 0:
                 save(step)
         if pending:
-            jax.block_until_ready(pending[1])
-            finish(*pending, t_wall=time.perf_counter() - t_last)
+            finish(*pending)
         if state.step != last_saved:
             save(state.step)
         ckpts.close()

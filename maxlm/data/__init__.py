@@ -1,0 +1,1 @@
+"""Text in, packed token batches out: readers, tokenizers, the builtin corpus, the Grain pipeline."""

@@ -1,0 +1,157 @@
+"""Readers: every format, compression, globs, and bad records named file:line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+
+import pytest
+
+from maxlm.config import SourceConfig
+from maxlm.data.formats import open_file
+from maxlm.data.sources import expand, iter_texts, open_source
+from maxlm.errors import MaxlmError
+
+TEXTS = ["first document", "second one,\nwith two lines", "third: ünïcödé ✓"]
+
+
+def _lines(texts) -> bytes:
+    return "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts)).encode()
+
+
+def _write(tmp_path, name: str) -> str:
+    """Returns the path of a file holding TEXTS in the format its name says."""
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        path.write_bytes(_lines(TEXTS))
+    elif name.endswith(".jsonl.gz"):
+        path.write_bytes(gzip.compress(_lines(TEXTS)))
+    elif name.endswith(".jsonl.zst"):
+        import zstandard
+
+        path.write_bytes(zstandard.ZstdCompressor().compress(_lines(TEXTS)))
+    elif name.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": TEXTS, "id": list(range(len(TEXTS)))}), path, row_group_size=2)
+    elif name.endswith(".arrayrecord"):
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        writer = ArrayRecordWriter(str(path), "group_size:1")
+        for line in _lines(TEXTS).splitlines():
+            writer.write(line)
+        writer.close()
+    elif name.endswith(".txt"):
+        # Documents are blocks between blank lines; runs of blank lines and edges are ignored.
+        path.write_text("\n\n" + "\n\n\n".join(TEXTS) + "\n  \n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.jsonl.gz", "a.jsonl.zst", "a.parquet", "a.arrayrecord", "a.txt"])
+def test_every_format_reads_the_same_texts(tmp_path, name):
+    reader = open_file(_write(tmp_path, name))
+    assert len(reader) == len(TEXTS)
+    assert [reader[i] for i in range(len(reader))] == TEXTS
+    assert [reader[i] for i in (2, 0, 1)] == [TEXTS[2], TEXTS[0], TEXTS[1]]  # random access
+    clone = pickle.loads(pickle.dumps(reader))  # what worker processes get: reopened lazily
+    assert [clone[i] for i in range(len(clone))] == TEXTS
+
+
+def test_compressed_files_are_cached_decompressed(tmp_path, data_cache):
+    reader = open_file(_write(tmp_path, "cached.jsonl.gz"))
+    cached = list((data_cache / "decompressed").glob("*-cached.jsonl"))
+    assert len(cached) == 1 and reader.path == str(cached[0])
+    assert reader.name.endswith("cached.jsonl.gz")  # messages name the file the user wrote
+
+
+def test_format_and_text_key_override(tmp_path):
+    path = tmp_path / "data.dat"
+    path.write_text(json.dumps({"body": "hello"}) + "\n")
+    docs = open_source(SourceConfig(path=str(path), format="jsonl", text_key="body"))
+    assert [docs[0]] == ["hello"]
+    with pytest.raises(MaxlmError, match="unknown file type"):
+        open_source(SourceConfig(path=str(path)))
+
+
+def test_glob_expands_sorted_across_files(tmp_path):
+    for name in ["b.jsonl", "a.jsonl", "c.txt"]:
+        _write(tmp_path, name)
+    assert expand(str(tmp_path / "*.jsonl")) == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    docs = open_source(SourceConfig(path=str(tmp_path / "[ab].jsonl")))
+    assert len(docs) == 6 and [docs[i] for i in (0, 3, 5)] == [TEXTS[0], TEXTS[0], TEXTS[2]]
+
+
+def test_missing_inputs_are_named(tmp_path):
+    with pytest.raises(MaxlmError, match=r"nope\.jsonl: file not found"):
+        open_source(SourceConfig(path=str(tmp_path / "nope.jsonl")))
+    with pytest.raises(MaxlmError, match=r"\*\.parquet: no file matches"):
+        open_source(SourceConfig(path=str(tmp_path / "*.parquet")))
+    with pytest.raises(MaxlmError, match="is a directory"):
+        open_source(SourceConfig(path=str(tmp_path)))
+    with pytest.raises(MaxlmError, match="unknown builtin corpus"):
+        open_source(SourceConfig(path="builtin:nope"))
+
+
+BAD_LINES = [
+    (b"{not json}", "invalid JSON"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+    (b'{"body": "x"}', "missing key 'text'"),
+    (b'{"text": 7}', "'text' must be a string, got int"),
+    (b'{"text": "caf\xe9"}', "invalid UTF-8"),
+]
+
+
+@pytest.mark.parametrize("bad, reason", BAD_LINES)
+def test_bad_record_stops_with_file_and_line(tmp_path, bad, reason):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "ok 1"}\n\n' + bad + b'\n{"text": "ok 2"}\n')  # the bad record is on line 3
+    with pytest.raises(MaxlmError) as e:
+        open_file(str(path))
+    assert str(e.value).startswith(f"{path}:3: {reason}")
+
+
+def test_skip_mode_counts_bad_records_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    good = [json.dumps({"text": f"good {i}"}).encode() for i in range(3)]
+    path.write_bytes(b"\n".join([good[0], *[b for b, _ in BAD_LINES], good[1], good[2]]) + b"\n")
+    docs = open_source(SourceConfig(path=str(path)), on_bad_record="skip")
+    assert docs.skipped == len(BAD_LINES)
+    assert [docs[i] for i in range(len(docs))] == ["good 0", "good 1", "good 2"]
+    with pytest.raises(MaxlmError, match=r"bad\.jsonl:2: invalid JSON"):
+        open_source(SourceConfig(path=str(path)))
+
+
+def test_bad_text_and_parquet_records(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    txt = tmp_path / "t.txt"
+    txt.write_bytes(b"good block\n\nbad \xff block\nsecond line\n\nlast block\n")
+    with pytest.raises(MaxlmError, match=r"t\.txt:3: invalid UTF-8"):
+        open_file(str(txt))
+    reader = open_file(str(txt), on_bad_record="skip")
+    assert (reader.skipped, [reader[i] for i in range(len(reader))]) == (1, ["good block", "last block"])
+
+    pq.write_table(pa.table({"text": ["a", None, "c"]}), tmp_path / "n.parquet")
+    with pytest.raises(MaxlmError, match=r"n\.parquet:2: 'text' is null"):
+        open_file(str(tmp_path / "n.parquet"))
+    reader = open_file(str(tmp_path / "n.parquet"), on_bad_record="skip")
+    assert (reader.skipped, [reader[i] for i in range(len(reader))]) == (1, ["a", "c"])
+    pq.write_table(pa.table({"body": ["a"]}), tmp_path / "k.parquet")
+    with pytest.raises(MaxlmError, match=r"k\.parquet: no column 'text' \(columns: body\)"):
+        open_file(str(tmp_path / "k.parquet"))
+
+
+def test_corrupt_compressed_file_is_named(tmp_path):
+    path = tmp_path / "broken.jsonl.gz"
+    path.write_bytes(gzip.compress(_lines(TEXTS))[:-12])
+    with pytest.raises(MaxlmError, match=r"broken\.jsonl\.gz: cannot decompress"):
+        open_file(str(path))
+
+
+def test_iter_texts_interleaves_sources(tmp_path, write_jsonl):
+    a = write_jsonl(tmp_path / "a.jsonl", ["a0", "a1", "a2"])
+    b = write_jsonl(tmp_path / "b.jsonl", ["b0"])
+    assert list(iter_texts([SourceConfig(path=str(a)), SourceConfig(path=str(b))])) == ["a0", "b0", "a1", "a2"]
