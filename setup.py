@@ -19,16 +19,17 @@ CORE = [
     "zstandard>=0.22",
     "pyarrow>=15",
     "array_record>=0.8",
+    "py3langid>=0.4",
 ]
 
 EXTRAS = {
     # torch is pinned to the CPU build that is served for this platform; parity and peer benchmarks only.
-    "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "tokenizers>=0.20"],
+    "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "tokenizers>=0.20", "ray>=2.9"],
     "hf": ["transformers>=5.0", "tokenizers>=0.20"],
     "seqio": ["seqio>=0.0.19"],
     "gpu": ["jax[cuda12]>=0.10"],
     "tpu": ["jax[tpu]>=0.10"],
-    "ray": ["ray[data]>=2.9"],
+    "ray": ["ray>=2.9"],
 }
 
 setup(

@@ -1,0 +1,1 @@
+"""Curation half of maxlm: raw documents in, filtered and deduplicated shards plus a report out."""

@@ -1,0 +1,51 @@
+"""`curate PIPELINE.yaml --input GLOB --output DIR [--executor local|ray] [--workers N]`.
+
+Wired as `maxlm curate ...` and `python -m data_pipelines curate ...`; holds no logic of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from maxlm.errors import MaxlmError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="curate", description="Filter and deduplicate documents with a YAML pipeline.")
+    p.add_argument("pipeline", help="pipeline YAML, e.g. configs/curation/english_web.yaml")
+    p.add_argument("--input", required=True, help="input files: a glob (quote it), ** recurses")
+    p.add_argument("--output", required=True, help="output directory (rerun the same command to resume)")
+    p.add_argument("--executor", choices=("local", "ray"), help="overrides the YAML's executor (default local)")
+    p.add_argument("--workers", type=int, help="parallel shards; overrides the YAML (default all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Runs the curate command; returns the process exit code (0 ok, 2 bad input or config)."""
+    argv = list(argv)
+    if argv and argv[0] == "curate":
+        argv = argv[1:]
+    args = _parser().parse_args(argv)
+    from data_pipelines.config import load_pipeline
+    from data_pipelines.run.pipeline import curate
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    try:
+        if args.workers is not None and args.workers < 1:
+            raise MaxlmError(f"--workers must be >= 1, got {args.workers}")
+        cfg = load_pipeline(args.pipeline)
+        report = curate(cfg, args.input, args.output, args.executor, args.workers, log)
+    except MaxlmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t = report["totals"]
+    print(
+        f"curated {t['docs_in']} documents -> {t['docs_out']} kept ({t['bad_records']} bad records) "
+        f"in {report['run']['wall_seconds']:.1f} s; report: {args.output}/report.md"
+    )
+    return 0

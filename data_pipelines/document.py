@@ -1,0 +1,43 @@
+"""One Document record (id, text, metadata) carried through every stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Document:
+    """A record under curation; `meta` holds every input field except the id and the text."""
+
+    id: Any  # the input's own id value (kept as-is), or "file:line" when the input has none
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    text_key: str = "text"  # the input field the text came from; it is written back there
+    where: str = ""  # "file:line" of the source record, for reports
+
+    def to_record(self) -> dict[str, Any]:
+        """Returns the output record: id, the text under its own key, then the metadata."""
+        rec = {"id": self.id, self.text_key: self.text}
+        rec.update(self.meta)
+        return rec
+
+    def string(self, name: str) -> str | None:
+        """Returns the string value of `name` ("text" means the document text), or None."""
+        if name == "text" or name == self.text_key:
+            return self.text
+        value = self.meta.get(name)
+        return value if isinstance(value, str) else None
+
+
+def utf8_size(text: str) -> int:
+    """Returns the UTF-8 byte length of `text` without encoding ASCII text."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+@dataclass(slots=True)
+class BadRecord:
+    """An input record that could not become a Document: where it is and what was wrong."""
+
+    where: str
+    problem: str

@@ -1,0 +1,1 @@
+"""Running a pipeline: plan phases, process shards with an executor, resolve dedup, resume."""

@@ -1,0 +1,76 @@
+"""Pipeline YAML validation: every mistake fails before any work, naming file:line and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from curate_outputs import REPO
+from data_pipelines.cli import main
+from data_pipelines.config import load_pipeline
+from maxlm.errors import MaxlmError
+
+
+def test_shipped_pipelines_load():
+    web = load_pipeline(REPO / "configs/curation/english_web.yaml")
+    assert [s.name for s in web.stages] == [
+        "langid", "gopher_quality", "c4", "fineweb", "gopher_repetition", "pii", "exact_dedup", "minhash_dedup"]
+    mh = web.stages[-1].params
+    assert (mh.ngram, mh.bands, mh.rows) == (5, 14, 8)
+    sft = load_pipeline(REPO / "configs/curation/instructions.yaml")
+    assert sft.input.text_key == ["prompt", "instruction"]
+    assert sft.stages[2].params.fields == ["prompt", "instruction", "input"]
+
+
+def test_unknown_stage_names_line_and_nearest(write_yaml):
+    p = write_yaml("stages:\n  - langid: {}\n  - gopher_qualty: {}\n")
+    with pytest.raises(MaxlmError) as e:
+        load_pipeline(p)
+    msg = str(e.value)
+    assert f"{p}:3" in msg and "gopher_qualty" in msg and "did you mean 'gopher_quality'" in msg
+
+
+def test_unknown_param_names_line_key_and_nearest(write_yaml):
+    p = write_yaml("stages:\n  - langid:\n      keep: [en]\n      min_scor: 0.5\n")
+    with pytest.raises(MaxlmError) as e:
+        load_pipeline(p)
+    msg = str(e.value)
+    assert f"{p}:4" in msg and "stages[0].langid.min_scor" in msg and "did you mean 'min_score'" in msg
+
+
+def test_bad_types_and_ranges(write_yaml):
+    cases = {
+        "stages:\n  - minhash_dedup: {bands: many}\n": "stages[0].minhash_dedup.bands must be an integer",
+        "stages:\n  - langid: {min_score: 1.5}\n": "min_score: must be a fraction",
+        "stages:\n  - gopher_quality: {min_words: 500, max_words: 10}\n": "min_words: must be <= max_words",
+        "output: {format: csv}\nstages: [pii]\n": "output.format must be one of jsonl.zst, parquet",
+        "executor: rey\nstages: [pii]\n": "did you mean 'ray'",
+        "stages: []\n": "non-empty list",
+        "stages:\n  - [pii]\n": "must be a stage name",
+        "inptu: {}\nstages: [pii]\n": "did you mean 'input'",
+    }
+    for text, expected in cases.items():
+        with pytest.raises(MaxlmError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+            load_pipeline(write_yaml(text))
+
+
+def test_invalid_yaml_names_line(write_yaml):
+    with pytest.raises(MaxlmError, match=r"pipeline.yaml:\d+: invalid YAML"):
+        load_pipeline(write_yaml("stages:\n  - pii: {a: [1, 2}\n"))
+
+
+def test_cli_fails_before_any_work(write_yaml, tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text('{"text": "hello"}\n')
+    p = write_yaml("stages:\n  - pii: {emials: true}\n")
+    out = tmp_path / "out"
+    rc = main(["curate", str(p), "--input", str(tmp_path / "in.jsonl"), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "did you mean 'emails'" in err and "Traceback" not in err
+    assert not out.exists()  # nothing was started
+
+
+def test_cli_missing_input_and_duplicate_stage_labels(write_yaml, tmp_path, capsys):
+    p = write_yaml("stages:\n  - length: {field: text}\n  - length: {field: title, min_words: 1}\n")
+    cfg = load_pipeline(p)
+    assert [s.label for s in cfg.stages] == ["length", "length#2"]
+    rc = main([str(p), "--input", str(tmp_path / "nothing-*.jsonl"), "--output", str(tmp_path / "o")])
+    assert rc == 2 and "no files match" in capsys.readouterr().err
