@@ -1,0 +1,306 @@
+"""HF interop against transformers itself: imported models give transformers' logits, exports
+load in transformers with identical weights, and the export streams and is atomic."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import maxlm  # noqa: E402
+from maxlm.ckpt import hf_stored  # noqa: E402
+from maxlm.ckpt.hf import export_hf, import_hf  # noqa: E402
+from maxlm.ckpt.manager import Checkpoints  # noqa: E402
+from maxlm.config import Config, MeshConfig, ModelConfig, TokenizerConfig  # noqa: E402
+from maxlm.data.tokenizers import load_tokenizer, train_sentencepiece  # noqa: E402
+from maxlm.errors import MaxlmError  # noqa: E402
+from maxlm.models import params as params_lib  # noqa: E402
+from maxlm.parallel.mesh import make_mesh  # noqa: E402
+
+V, T = 128, 48
+# llama3 scaling over an original context of 32 with head_dim 16 puts the 8 frequencies in
+# all three regimes (kept, interpolated, divided by the factor); T = 48 runs past 32.
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32, "rope_theta": 10000.0}
+SHAPE = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=128)
+TEXTS = ["hello world", " leading space", "two  spaces\nnew line\n\n    indent", "digits 12345 é ünïcode 漢字 😀", "def f(x):\n\treturn x"]
+
+
+def randomized(model):
+    """Returns `model` with every weight (norms and biases too) moved off its init, so each mapping matters."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
+
+
+@pytest.fixture(scope="module")
+def tokens() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, V, (2, T))
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory) -> Path:
+    """Returns a small sentencepiece model trained the way maxlm trains them."""
+    root = Path(os.__file__).parent
+    texts = [(root / n).read_text() for n in ("os.py", "textwrap.py", "string.py")]
+    return train_sentencepiece(texts, tmp_path_factory.mktemp("sp") / "sp.model", vocab_size=512, max_sentences=3000)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory, sp_model):
+    """Returns (torch model, HF dir, imported run dir) of a Llama 3 shaped model with GQA and llama3 RoPE."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(**SHAPE, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=False, rms_norm_eps=1e-5)
+    model = randomized(transformers.LlamaForCausalLM(cfg))
+    hf_dir = tmp_path_factory.mktemp("llama_hf")
+    model.save_pretrained(hf_dir)
+    # Give the HF dir a tokenizer, so import and export carry one through.
+    (hf_dir / "tokenizer.model").write_bytes(sp_model.read_bytes())
+    transformers.AutoTokenizer.from_pretrained(hf_dir).save_pretrained(hf_dir)
+    return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("llama_run") / "run")
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory):
+    """Returns (torch model, HF dir, imported run dir) of a Qwen2 with tied embeddings and q/k/v biases, sharded."""
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(**SHAPE, tie_word_embeddings=True, rope_theta=10000.0)
+    model = randomized(transformers.Qwen2ForCausalLM(cfg))
+    hf_dir = tmp_path_factory.mktemp("qwen2_hf")
+    model.save_pretrained(hf_dir, max_shard_size="100KB")  # sharded, with model.safetensors.index.json
+    return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("qwen2_run") / "run")
+
+
+@pytest.mark.parametrize("which", ["llama", "qwen2"])
+def test_import_matches_transformers_logits(which, request, tokens):
+    model, hf_dir, run = request.getfixturevalue(which)
+    loaded = maxlm.from_pretrained(run)
+    m = loaded.config.model
+    assert (m.family, m.num_kv_heads, m.tie_embeddings, m.qkv_bias) == (
+        (which, 2, False, False) if which == "llama" else (which, 2, True, True))
+    assert m.rope_scaling.type == ("llama3" if which == "llama" else "none")
+    ref = torch_logits(model, tokens)
+    diff = np.abs(np.asarray(loaded(tokens)) - ref).max()
+    print(f"{which} import: max |logits - transformers| = {diff:.2e}")
+    assert diff <= 1e-4
+    # An HF dir loads directly too, without a run dir.
+    assert np.abs(np.asarray(maxlm.from_pretrained(hf_dir)(tokens)) - ref).max() <= 1e-4
+
+
+def test_imported_run_layout(llama):
+    _, _, run = llama
+    assert (run / "config.yaml").is_file() and Checkpoints(run, read_only=True).latest_step() == 0
+    assert (run / "tokenizer" / "tokenizer.json").is_file()
+    assert maxlm.from_pretrained(run).tokenizer == str(run / "tokenizer")
+
+
+@pytest.mark.parametrize("which", ["llama", "qwen2"])
+def test_export_round_trips_through_transformers(which, request, tokens, tmp_path):
+    model, hf_dir, run = request.getfixturevalue(which)
+    out = export_hf(run, tmp_path / "hf", max_shard_bytes=60_000)  # small shards: several files
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(reloaded) is type(model)
+    want, got = model.state_dict(), reloaded.state_dict()
+    assert set(want) == set(got)
+    worst = max((want[k] - got[k]).abs().max().item() for k in want)
+    assert worst <= 1e-6
+    diff = np.abs(torch_logits(reloaded, tokens) - torch_logits(model, tokens)).max()
+    print(f"{which} export: max |weight diff| = {worst:.1e}, max |logit diff| = {diff:.1e}")
+    assert diff <= 1e-6
+    if which == "qwen2":
+        assert "lm_head.weight" not in index["weight_map"]
+        assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
+    else:
+        # The HF tokenizer the import copied comes back out unchanged.
+        tok = transformers.AutoTokenizer.from_pretrained(out)
+        assert [tok.encode(t, add_special_tokens=False) for t in TEXTS] == [
+            transformers.AutoTokenizer.from_pretrained(hf_dir).encode(t, add_special_tokens=False) for t in TEXTS]
+
+
+def _maxlm_run(tmp_path: Path, sp_model: Path, **model) -> tuple[Path, Config]:
+    """Returns a run dir whose step-0 params come from maxlm's own init, moved off the init values."""
+    tok = load_tokenizer(sp_model)
+    m = ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=96,
+                    max_seq_len=64, dtype="float32", **model)
+    cfg = Config(run_dir=str(tmp_path / "run"), model=m, tokenizer=TokenizerConfig(path=str(sp_model)))
+    cfg.data.seq_len = 64
+    p = params_lib.init(m, make_mesh(MeshConfig()), seed=3)
+    keys = iter(jax.random.split(jax.random.key(4), 64))
+    p = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(next(keys), a.shape, a.dtype), p)  # as if trained
+    ckpts = Checkpoints(cfg.run_dir, async_save=False)
+    ckpts.save(5, p, cfg)
+    ckpts.close()
+    return Path(cfg.run_dir), cfg
+
+
+@pytest.mark.parametrize("model", [dict(family="llama", qkv_bias=True), dict(family="qwen2", tie_embeddings=True)])
+def test_export_of_maxlm_trained_model(model, tmp_path, sp_model):
+    run, cfg = _maxlm_run(tmp_path, sp_model, **model)
+    out = export_hf(run / "checkpoints" / "5", tmp_path / "hf")  # a step dir works as well as the run
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tokens = np.random.default_rng(1).integers(0, cfg.model.vocab_size, (2, 40))
+    diff = np.abs(torch_logits(hf, tokens) - np.asarray(maxlm.from_pretrained(run)(tokens))).max()
+    print(f"maxlm {model} export: max |transformers - maxlm| = {diff:.2e}")
+    assert diff <= 1e-4
+    # The sentencepiece model becomes an HF tokenizer that encodes exactly as sentencepiece does.
+    # (AutoTokenizer forces Qwen2Tokenizer, byte-level BPE, on any qwen2 model: hence the class.)
+    load = transformers.AutoTokenizer if model["family"] == "llama" else transformers.PreTrainedTokenizerFast
+    sp, tok = load_tokenizer(sp_model), load.from_pretrained(out)
+    assert [tok.encode(t, add_special_tokens=False) for t in TEXTS] == [sp.encode(t) for t in TEXTS]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (sp.bos_id, sp.eos_id) == (1, 2)
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
+
+
+def test_scalar_head_exports_sequence_classifier(tmp_path, sp_model):
+    run, cfg = _maxlm_run(tmp_path, sp_model, scalar_head=True)
+    out = export_hf(run, tmp_path / "hf")
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert type(hf).__name__ == "LlamaForSequenceClassification" and hf.score.weight.shape == (1, 64)
+    tokens = np.random.default_rng(2).integers(3, cfg.model.vocab_size, (1, 16))
+    with torch.no_grad():
+        want = hf(torch.as_tensor(tokens)).logits[:, 0].numpy()  # HF pools the last token
+    loaded = maxlm.from_pretrained(run)
+    model = params_lib.bind(loaded.graphdef, loaded.params)
+    h, _ = model.hidden(jnp.asarray(tokens), jnp.arange(16)[None], jnp.tril(jnp.ones((1, 16, 16), bool)))
+    assert np.abs(np.asarray(model.scores(h))[:, -1] - want).max() <= 1e-4
+
+
+def test_export_reads_one_layer_slice_at_a_time(llama, tmp_path, monkeypatch):
+    _, _, run = llama
+    calls = []
+    read = hf_stored.StoredStep.read
+
+    def spy(self, leaf, layer=None):
+        calls.append((leaf, layer))
+        return read(self, leaf, layer)
+
+    def no_full_restore(*a, **k):
+        raise AssertionError("export must not restore whole leaves")
+
+    monkeypatch.setattr(hf_stored.StoredStep, "read", spy)
+    monkeypatch.setattr(hf_stored.StoredStep, "restore", no_full_restore)
+    monkeypatch.setattr(Checkpoints, "restore", no_full_restore)
+    export_hf(run, tmp_path / "hf")
+    stacked = [c for c in calls if c[0].startswith("layers/")]
+    assert all(layer is not None for _, layer in stacked)
+    assert sorted(stacked) == sorted((leaf, i) for leaf in {c[0] for c in stacked} for i in range(2))
+    assert len({c[0] for c in stacked}) == 9  # q k v o, two norms, gate up down
+
+
+def test_crashed_export_leaves_no_partial_dir(llama, tmp_path, monkeypatch):
+    _, _, run = llama
+    out = tmp_path / "hf"
+    read = hf_stored.StoredStep.read
+    calls = []
+
+    def crash_midway(self, leaf, layer=None):
+        calls.append(leaf)
+        if len(calls) == 6:
+            raise RuntimeError("disk on fire")
+        return read(self, leaf, layer)
+
+    monkeypatch.setattr(hf_stored.StoredStep, "read", crash_midway)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        export_hf(run, out)
+    assert os.listdir(tmp_path) == []
+    # A crash while replacing an earlier export keeps the earlier one whole.
+    monkeypatch.setattr(hf_stored.StoredStep, "read", read)
+    export_hf(run, out)
+    before = sorted(os.listdir(out))
+    calls.clear()
+    monkeypatch.setattr(hf_stored.StoredStep, "read", crash_midway)
+    with pytest.raises(RuntimeError):
+        export_hf(run, out)
+    assert os.listdir(tmp_path) == ["hf"] and sorted(os.listdir(out)) == before
+
+
+def test_export_refuses_to_replace_a_non_hf_dir(llama, tmp_path):
+    _, _, run = llama
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(MaxlmError, match="not a Hugging Face model dir"):
+        export_hf(run, tmp_path)
+
+
+def test_bfloat16_import_and_export(llama, tmp_path):
+    model, hf_dir, _ = llama
+    run = import_hf(hf_dir, tmp_path / "run", dtype="bfloat16")
+    out = export_hf(run, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    want = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    assert all(torch.equal(want[k], v) for k, v in reloaded.state_dict().items())
+
+
+def test_unsupported_architecture_names_file_and_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    with pytest.raises(MaxlmError) as e:
+        import_hf(tmp_path, tmp_path / "out")
+    msg = str(e.value)
+    assert str(tmp_path / "config.json") in msg and "GPT2LMHeadModel" in msg and "LlamaForCausalLM" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_inputs_raise_clear_errors(tmp_path, llama):
+    with pytest.raises(MaxlmError, match="no such Hugging Face model directory"):
+        import_hf(tmp_path / "nope", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MaxlmError, match=r"empty/config.json: not found"):
+        import_hf(tmp_path / "empty", tmp_path / "out")
+    _, hf_dir, _ = llama
+    (tmp_path / "noweights").mkdir()
+    (tmp_path / "noweights" / "config.json").write_text((hf_dir / "config.json").read_text())
+    with pytest.raises(MaxlmError, match="noweights: no model.safetensors"):
+        import_hf(tmp_path / "noweights", tmp_path / "out")
+    with pytest.raises(MaxlmError, match="no such maxlm run"):
+        export_hf(tmp_path / "nope", tmp_path / "hf")
+    with pytest.raises(MaxlmError, match="no committed checkpoint"):
+        export_hf(tmp_path / "empty", tmp_path / "hf")
+
+
+def test_unmapped_tensors_are_not_dropped_silently(llama, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    _, hf_dir, _ = llama
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((hf_dir / "config.json").read_text())
+    weights = load_file(hf_dir / "model.safetensors")
+    weights["model.layers.0.self_attn.extra.weight"] = np.ones(3, np.float32)
+    save_file(weights, bad / "model.safetensors")
+    with pytest.raises(MaxlmError, match="no maxlm counterpart: model.layers.0.self_attn.extra.weight"):
+        import_hf(bad, tmp_path / "out")
+
+
+def test_config_mapping_accepts_legacy_rope_keys():
+    from maxlm.ckpt.hf_config import hf_config, model_config
+
+    legacy = {"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "intermediate_size": 16, "rope_theta": 500000.0,
+              "rope_scaling": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 8192}}
+    m = model_config(legacy, "config.json")
+    assert m.rope_theta == 500000.0 and m.rope_scaling.original_max_position == 8192 and m.num_kv_heads == 2
+    # What an export writes maps back to the same model config.
+    assert model_config(hf_config(m, dtype="float32", bos_id=1, eos_id=2, pad_id=None, score=False), "x") == dataclasses.replace(m, head_dim=4)
+    with pytest.raises(MaxlmError, match="rope type yarn is not supported"):
+        model_config({**legacy, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "config.json")
