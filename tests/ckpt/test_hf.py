@@ -304,3 +304,16 @@ def test_config_mapping_accepts_legacy_rope_keys():
     assert model_config(hf_config(m, dtype="float32", bos_id=1, eos_id=2, pad_id=None, score=False), "x") == dataclasses.replace(m, head_dim=4)
     with pytest.raises(MaxlmError, match="rope type yarn is not supported"):
         model_config({**legacy, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "config.json")
+
+
+@pytest.mark.parametrize("which", ["llama", "qwen2"])
+def test_greedy_generate_equals_transformers(which, request):
+    """The KV-cache sampler's greedy tokens equal transformers' generate, one prompt at a time and batched."""
+    model, hf_dir, run = request.getfixturevalue(which)
+    prompts = [[5, 17, 99, 3, 42, 8], [64, 2]]
+    n = 12
+    with torch.no_grad():
+        want = [model.generate(torch.tensor([p]), max_new_tokens=n, do_sample=False, min_new_tokens=n,
+                               eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+    ours = maxlm.from_pretrained(run).generate(prompts, max_new_tokens=n)
+    assert [row[-n:].tolist() for row in ours] == want
