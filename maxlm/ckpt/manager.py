@@ -40,6 +40,14 @@ class _FrozenIteratorState:
         pass
 
 
+def _layer_chunks(params: Any) -> Any:
+    """Returns save args that store stacked layer leaves one layer per chunk."""
+    # A per-layer reader (HF export) then decodes only that layer's bytes, never all L.
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: ocp.SaveArgs(shard_axes=(0,)) if getattr(path[0], "key", None) == "layers" else ocp.SaveArgs(), params
+    )
+
+
 def checkpoint_dir(path: str | Path) -> Path:
     """Returns the `checkpoints/` directory of a run dir, or `path` itself if it is one."""
     path = Path(path).resolve()
@@ -63,7 +71,7 @@ class Checkpoints:
 
     def save(self, step: int, params: Any, config: config_lib.Config, opt_state: Any = None, data_state: dict | None = None) -> None:
         """Starts an (async) save of `step`; `wait()` blocks until it is committed."""
-        items = {"params": ocp.args.StandardSave(params), "config": ocp.args.JsonSave(config_lib.to_dict(config))}
+        items = {"params": ocp.args.StandardSave(params, save_args=_layer_chunks(params)), "config": ocp.args.JsonSave(config_lib.to_dict(config))}
         if opt_state is not None:
             items["opt_state"] = ocp.args.StandardSave(opt_state)
         if data_state is not None:
