@@ -1,4 +1,4 @@
-"""Fixtures for the curation tests: the shared data location and YAML files in tmp_path."""
+"""Fixtures for the curation tests: YAML files in tmp_path (shared_data comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,6 @@ import pytest
 # labelled_corpus and curate_outputs live beside the tests; the repo root holds data_pipelines
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from labelled_corpus import shared_data_dir  # noqa: E402
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than a few seconds (e.g. starts a local Ray)")
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    d = shared_data_dir()
-    if d is None:
-        pytest.skip("shared data not found: set MAXLM_SHARED_DATA or place it at <repo>/../shared/data")
-    return d
 
 
 @pytest.fixture
