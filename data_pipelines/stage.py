@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Any, ClassVar
 
 from data_pipelines.document import Document
 from data_pipelines.stats import StageStats
 
 
-class Filter:
+class Filter(abc.ABC):
     """A per-document stage: `process` may edit the document and returns a removal reason or None."""
 
     name: ClassVar[str]
@@ -21,9 +22,9 @@ class Filter:
     def setup(self) -> None:
         """Loads heavy resources; called once per worker process before the first document."""
 
+    @abc.abstractmethod
     def process(self, doc: Document, stats: StageStats) -> str | None:
         """Returns why `doc` is removed, or None to keep it (possibly edited)."""
-        raise NotImplementedError
 
 
 def check_fraction(name: str, value: float | None) -> None:
@@ -44,7 +45,7 @@ def check_order(lo_name: str, lo: float | None, hi_name: str, hi: float | None) 
         raise ValueError(f"{lo_name}: must be <= {hi_name} ({hi}), got {lo}")
 
 
-class Dedup:
+class Dedup(abc.ABC):
     """A corpus-wide stage: per document it emits `bands` bucket keys; documents sharing a key
     in any band are duplicates, and one per connected cluster is kept."""
 
@@ -64,6 +65,6 @@ class Dedup:
         parts = [doc.string(f) for f in self.p.fields]
         return "\n".join(p for p in parts if p)
 
+    @abc.abstractmethod
     def keys(self, docs: list[Document]) -> tuple[Any, Any]:
         """Returns (keys [n, bands] uint64, valid [n] bool); invalid documents take no part."""
-        raise NotImplementedError
