@@ -10,7 +10,6 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from maxlm.config import coerce
 from maxlm.errors import MaxlmError
 
 
@@ -28,14 +28,13 @@ class InputConfig:
     format: Literal["auto", "jsonl", "parquet", "text"] = "auto"  # auto: from the file extension
     text_key: list[str] = field(default_factory=lambda: ["text"])  # first key present is the text
     id_key: str = "id"  # absent ids become "file:line"
-    text_unit: Literal["file", "paragraph", "line"] = "file"  # what one document is in a .txt file
 
 
 @dataclass
 class OutputConfig:
     """How curated shards are written."""
 
-    format: Literal["jsonl.zst", "parquet"] = "jsonl.zst"
+    format: Literal["jsonl.zst", "parquet", "arrayrecord"] = "jsonl.zst"  # arrayrecord: random access for maxlm train
     compression_level: int = 3  # zstd level for jsonl.zst output
     write_removed: bool = True  # DIR/removed/*.jsonl.zst: id, stage, reason, duplicate_of
     keep_work: bool = False  # keep DIR/_work intermediate shards after a successful run
@@ -114,61 +113,24 @@ def _suggest(name: str, valid: list[str]) -> str:
     return f"; did you mean {near[0]!r}?" if near else f"; valid: {', '.join(valid)}"
 
 
-def coerce(value: Any, t: Any, key: str, where: str) -> Any:
-    """Returns `value` checked and converted to type `t`, or raises MaxlmError naming `key`."""
+def _value(value: Any, t: Any, key: str, where: str) -> Any:
+    """Returns `value` checked and converted to type `t`, or raises MaxlmError naming `key`.
+
+    Literal and dict fields are checked here (maxlm's own schema has neither); every other
+    type goes through `maxlm.config.coerce`, the one set of value checks for all configs.
+    """
     origin = typing.get_origin(t)
-    if dataclasses.is_dataclass(t):
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise MaxlmError(f"{where}: {key} must be a mapping, got {value!r}")
-        return build(t, value, key, lambda *k: where)
     if origin is Literal:
         choices = [str(c) for c in typing.get_args(t)]
         if str(value) not in choices:
             raise MaxlmError(f"{where}: {key} must be one of {', '.join(choices)}; got {value!r}{_suggest(str(value), choices)}")
         return str(value)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(t) if a is not type(None)]
-        return None if value is None else coerce(value, args[0], key, where)
-    if origin is list:
-        (item_t,) = typing.get_args(t)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            value = [value]  # a single value where a list is expected
-        return [coerce(v, item_t, f"{key}[{i}]", where) for i, v in enumerate(value)]
     if origin is dict:
         kt, vt = typing.get_args(t)
         if not isinstance(value, dict):
             raise MaxlmError(f"{where}: {key} must be a mapping, got {value!r}")
-        return {coerce(k, kt, f"{key} key", where): coerce(v, vt, f"{key}.{k}", where) for k, v in value.items()}
-    if t is bool:
-        if isinstance(value, bool):
-            return value
-        raise MaxlmError(f"{where}: {key} must be true or false, got {value!r}")
-    if t is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and value.lstrip("-").isdigit():
-            return int(value)  # mapping keys such as "2:" arrive as strings from some writers
-        raise MaxlmError(f"{where}: {key} must be an integer, got {value!r}")
-    if t is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML reads 1e-3 (no dot) as a string
-            except ValueError:
-                pass
-        raise MaxlmError(f"{where}: {key} must be a number, got {value!r}")
-    if t is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise MaxlmError(f"{where}: {key} must be a string, got {value!r}")
-    return value
+        return {_value(k, kt, f"{key} key", where): _value(v, vt, f"{key}.{k}", where) for k, v in value.items()}
+    return coerce(value, t, key, where)
 
 
 def build(cls: type, raw: dict, prefix: str, where: _Where | Any) -> Any:
@@ -184,7 +146,7 @@ def build(cls: type, raw: dict, prefix: str, where: _Where | Any) -> Any:
         if dataclasses.is_dataclass(types_[k]) and isinstance(v, dict):
             kwargs[k] = build(types_[k], v, dotted, where)  # nested section keeps its own lines
         else:
-            kwargs[k] = coerce(v, types_[k], dotted, where(*_keys(dotted)))
+            kwargs[k] = _value(v, types_[k], dotted, where(*_keys(dotted)))
     try:
         return cls(**kwargs)
     except ValueError as e:  # a Params.__post_init__ range check: "key: what is expected"

@@ -1,4 +1,5 @@
-"""Input files to Documents: jsonl (plain, .gz, .zst), parquet and plain text.
+"""Input files to Documents: jsonl (plain, .gz, .zst), parquet and plain text (documents
+separated by blank lines, by the same rule as `maxlm train`: `maxlm.data.formats.text_documents`).
 
 Bad records (invalid JSON, missing text, undecodable bytes, a truncated stream) come out as
 BadRecord with file:line and never stop the file: every good record around them is kept.
@@ -16,6 +17,7 @@ from typing import Iterator
 
 from data_pipelines.config import InputConfig
 from data_pipelines.document import BadRecord, Document
+from maxlm.data import formats
 from maxlm.errors import MaxlmError
 
 try:  # orjson parses several times faster; the stdlib is the fallback
@@ -154,45 +156,18 @@ def _read_parquet(f: InputFile, cfg: InputConfig) -> Iterator[Document | BadReco
 
 
 def _read_text(f: InputFile, cfg: InputConfig) -> Iterator[Document | BadRecord]:
+    line = 1  # where the unread rest of the file starts
     try:
         with open_binary(f.path) as fh:
-            data = fh.read()
+            for doc in formats.text_documents(fh):  # the same documents `maxlm train` reads
+                line = doc.line + doc.raw.count(b"\n") + 1
+                where = f"{f.label}:{doc.line}"
+                try:
+                    text = doc.decode()
+                except formats.BadRecord as e:
+                    yield BadRecord(where, str(e))  # one bad byte costs only its own document
+                    continue
+                yield Document(where, text, {}, cfg.text_key[0], where)
     except (OSError, EOFError, ValueError) as e:
-        yield BadRecord(f"{f.label}:1", f"unreadable: {type(e).__name__}: {e}")
-        return
-    # split on bytes first: "\n" never occurs inside a UTF-8 multi-byte sequence, so one bad
-    # byte costs only its own unit
-    if cfg.text_unit == "file":
-        units = [(1, data)]
-    else:
-        units = _byte_units(data, cfg.text_unit)
-    for line, raw in units:
-        where = f"{f.label}:{line}"
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield BadRecord(where, f"undecodable bytes: invalid UTF-8 at byte {e.start}")
-            continue
-        if text.strip():
-            yield Document(where, text, {}, cfg.text_key[0], where)
-
-
-def _byte_units(data: bytes, unit: str) -> list[tuple[int, bytes]]:
-    """Returns (first line number, bytes) of each line or blank-line separated paragraph."""
-    out: list[tuple[int, bytes]] = []
-    start, buf = 0, []
-    for i, ln in enumerate(data.split(b"\n"), 1):
-        if unit == "line":
-            if ln.strip():
-                out.append((i, ln))
-            continue
-        if ln.strip():
-            if not buf:
-                start = i
-            buf.append(ln)
-        elif buf:
-            out.append((start, b"\n".join(buf)))
-            buf = []
-    if buf:
-        out.append((start, b"\n".join(buf)))
-    return out
+        # zstd/gzip raise these on a truncated or corrupt stream; the documents before it stand
+        yield BadRecord(f"{f.label}:{line}", f"unreadable from here on: {type(e).__name__}: {e}")

@@ -1,4 +1,4 @@
-"""Output shards: jsonl.zst or parquet, each written to a temporary file and renamed when complete."""
+"""Output shards: jsonl.zst, parquet or ArrayRecord, each written to a temporary file and renamed when complete."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - exercised only without orjson
         return json.dumps(rec, ensure_ascii=False, default=str).encode("utf-8")
 
 
-SUFFIX = {"jsonl.zst": ".jsonl.zst", "parquet": ".parquet"}
+SUFFIX = {"jsonl.zst": ".jsonl.zst", "parquet": ".parquet", "arrayrecord": ".arrayrecord"}
 
 
 class JsonlZstWriter:
@@ -100,9 +100,47 @@ class ParquetWriter:
         self.close(ok=exc_type is None)
 
 
-def open_writer(path: str | os.PathLike, fmt: str, level: int = 3) -> JsonlZstWriter | ParquetWriter:
-    """Returns a writer for an output shard in format `fmt` (jsonl.zst | parquet)."""
-    return ParquetWriter(path) if fmt == "parquet" else JsonlZstWriter(path, level)
+class ArrayRecordWriter:
+    """Writes one JSON object a record into an ArrayRecord file (what maxlm.data reads), atomically on close."""
+
+    def __init__(self, path: str | os.PathLike):
+        from array_record.python.array_record_module import ArrayRecordWriter as _Writer
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f"{self.path.name}{TMP_MARK}{os.getpid()}")
+        # group_size:1 compresses each record alone: training reads them in shuffled order,
+        # and a larger group would inflate the whole group to read one record
+        self._w = _Writer(str(self._tmp), "group_size:1")
+        self.count = 0
+
+    def write(self, rec: Any) -> None:
+        """Appends one record."""
+        self._w.write(_dumps(rec))
+        self.count += 1
+
+    def close(self, ok: bool = True) -> None:
+        """Finishes the file; with ok=False the partial file is discarded."""
+        self._w.close()
+        if ok:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ArrayRecordWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
+
+
+def open_writer(path: str | os.PathLike, fmt: str, level: int = 3) -> JsonlZstWriter | ParquetWriter | ArrayRecordWriter:
+    """Returns a writer for an output shard in format `fmt` (jsonl.zst | parquet | arrayrecord)."""
+    if fmt == "parquet":
+        return ParquetWriter(path)
+    if fmt == "arrayrecord":
+        return ArrayRecordWriter(path)
+    return JsonlZstWriter(path, level)
 
 
 def read_jsonl_zst(path: str | os.PathLike) -> Iterator[Any]:

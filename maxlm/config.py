@@ -214,7 +214,7 @@ def _unknown_key(key: str, cls: type, prefix: str, where: str) -> MaxlmError:
     return MaxlmError(f"{where}: unknown key {prefix + key}{hint}")
 
 
-def _coerce(value: Any, t: Any, key: str, where: str) -> Any:
+def coerce(value: Any, t: Any, key: str, where: str) -> Any:
     """Returns `value` checked and converted to type `t`, or raises naming `key`."""
     origin = typing.get_origin(t)
     if dataclasses.is_dataclass(t):
@@ -229,10 +229,10 @@ def _coerce(value: Any, t: Any, key: str, where: str) -> Any:
             return []
         if not isinstance(value, list):
             value = [value]
-        return [_coerce(v, item_t, f"{key}[{i}]", where) for i, v in enumerate(value)]
+        return [coerce(v, item_t, f"{key}[{i}]", where) for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(t) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], key, where)
+        return None if value is None else coerce(value, args[0], key, where)
     if t is bool:
         if isinstance(value, bool):
             return value
@@ -268,7 +268,7 @@ def _build(cls: type, raw: dict, prefix: str, where: str):
     for k, v in raw.items():
         if k not in types_:
             raise _unknown_key(str(k), cls, prefix, where)
-        kwargs[k] = _coerce(v, types_[k], prefix + k, where)
+        kwargs[k] = coerce(v, types_[k], prefix + k, where)
     return cls(**kwargs)
 
 

@@ -66,3 +66,17 @@ def test_missing_base_and_cycle(tmp_path):
     write(tmp_path / "c.yaml", {"base_config": "nope.yaml"})
     with pytest.raises(MaxlmError, match="nope.yaml: config file not found"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_coerce_is_strict():
+    from maxlm.config import coerce
+
+    assert coerce(None, list[str], "k", "w") == [] and coerce("a", list[str], "k", "w") == ["a"]
+    assert coerce(3, float, "k", "w") == 3.0 and coerce("1e-3", float, "k", "w") == 1e-3
+    assert coerce(None, int | None, "k", "w") is None and coerce(2.0, int, "k", "w") == 2
+    for value, t, message in [("2", int, "must be an integer"), (True, int, "must be an integer"), (2.5, int, "must be an integer"),
+                              ("yes", bool, "must be true or false"), ([1], str, "must be a string"), ("x", float, "must be a number")]:
+        with pytest.raises(MaxlmError, match=f"w: k {message}"):
+            coerce(value, t, "k", "w")
+    with pytest.raises(MaxlmError, match="model.dtype must be one of"):
+        coerce("f32", str, "model.dtype", "w")

@@ -2,7 +2,8 @@
 
 Every record is validated when the reader is built, so bad data fails (or is counted and
 dropped) before any model compiles; afterwards `reader[i]` only seeks and decodes.
-Bad records are named `file:line` (1-based; the row number for parquet and ArrayRecord).
+Bad records are named `file:line` (1-based; the row number for parquet and ArrayRecord; a
+text document's first line).
 
 Compressed jsonl/text (.gz, .zst) is decompressed once into the on-disk cache
 (`cache.cache_dir("decompressed")`) and memory-mapped from there: random access into a
@@ -21,7 +22,9 @@ import logging
 import mmap
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,6 +39,7 @@ EXTENSIONS = {
     ".txt": "text", ".text": "text", ".md": "text",
 }
 COMPRESSIONS = (".gz", ".zst", ".zstd")
+UTF8_BOM = b"\xef\xbb\xbf"  # some editors start a UTF-8 file with it; it is not text
 
 
 class BadRecord(ValueError):
@@ -120,8 +124,8 @@ class JsonlFile(_LineIndexed):
         with open(path, "rb") as f:
             for lineno, line in enumerate(f, 1):
                 start, offset = offset, offset + len(line)
-                if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
-                    start, line = start + 3, line[3:]
+                if lineno == 1 and line.startswith(UTF8_BOM):
+                    start, line = start + len(UTF8_BOM), line[len(UTF8_BOM):]
                 if not line.strip():
                     continue
                 try:
@@ -138,39 +142,69 @@ class JsonlFile(_LineIndexed):
 
 
 class TextFile(_LineIndexed):
-    """Texts of a plain UTF-8 file: each block of lines between blank lines is a document."""
+    """Texts of a plain UTF-8 file, split into documents by `text_documents`."""
 
     def __init__(self, path: str, on_bad_record: str = "error", name: str | None = None):
         super().__init__(path, name or path, on_bad_record)
         starts, ends = array.array("q"), array.array("q")
-        offset, start, end, bad = 0, -1, -1, False
-
-        def close_block():
-            if start >= 0 and not bad:
-                starts.append(start)
-                ends.append(end)
-
         with open(path, "rb") as f:
-            for lineno, line in enumerate(f, 1):
-                line_start, offset = offset, offset + len(line)
-                if not line.strip():
-                    close_block()
-                    start, bad = -1, False
-                    continue
-                if start < 0:
-                    start = line_start
-                end = line_start + len(line.rstrip(b"\r\n"))
+            for doc in text_documents(f):
                 try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    if not bad:  # one count per dropped document
-                        self._bad(lineno, f"invalid UTF-8 at byte {e.start}: {e.reason}")
-                    bad = True
-            close_block()
+                    doc.decode()
+                except BadRecord as e:
+                    self._bad(doc.line, str(e))
+                    continue
+                starts.append(doc.start)
+                ends.append(doc.end)
         self.spans_2xN = np.array([starts, ends], np.int64).reshape(2, -1)
 
     def __getitem__(self, i: int) -> str:
         return self._bytes(i).decode("utf-8")
+
+
+class TextDocument(NamedTuple):
+    """One document of a plain-text file, as bytes and where it starts."""
+
+    line: int  # 1-based line of its first line: the file:line that names it
+    start: int  # byte offset of its first byte in the file
+    raw: bytes  # its lines as written, without the final line break
+
+    @property
+    def end(self) -> int:
+        """Returns the byte offset just past its last byte."""
+        return self.start + len(self.raw)
+
+    def decode(self) -> str:
+        """Returns the text; raises BadRecord naming the line of the first byte that is not UTF-8."""
+        try:
+            return self.raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = self.line + self.raw.count(b"\n", 0, e.start)
+            raise BadRecord(f"invalid UTF-8 on line {line}: {e.reason}") from None
+
+
+def text_documents(lines: Iterable[bytes]) -> Iterator[TextDocument]:
+    """Yields the documents of a plain-text file, given its lines as bytes (a file opened "rb").
+
+    The one rule for .txt everywhere (training sources and curation input): each run of
+    non-blank lines is a document; lines holding only whitespace separate documents and
+    belong to none. Lines inside a document are kept verbatim (line breaks included); a UTF-8
+    byte order mark at the start of the file is dropped.
+    """
+    offset, first, start, parts = 0, 0, 0, []
+    for lineno, ln in enumerate(lines, 1):
+        begin, offset = offset, offset + len(ln)
+        if lineno == 1 and ln.startswith(UTF8_BOM):
+            begin, ln = begin + len(UTF8_BOM), ln[len(UTF8_BOM):]
+        if ln.strip():
+            if not parts:
+                first, start = lineno, begin
+            parts.append(ln)
+        elif parts:
+            yield TextDocument(first, start, b"".join(parts).rstrip(b"\r\n"))
+            parts = []
+    if parts:
+        yield TextDocument(first, start, b"".join(parts).rstrip(b"\r\n"))
 
 
 class ParquetFile(_Reader):

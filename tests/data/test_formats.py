@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import pickle
 
 import pytest
 
 from maxlm.config import SourceConfig
-from maxlm.data.formats import open_file
+from maxlm.data.formats import open_file, text_documents
 from maxlm.data.sources import expand, iter_texts, open_source
 from maxlm.errors import MaxlmError
 
@@ -128,8 +129,9 @@ def test_bad_text_and_parquet_records(tmp_path):
     import pyarrow.parquet as pq
 
     txt = tmp_path / "t.txt"
-    txt.write_bytes(b"good block\n\nbad \xff block\nsecond line\n\nlast block\n")
-    with pytest.raises(MaxlmError, match=r"t\.txt:3: invalid UTF-8"):
+    txt.write_bytes(b"good block\n\nfirst line\nbad \xff line\n\nlast block\n")
+    # named by the document's first line (its id in curation too), the bad byte's line in the message
+    with pytest.raises(MaxlmError, match=r"t\.txt:3: invalid UTF-8 on line 4"):
         open_file(str(txt))
     reader = open_file(str(txt), on_bad_record="skip")
     assert (reader.skipped, [reader[i] for i in range(len(reader))]) == (1, ["good block", "last block"])
@@ -142,6 +144,18 @@ def test_bad_text_and_parquet_records(tmp_path):
     pq.write_table(pa.table({"body": ["a"]}), tmp_path / "k.parquet")
     with pytest.raises(MaxlmError, match=r"k\.parquet: no column 'text' \(columns: body\)"):
         open_file(str(tmp_path / "k.parquet"))
+
+
+def test_text_documents_rule(tmp_path):
+    # BOM, CRLF, whitespace-only separators, runs of blank lines, indentation, no final newline
+    raw = b"\xef\xbb\xbfone\r\ntwo  \r\n \t\r\nthree\n\n\n  indented\nlast"
+    docs = list(text_documents(io.BytesIO(raw)))
+    assert [(d.line, d.decode()) for d in docs] == [(1, "one\r\ntwo  "), (4, "three"), (7, "  indented\nlast")]
+    assert [raw[d.start:d.end] for d in docs] == [d.raw for d in docs]  # spans index the file itself
+    (tmp_path / "r.txt").write_bytes(raw)
+    reader = open_file(str(tmp_path / "r.txt"))
+    assert [reader[i] for i in range(len(reader))] == [d.decode() for d in docs]
+    assert list(text_documents(io.BytesIO(b"\n \n\t\n"))) == []
 
 
 def test_corrupt_compressed_file_is_named(tmp_path):

@@ -41,3 +41,26 @@ def test_seqio_task_feeds_the_pipeline(tokenizer, tmp_path, write_jsonl):
     stream = np.concatenate([next(it)["tokens"].reshape(-1) for _ in range(10)])
     text = tokenizer.decode(stream)
     assert "seqio document" in text and "file document" in text
+
+
+def test_tokenized_seqio_mixture_is_decoded_with_its_vocabulary(tokenizer, spm_path):
+    seqio = pytest.importorskip("seqio")
+    tf = pytest.importorskip("tensorflow")
+    texts = [f"a tokenized seqio line number {i} of the play" for i in range(12)]
+
+    def dataset_fn(split, shuffle_files, seed=None):
+        return tf.data.Dataset.from_tensor_slices({"targets": texts})
+
+    vocab = seqio.SentencePieceVocabulary(str(spm_path))
+    task, mixture = "maxlm_test_seqio_tokenized", "maxlm_test_seqio_mixture"
+    if task not in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.add(
+            task, source=seqio.FunctionDataSource(dataset_fn, splits=["train"]),
+            preprocessors=[seqio.preprocessors.tokenize], output_features={"targets": seqio.Feature(vocab, add_eos=False)},
+        )
+        seqio.MixtureRegistry.add(mixture, [(task, 1.0)])
+    cfg = Config(data=DataConfig(seqio_task=mixture, seq_len=32, prefetch=0, shuffle=False), train=TrainConfig(global_batch_size=2))
+    it = make_train_iterator(cfg, tokenizer, 0, 1)
+    text = tokenizer.decode(np.concatenate([next(it)["tokens"].reshape(-1) for _ in range(6)]))
+    # Token ids went through the task's vocabulary and back to text, then through maxlm's tokenizer.
+    assert "a tokenized seqio line number 0 of the play" in text

@@ -74,3 +74,47 @@ def test_cli_missing_input_and_duplicate_stage_labels(write_yaml, tmp_path, caps
     assert [s.label for s in cfg.stages] == ["length", "length#2"]
     rc = main([str(p), "--input", str(tmp_path / "nothing-*.jsonl"), "--output", str(tmp_path / "o")])
     assert rc == 2 and "no files match" in capsys.readouterr().err
+
+
+def test_values_go_through_the_one_maxlm_coerce(write_yaml):
+    import data_pipelines.config as dp_config
+    import maxlm.config
+
+    assert dp_config.coerce is maxlm.config.coerce  # one set of value checks for every config
+    cases = {
+        "workers: '2'\nstages: [pii]\n": "workers must be an integer",  # quoted numbers are strings
+        "input:\nstages: [pii]\n": "input must be a mapping",
+        "input: {format: csv}\nstages: [pii]\n": "input.format must be one of auto, jsonl, parquet, text",
+        "stages:\n  - gopher_repetition: {max_top_ngram_char_frac: [0.2]}\n": "max_top_ngram_char_frac must be a mapping",
+        "stages:\n  - gopher_repetition: {max_top_ngram_char_frac: {'2': 0.2}}\n": "max_top_ngram_char_frac key must be an integer",
+        "stages:\n  - gopher_repetition: {max_top_ngram_char_frac: {2: lots}}\n": "max_top_ngram_char_frac.2 must be a number",
+    }
+    for text, expected in cases.items():
+        with pytest.raises(MaxlmError, match=expected):
+            load_pipeline(write_yaml(text))
+    cfg = load_pipeline(write_yaml("output: {format: arrayrecord}\nstages:\n  - gopher_repetition: {max_top_ngram_char_frac: {2: 0.3}}\n"))
+    assert cfg.output.format == "arrayrecord" and cfg.stages[0].params.max_top_ngram_char_frac == {2: 0.3}
+
+
+def test_literal_and_dict_fields_are_never_nested():
+    """maxlm's coerce passes Literal and dict through unchecked; data_pipelines checks them only
+    as a field's own type, so one nested in a list or an Optional would go unchecked."""
+    import dataclasses
+    import types
+    import typing
+
+    from data_pipelines.config import InputConfig, OutputConfig, PipelineConfig
+    from data_pipelines.stages import STAGES
+
+    def unchecked(t) -> bool:
+        origin = typing.get_origin(t)
+        if origin is typing.Literal:
+            return False
+        if origin in (list, typing.Union, types.UnionType):
+            return any(typing.get_origin(a) in (typing.Literal, dict) or unchecked(a) for a in typing.get_args(t))
+        return any(unchecked(a) for a in typing.get_args(t))
+
+    classes = [InputConfig, OutputConfig, PipelineConfig] + [s.Params for s in STAGES.values()]
+    bad = [(c.__qualname__, f.name) for c in classes for f in dataclasses.fields(c)
+           if f.metadata.get("yaml", True) and unchecked(typing.get_type_hints(c)[f.name])]
+    assert not bad

@@ -130,6 +130,39 @@ def test_parquet_output_matches_jsonl(tmp_path, write_yaml):
     assert list((tmp_path / "p").glob("shard-*.parquet"))
 
 
+def test_arrayrecord_output_is_what_maxlm_train_reads(tmp_path, write_yaml):
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    from maxlm.config import SourceConfig
+    from maxlm.data.sources import open_source
+
+    pattern, _ = make_input(tmp_path)
+    run(tmp_path, write_yaml, glob=pattern, out="j")
+    run(tmp_path, write_yaml, fmt="arrayrecord", glob=pattern, out="a")
+    shards = sorted((tmp_path / "a").glob("shard-*"))
+    assert shards and all(p.name.endswith(".arrayrecord") for p in shards)  # no temp file left behind
+    ref = read_output(tmp_path / "j")
+    records = []
+    for p in shards:  # one JSON object a record, metadata included
+        reader = ArrayRecordReader(str(p))
+        records += [json.loads(r) for r in reader.read_all()]
+        reader.close()
+    assert records == ref
+    docs = open_source(SourceConfig(path=str(tmp_path / "a" / "shard-*.arrayrecord")))  # the training reader
+    assert [docs[i] for i in range(len(docs))] == [r["text"] for r in ref]
+
+
+def test_arrayrecord_writer_is_atomic(tmp_path):
+    from data_pipelines.writers import open_writer
+
+    with pytest.raises(RuntimeError):
+        with open_writer(tmp_path / "s.arrayrecord", "arrayrecord") as w:
+            w.write({"text": "half"})
+            assert not (tmp_path / "s.arrayrecord").exists()  # readers never see a partial shard
+            raise RuntimeError("crash")
+    assert list(tmp_path.iterdir()) == []  # the partial file is removed
+
+
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, write_yaml, monkeypatch):
     pattern, _ = make_input(tmp_path)
     run(tmp_path, write_yaml, glob=pattern, out="ref")

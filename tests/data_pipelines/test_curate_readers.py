@@ -12,6 +12,7 @@ import zstandard
 from data_pipelines.config import InputConfig
 from data_pipelines.document import BadRecord, Document
 from data_pipelines.readers import list_inputs, read_documents
+from maxlm.data.formats import open_file
 
 GOOD = [{"text": "first document", "url": "http://a", "n": 1}, {"id": "x7", "text": "second", "tags": ["a", "b"]}]
 
@@ -81,15 +82,28 @@ def test_parquet_and_text_key_choice(tmp_path):
     assert docs[1].to_record()["instruction"] == "i2" and docs[1].meta["output"] == "o2"
 
 
-def test_text_units(tmp_path):
-    (tmp_path / "t.txt").write_bytes(b"para one\nline two\n\n\npara \xff bad\n\nlast para\n")
-    whole = _read(tmp_path, "t.txt")
-    assert len(whole) == 1 and isinstance(whole[0], BadRecord)  # one bad byte spoils a whole-file unit
-    paras = _read(tmp_path, "t.txt", InputConfig(text_unit="paragraph"))
-    assert [(type(i).__name__, i.where) for i in paras] == [("Document", "t.txt:1"), ("BadRecord", "t.txt:5"), ("Document", "t.txt:7")]
-    assert paras[0].text == "para one\nline two"
-    lines = _read(tmp_path, "t.txt", InputConfig(text_unit="line"))
-    assert [i.where for i in lines] == ["t.txt:1", "t.txt:2", "t.txt:5", "t.txt:7"]
+def test_text_documents_are_the_ones_maxlm_train_reads(tmp_path):
+    raw = b"para one\r\nline two\r\n\n\n  \npara three\nbad \xff line\n\nlast para"
+    (tmp_path / "t.txt").write_bytes(raw)
+    items = _read(tmp_path, "t.txt")
+    assert [(type(i).__name__, i.where) for i in items] == [("Document", "t.txt:1"), ("BadRecord", "t.txt:6"), ("Document", "t.txt:9")]
+    assert [d.id for d in items if isinstance(d, Document)] == ["t.txt:1", "t.txt:9"]  # file:line of the first line
+    assert "invalid UTF-8 on line 7" in items[1].problem
+    train = open_file(str(tmp_path / "t.txt"), on_bad_record="skip")
+    assert [d.text for d in items if isinstance(d, Document)] == [train[i] for i in range(len(train))] == ["para one\r\nline two", "last para"]
+    (tmp_path / "t.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
+    assert [(type(i).__name__, i.where.replace(".zst", "")) for i in _read(tmp_path, "t.txt.zst")] == [(type(i).__name__, i.where) for i in items]
+
+
+def test_truncated_text_keeps_the_documents_before(tmp_path):
+    data = "".join(f"document {i} " * 30 + "\n\n" for i in range(300)).encode()  # document i on line 2i+1
+    blob = gzip.compress(data)
+    (tmp_path / "cut.txt.gz").write_bytes(blob[: len(blob) // 2])
+    items = _read(tmp_path, "cut.txt.gz")
+    docs = [i for i in items if isinstance(i, Document)]
+    assert 0 < len(docs) < 300 and [d.where for d in docs] == [f"cut.txt.gz:{2 * i + 1}" for i in range(len(docs))]
+    assert isinstance(items[-1], BadRecord) and "unreadable from here on" in items[-1].problem
+    assert items[-1].where == f"cut.txt.gz:{2 * len(docs)}"  # the line after the last whole document
 
 
 def test_glob_labels_are_relative(tmp_path):
