@@ -82,6 +82,7 @@ class DataConfig:
     shuffle: bool = True
     add_bos: bool = True
     add_eos: bool = True
+    chat_template: str = "default"  # sft/rm/dpo/ppo/grpo: default | llama3 | chatml | hf (the HF tokenizer's own)
     prefetch: int = 4  # batches prepared ahead of the step in a background thread
     worker_count: int = 0  # >0: Grain multiprocessing workers for tokenization
 
@@ -121,6 +122,23 @@ class TrainConfig:
     eval_steps: int = 10
     max_consecutive_nonfinite: int = 5
     init_from: str = ""  # maxlm run dir / checkpoint, or a maxlm import of an HF model
+
+
+@dataclass
+class RewardModelConfig:
+    """task: rm, a Bradley-Terry reward model on preference pairs."""
+
+    center_coef: float = 0.0  # + center_coef·(r_c + r_r)²: keeps rewards near zero mean
+
+
+@dataclass
+class PreferenceConfig:
+    """task: dpo and its family; sigmoid/ipo/hinge compare with the frozen `train.init_from` model."""
+
+    kind: str = "sigmoid"  # sigmoid (DPO; label_smoothing > 0: cDPO) | ipo | hinge | simpo | orpo
+    beta: float = 0.1  # orpo: the weight of the odds-ratio term (ORPO's lambda)
+    label_smoothing: float = 0.0
+    gamma: float = 0.5  # simpo's target margin
 
 
 @dataclass
@@ -169,6 +187,8 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rm: RewardModelConfig = field(default_factory=RewardModelConfig)
+    dpo: PreferenceConfig = field(default_factory=PreferenceConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -176,7 +196,9 @@ class Config:
 
 
 CHOICES = {
-    "task": ("pretrain",),
+    "task": ("pretrain", "sft", "rm", "dpo"),
+    "dpo.kind": ("sigmoid", "ipo", "hinge", "simpo", "orpo"),
+    "data.chat_template": ("default", "llama3", "chatml", "hf"),
     "model.family": ("llama", "qwen2"),
     "model.rope_scaling.type": ("none", "llama3", "linear"),
     "model.dtype": ("float32", "bfloat16", "float16"),

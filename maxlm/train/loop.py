@@ -1,4 +1,6 @@
-"""`maxlm train` for task: pretrain — set up, step, log, checkpoint, sample, export.
+"""`maxlm train` for the gradient tasks (pretrain, sft, rm, dpo) — set up, step, log, checkpoint,
+sample, export. The task decides the batches (`data.pipeline`) and the objective
+(`train.objectives`); everything else is shared.
 
 The loop keeps one step in flight: step s+1 is dispatched before the metrics of step s
 are fetched, so the host never idles the device waiting on a print.
@@ -26,7 +28,7 @@ from maxlm.models import params as params_lib
 from maxlm.parallel.distributed import initialize_from_env
 from maxlm.parallel.mesh import data_parallel_size, make_mesh
 from maxlm.train import metrics as metrics_lib
-from maxlm.train import optim, state as state_lib, steps as steps_lib
+from maxlm.train import objectives, optim, state as state_lib, steps as steps_lib
 
 
 @dataclasses.dataclass
@@ -76,20 +78,24 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._old)
 
 
-def evaluate(eval_fn, params, batches, to_global) -> float | None:
-    """Returns the token-mean held-out loss over `batches`, or None without eval data."""
+def evaluate(eval_fn, params, batches, to_global, ref_params=None) -> dict | None:
+    """Returns the held-out metrics over `batches` ({"loss": ..., task metrics}), or None without eval data."""
     if not batches:
         return None
-    nll = count = 0.0
+    total: dict[str, float] = {}
     for b in batches:
-        out = jax.device_get(eval_fn(params, to_global(b)))
-        nll, count = nll + float(out["nll_sum"]), count + float(out["count"])
-    return nll / max(count, 1.0)
+        out = jax.device_get(eval_fn(params, to_global(b), ref_params))
+        for k, v in out.items():
+            total[k] = total.get(k, 0.0) + float(v)
+    count = max(total["count"], 1.0)
+    return {k[:-4]: v / count for k, v in total.items() if k.endswith("_sum") and k != "z_loss_sum"}
 
 
 def train(cfg: Config, *, log=print) -> RunResult:
-    """Runs (or resumes) a pretraining run and returns what it produced."""
+    """Runs (or resumes) a pretrain / sft / rm / dpo run and returns what it produced."""
     initialize_from_env()
+    if cfg.task == "rm" and not cfg.model.scalar_head:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scalar_head=True))  # a reward model is its scalar head
     mesh = make_mesh(cfg.mesh)
     check_fits(cfg, mesh)
     cfg = state_lib.resolve_init_from(cfg)
@@ -113,14 +119,17 @@ def train(cfg: Config, *, log=print) -> RunResult:
     log(f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} devices")
 
     graphdef, _, _ = params_lib.abstract(cfg.model)
+    objective = objectives.for_task(graphdef, cfg)
+    ref_params = state_lib.reference_params(cfg, mesh) if objectives.needs_reference(cfg) else None
+    r_shard = p_shard if ref_params is not None else None
     batch_shard = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     step_fn = jax.jit(
-        steps_lib.train_step(graphdef, tx, cfg.train),
-        in_shardings=(p_shard, o_shard, batch_shard),
+        steps_lib.train_step(objective, tx, cfg.train),
+        in_shardings=(p_shard, o_shard, batch_shard, r_shard),
         out_shardings=(p_shard, o_shard, None),
         donate_argnums=(0, 1),
     )
-    eval_fn = jax.jit(steps_lib.eval_step(graphdef), in_shardings=(p_shard, batch_shard))
+    eval_fn = jax.jit(steps_lib.eval_step(objective), in_shardings=(p_shard, batch_shard, r_shard))
 
     def to_global(batch: dict) -> dict:
         return {k: jax.make_array_from_process_local_data(batch_shard, np.asarray(v)) for k, v in batch.items()}
@@ -131,7 +140,8 @@ def train(cfg: Config, *, log=print) -> RunResult:
     peak = metrics_lib.peak_flops_per_device()
     preemption = _Preemption()
     losses: dict[int, float] = {}
-    window = {"tokens": 0.0, "time": 0.0, "data": 0.0, "loss": [], "grad_norm": []}
+    window: dict = {"tokens": 0.0, "time": 0.0, "data": 0.0, "means": {}}
+    trained = [writer.last_value("tokens_trained", 0.0)]  # tokens that carried a loss, whole run
     consecutive_bad = skipped_updates = 0
     last_saved = state.step
     eval_loss = None
@@ -162,30 +172,38 @@ def train(cfg: Config, *, log=print) -> RunResult:
         else:
             consecutive_bad = 0
         losses[step] = m["loss"]
-        window["tokens"] += m["tokens"] * jax.process_count()
+        # m["tokens"] is already the global count: the step reduces over the whole mesh.
+        window["tokens"] += m["tokens"]
         window["time"] += t_wall
         window["data"] += t_data
-        window["loss"].append(m["loss"])
-        window["grad_norm"].append(m["grad_norm"])
+        if cfg.task in ("pretrain", "sft"):
+            trained[0] += m["count"]
+        for k, v in m.items():
+            if k not in ("tokens", "count", "nonfinite") and not (k == "z_loss" and not cfg.train.z_loss):
+                window["means"].setdefault(k, []).append(v)
         record = None
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             tps = window["tokens"] / max(window["time"], 1e-9)
+            means = {k: float(np.mean(v)) for k, v in window["means"].items()}
             record = {
                 "step": step,
-                "loss": float(np.mean(window["loss"])),
+                "loss": means.pop("loss"),
                 "learning_rate": float(lr_at(step - 1)),
-                "grad_norm": float(np.mean(window["grad_norm"])),
+                "grad_norm": means.pop("grad_norm"),
+                **means,
+                **({"tokens_trained": trained[0]} if cfg.task in ("pretrain", "sft") else {}),
                 "tokens_per_second": tps,
                 "mfu": (tps * flops_per_token / (peak * jax.device_count())) if peak else None,
                 "data_wait_fraction": window["data"] / max(window["time"], 1e-9),
                 "skipped_updates": skipped_updates,
                 "skipped_records": int(getattr(train_it, "skipped_records", 0)),
             }
-            window.update(tokens=0.0, time=0.0, data=0.0, loss=[], grad_norm=[])
+            window.update(tokens=0.0, time=0.0, data=0.0, means={})
         if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and eval_batches:
-            eval_loss = evaluate(eval_fn, state.params, eval_batches, to_global)
+            held_out = evaluate(eval_fn, state.params, eval_batches, to_global, ref_params)
+            eval_loss = held_out["loss"]
             fetched_at[0] = time.perf_counter()  # eval time is not training throughput
-            record = (record or {"step": step}) | {"eval_loss": eval_loss}
+            record = (record or {"step": step}) | {f"eval_{k}": v for k, v in held_out.items()}
         if record:
             writer.write(record)
             pbar.set_postfix(loss=f"{record.get('loss', m['loss']):.3f}", refresh=False)
@@ -201,7 +219,7 @@ def train(cfg: Config, *, log=print) -> RunResult:
             t0 = time.perf_counter()
             batch = to_global(next(train_it))
             t_data = time.perf_counter() - t0
-            state.params, state.opt_state, m = step_fn(state.params, state.opt_state, batch)
+            state.params, state.opt_state, m = step_fn(state.params, state.opt_state, batch, ref_params)
             state.step = step
             if pending:
                 finish(*pending)

@@ -63,6 +63,15 @@ class MetricsWriter:
         keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
         self.path.write_text("".join(l + "\n" for l in keep))
 
+    def last_value(self, key: str, default: float) -> float:
+        """Returns `key` of the last record holding it (a resumed run continues its running totals)."""
+        if not self.enabled or not self.path.exists():
+            return default
+        for line in reversed(self.path.read_text().splitlines()):
+            if line.strip() and json.loads(line).get(key) is not None:
+                return json.loads(line)[key]
+        return default
+
     def write(self, record: dict) -> None:
         """Writes one record (must hold "step")."""
         if not self.enabled:
@@ -98,7 +107,7 @@ class MetricsWriter:
         if evals:
             ax.plot(*zip(*evals), "o-", label="eval loss")
         ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats / token)")
+        ax.set_ylabel("loss")
         ax.legend()
         ax.grid(alpha=0.3)
         out = self.run_dir / "loss.png"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
@@ -54,14 +55,28 @@ def opt_shardings(tx: optax.GradientTransformation, abstract_params: Any) -> Any
 
 
 def load_params(path: str, cfg: Config, mesh: Mesh) -> Any:
-    """Returns the params of the latest checkpoint under `path`, sharded for `mesh`."""
-    _, shapes, _ = params_lib.abstract(cfg.model)
-    target = abstract_like(shapes, params_lib.shardings(cfg.model, mesh))
+    """Returns the params of the latest checkpoint under `path`, sharded for `mesh`.
+
+    A scalar head is added (zeros: every reward starts equal) when the config wants one that the
+    checkpoint lacks, e.g. a reward model started from an SFT model, and dropped in the reverse case.
+    """
     ckpts = Checkpoints(path, read_only=True)
-    saved = ckpts.config().model
-    if saved.scalar_head != cfg.model.scalar_head:
-        raise MaxlmError(f"init_from {path}: scalar head presence differs from the model config")
-    return ckpts.restore(None, target)["params"]
+    saved_model = dataclasses.replace(cfg.model, scalar_head=ckpts.config().model.scalar_head)
+    _, shapes, _ = params_lib.abstract(saved_model)
+    params = ckpts.restore(None, abstract_like(shapes, params_lib.shardings(saved_model, mesh)))["params"]
+    if cfg.model.scalar_head and "score_head" not in params:
+        sharding = params_lib.shardings(cfg.model, mesh)["score_head"]
+        params["score_head"] = jax.device_put(jnp.zeros((cfg.model.hidden_size,), jnp.dtype(cfg.model.param_dtype)), sharding)
+    if not cfg.model.scalar_head:
+        params.pop("score_head", None)
+    return params
+
+
+def reference_params(cfg: Config, mesh: Mesh) -> Any:
+    """Returns the frozen reference model of DPO-style tasks: `train.init_from`'s weights, else the seed's init."""
+    if cfg.train.init_from:
+        return load_params(cfg.train.init_from, cfg, mesh)
+    return params_lib.init(cfg.model, mesh, cfg.train.seed)
 
 
 def setup(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, ckpts: Checkpoints) -> tuple[TrainState, dict | None, Any, Any]:

@@ -23,7 +23,7 @@ import numpy as np
 from maxlm.config import MeshConfig, TrainConfig, load_config
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
-from maxlm.train import metrics, optim, steps
+from maxlm.train import metrics, objectives, optim, steps
 
 
 def batches(vocab: int, batch: int, seq: int, n: int, seed: int = 0) -> list[np.ndarray]:
@@ -40,7 +40,7 @@ def bench_maxlm(cfg, data, warmup: int) -> dict:
     graphdef, _, _ = params_lib.abstract(cfg)
     params = params_lib.init(cfg, mesh, 0)
     opt_state = jax.jit(tx.init)(params)
-    step = jax.jit(steps.train_step(graphdef, tx, tcfg), donate_argnums=(0, 1))
+    step = jax.jit(steps.train_step(objectives.language_model(graphdef, 0.0), tx, tcfg), donate_argnums=(0, 1))
     b, t = data[0].shape
     extra = {"segment_ids": np.ones((b, t), np.int32), "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)), "loss_mask": np.ones((b, t), np.float32)}
     t0 = time.perf_counter()
