@@ -68,6 +68,7 @@ class SourceConfig:
     weight: float = 1.0
     format: str = "auto"  # auto | jsonl | parquet | arrayrecord | text
     text_key: str = "text"
+    rows: str = ""  # a slice of the source's records, "start:stop"; ints or percents ("0:90%", "90%:")
 
 
 @dataclass

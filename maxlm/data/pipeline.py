@@ -11,6 +11,10 @@ Train order of operations, and why:
 Everything before packing is index-addressed, so the iterator state is a few integers and
 restoring it reproduces the following batches bit for bit.
 
+Post-training tasks read records instead of texts (`examples.py` encodes them once, with the
+chat template): sft packs {"ids", "mask"} examples without splitting one across rows; rm and
+dpo batch ready-made [2, T] pairs (see `train.objectives` for their layout).
+
 Batch: tokens int32 [B, T], segment_ids int32 [B, T] (0 = padding), positions int32 [B, T],
 loss_mask f32 [B, T] (1 where a token may be a target). B = global_batch_size // process_count.
 """
@@ -24,8 +28,9 @@ import grain
 import numpy as np
 
 from maxlm.config import Config, SourceConfig
+from maxlm.data.examples import encode_file
 from maxlm.data.packing import PackedRows
-from maxlm.data.sources import Documents, open_source, train_sources
+from maxlm.data.sources import Documents, open_source, row_slice, train_sources
 from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import MaxlmError
 
@@ -106,10 +111,20 @@ def rows_per_process(cfg: Config, process_count: int) -> int:
     return gbs // process_count
 
 
-def _shard(docs: Documents, process_index: int, process_count: int) -> grain.MapDataset:
-    ds = grain.MapDataset.source(docs)[process_index::process_count]
+def _rows_of(docs, src: SourceConfig) -> grain.MapDataset:
+    """Returns the source as a MapDataset, cut to `rows` when the config names a slice."""
+    ds = grain.MapDataset.source(docs)
+    if src.rows and isinstance(docs, Documents):  # examples were cut to `rows` before encoding
+        ds = ds[row_slice(src.rows, len(docs), src.path)]
+        if len(ds) == 0:
+            raise MaxlmError(f"{src.path}: rows {src.rows!r} selects none of its {len(docs)} records")
+    return ds
+
+
+def _shard(docs: grain.MapDataset, process_index: int, process_count: int, name: str) -> grain.MapDataset:
+    ds = docs[process_index::process_count]
     if len(ds) == 0:
-        raise MaxlmError(f"{docs.name}: {len(docs)} documents cannot give each of {process_count} processes one")
+        raise MaxlmError(f"{name}: {len(docs)} documents cannot give each of {process_count} processes one")
     return ds
 
 
@@ -128,16 +143,15 @@ def make_train_iterator(
     sources_cfg: list[SourceConfig] = train_sources(d)
     if not sources_cfg:
         raise MaxlmError("data.train_files is empty; give files, globs or builtin:stdlib-docs")
-    sources = [open_source(s, d.on_bad_record) for s in sources_cfg]  # validates every record now
+    sources = [_open(cfg, s, tokenizer) for s in sources_cfg]  # validates every record now
     parts = []
-    for i, docs in enumerate(sources):
-        ds = _shard(docs, process_index, process_count)
+    for i, (docs, src) in enumerate(zip(sources, sources_cfg)):
+        ds = _shard(_rows_of(docs, src), process_index, process_count, src.path)
         if d.shuffle:
             ds = ds.shuffle(seed=_seed(cfg.train.seed, i))
         parts.append(ds.repeat())
     mixture = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [s.weight for s in sources_cfg])
-    tokens = mixture.map(Tokenize(tokenizer, d.add_bos, d.add_eos)).to_iter_dataset(READ_OPTIONS)
-    batches = PackedRows(tokens, d.seq_len, tokenizer.pad_id).batch(rows, drop_remainder=True)
+    batches = _rows(cfg, mixture, tokenizer).batch(rows, drop_remainder=True)
     if d.worker_count > 0:
         _allow_unparsed_absl_flags()
         # Each worker packs its own slice of the mixture: deterministic for a given worker_count.
@@ -149,10 +163,31 @@ def make_train_iterator(
     # What gives the saved position its meaning; source paths are left out so data may move.
     layout = {
         "version": STATE_VERSION, "process_index": process_index, "process_count": process_count,
-        "rows": rows, "seq_len": d.seq_len, "worker_count": d.worker_count, "shuffle": d.shuffle,
+        "task": cfg.task, "rows": rows, "seq_len": d.seq_len, "worker_count": d.worker_count, "shuffle": d.shuffle,
         "source_weights": [s.weight for s in sources_cfg],
     }
     return DataIterator(batches, sources, layout)
+
+
+def _open(cfg: Config, src: SourceConfig, tokenizer: Tokenizer):
+    """Returns one source as a random-access list: texts (pretrain) or encoded examples."""
+    if cfg.task == "pretrain":
+        return open_source(src, cfg.data.on_bad_record)
+    if not src.path:
+        raise MaxlmError(f"task {cfg.task}: a data source has an empty path; expected a jsonl/json/parquet file or glob")
+    return encode_file(src.path, cfg.task, tokenizer, cfg.data.chat_template, cfg.data.seq_len, cfg.data.on_bad_record, src.rows)
+
+
+def _rows(cfg: Config, ds: grain.MapDataset, tokenizer: Tokenizer) -> grain.IterDataset:
+    """Returns the dataset of single rows (before batching) for cfg.task."""
+    d = cfg.data
+    if cfg.task == "pretrain":
+        tokens = ds.map(Tokenize(tokenizer, d.add_bos, d.add_eos)).to_iter_dataset(READ_OPTIONS)
+        return PackedRows(tokens, d.seq_len, tokenizer.pad_id)
+    if cfg.task == "sft":
+        # The chat template already places BOS/EOS; data.add_bos/add_eos apply to pretraining text.
+        return PackedRows(ds.to_iter_dataset(READ_OPTIONS), d.seq_len, tokenizer.pad_id, split=False)
+    return ds.to_iter_dataset(READ_OPTIONS)
 
 
 def _allow_unparsed_absl_flags() -> None:
@@ -179,28 +214,34 @@ def make_eval_batches(
     d = cfg.data
     if not d.eval_files or num_batches <= 0:
         return []
-    docs = [open_source(s, d.on_bad_record) for s in d.eval_files]
-    texts = grain.MapDataset.concatenate([grain.MapDataset.source(x) for x in docs])[process_index::process_count]
-    tokens = texts.map(Tokenize(tokenizer, d.add_bos, d.add_eos)).to_iter_dataset(READ_OPTIONS)
-    it = PackedRows(tokens, d.seq_len, tokenizer.pad_id).batch(rows, drop_remainder=False).__iter__()
-    out = [_pad_rows(b, rows, tokenizer.pad_id) for b in itertools.islice(it, num_batches)]
+    docs = [_open(cfg, s, tokenizer) for s in d.eval_files]
+    items = grain.MapDataset.concatenate([_rows_of(x, src) for x, src in zip(docs, d.eval_files)])[process_index::process_count]
+    it = _rows(cfg, items, tokenizer).batch(rows, drop_remainder=False).__iter__()
+    out = list(itertools.islice(it, num_batches))
+    template = _padding_batch(cfg, rows, tokenizer.pad_id)
+    out = [_pad_rows(b, template) for b in out]
     if process_count > 1:
-        out += [_pad_rows(None, rows, tokenizer.pad_id, d.seq_len) for _ in range(num_batches - len(out))]
+        out += [template for _ in range(num_batches - len(out))]
     return out
 
 
-def _pad_rows(batch: dict | None, rows: int, pad_id: int, seq_len: int = 0) -> dict[str, np.ndarray]:
-    """Returns `batch` with all-padding rows appended up to `rows` (an all-padding batch for None)."""
-    have = 0 if batch is None else len(batch["tokens"])
-    T = seq_len if batch is None else batch["tokens"].shape[1]
-    if have == rows:
-        return batch
-    pad = {
-        "tokens": np.full((rows - have, T), pad_id, np.int32),
-        "segment_ids": np.zeros((rows - have, T), np.int32),
-        "positions": np.zeros((rows - have, T), np.int32),
-        "loss_mask": np.zeros((rows - have, T), np.float32),
+def _padding_batch(cfg: Config, rows: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Returns a batch of padding rows (pad id, segment 0, zero masks): it counts nothing in any objective."""
+    shape = (rows, cfg.data.seq_len) if cfg.task in ("pretrain", "sft") else (rows, 2, cfg.data.seq_len)
+    batch = {
+        "tokens": np.full(shape, pad_id, np.int32),
+        "segment_ids": np.zeros(shape, np.int32),
+        "positions": np.zeros(shape, np.int32),
+        "loss_mask": np.zeros(shape, np.float32),
     }
-    if batch is None:
-        return pad
-    return {k: np.concatenate([batch[k], pad[k]]) for k in pad}
+    if cfg.task in ("rm", "dpo"):
+        batch |= {"margin": np.zeros(rows, np.float32), "pair_mask": np.zeros(rows, np.float32)}
+    return batch
+
+
+def _pad_rows(batch: dict, template: dict) -> dict[str, np.ndarray]:
+    """Returns `batch` with rows of the all-padding `template` appended up to its row count."""
+    have = len(batch["tokens"])
+    if have == len(template["tokens"]):
+        return batch
+    return {k: np.concatenate([batch[k], template[k][have:]]) for k in template}

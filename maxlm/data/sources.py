@@ -75,6 +75,26 @@ def open_source(src: SourceConfig, on_bad_record: str = "error") -> Documents:
     return docs
 
 
+def row_slice(spec: str, n: int, name: str) -> slice:
+    """Returns the slice `spec` ("start:stop", ints or percents of n) names; raises MaxlmError when malformed."""
+    if not spec:
+        return slice(None)
+
+    def bound(part: str) -> int | None:
+        part = part.strip()
+        if not part:
+            return None
+        try:
+            return round(n * float(part[:-1]) / 100) if part.endswith("%") else int(part)
+        except ValueError:
+            raise MaxlmError(f"{name}: rows {spec!r}: expected start:stop with integers or percents, e.g. 0:90% or 1000:") from None
+
+    if spec.count(":") != 1:
+        raise MaxlmError(f"{name}: rows {spec!r}: expected start:stop with integers or percents, e.g. 0:90% or 1000:")
+    start, stop = (bound(p) for p in spec.split(":"))
+    return slice(start, stop)
+
+
 def train_sources(data: DataConfig) -> list[SourceConfig]:
     """Returns data.train_files plus data.seqio_task (weight 1) as one list of sources."""
     extra = [SourceConfig(path=SEQIO_PREFIX + data.seqio_task)] if data.seqio_task else []

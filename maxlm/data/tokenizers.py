@@ -198,8 +198,14 @@ def ensure_tokenizer(cfg: Config) -> Tokenizer:
     if not sources:
         raise MaxlmError(f"tokenizer.path {path} does not exist and data.train_files is empty: nothing to train it on")
     t = cfg.tokenizer
+    if cfg.task == "pretrain":
+        texts = iter_texts(sources, cfg.data.on_bad_record)
+    else:
+        from maxlm.data.examples import record_texts
+
+        texts = (t for s in sources for t in record_texts(s.path, cfg.task, cfg.data.on_bad_record))
     train_sentencepiece(
-        iter_texts(sources, cfg.data.on_bad_record), path, vocab_size=t.vocab_size, model_type=t.model_type,
+        texts, path, vocab_size=t.vocab_size, model_type=t.model_type,
         max_sentences=t.max_sentences, character_coverage=t.character_coverage,
     )
     tok = load_tokenizer(path)

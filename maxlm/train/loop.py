@@ -254,22 +254,27 @@ def train(cfg: Config, *, log=print) -> RunResult:
 
 def write_samples(cfg: Config, graphdef, params, tokenizer, run_dir: Path, log) -> list[str]:
     """Returns the end-of-run samples (also written to run_dir/samples.txt)."""
-    if not cfg.sample.prompts:
+    if not cfg.sample.prompts or cfg.task == "rm":
         return []
+    from maxlm.data import chat
     from maxlm.infer.sampler import generate
 
     s = cfg.sample
-    prompts = [([tokenizer.bos_id] if cfg.data.add_bos and tokenizer.bos_id >= 0 else []) + tokenizer.encode(p) for p in s.prompts]
+    if cfg.task == "pretrain":
+        prompts = [([tokenizer.bos_id] if cfg.data.add_bos and tokenizer.bos_id >= 0 else []) + tokenizer.encode(p) for p in s.prompts]
+        stops = [tokenizer.eos_id] if tokenizer.eos_id >= 0 else []
+    else:  # chat models answer a user message
+        prompts = [chat.encode_prompt(tokenizer, cfg.data.chat_template, p) for p in s.prompts]
+        stops = chat.stop_ids(tokenizer, cfg.data.chat_template)
     out = generate(
         graphdef, cfg.model, params, prompts, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-        stop_ids=[tokenizer.eos_id] if tokenizer.eos_id >= 0 else (), seed=cfg.train.seed,
+        stop_ids=stops, seed=cfg.train.seed,
     )
     texts = []
     for p, row in zip(s.prompts, out[:, -s.max_new_tokens:]):
         ids = [int(t) for t in row]
-        if tokenizer.eos_id in ids:
-            ids = ids[: ids.index(tokenizer.eos_id)]
-        texts.append(p + tokenizer.decode(ids))
+        cut = min([ids.index(t) for t in stops if t in ids], default=len(ids))
+        texts.append(p + (" -> " if cfg.task != "pretrain" else "") + tokenizer.decode(ids[:cut]))
     (run_dir / "samples.txt").write_text("\n\n".join(texts) + "\n")
     log("samples:\n" + "\n".join(f"  > {t!r}" for t in texts))
     return texts
