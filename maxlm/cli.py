@@ -70,10 +70,29 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_eval_rm(args) -> int:
+    import json
+
+    from maxlm.eval.reward import rm_accuracy
+    from maxlm.pretrained import from_pretrained
+
+    _enable_compilation_cache()
+    result = rm_accuracy(from_pretrained(args.path), args.data, args.rows, args.batch_size, args.seq_len)
+    print(json.dumps(result))
+    return 0
+
+
 def cmd_curate(args, rest: list[str]) -> int:
     from data_pipelines.cli import main as curate_main
 
     return curate_main(["curate", *rest])
+
+
+def cmd_synth(args, rest: list[str]) -> int:
+    from data_pipelines.synth.cli import main as synth_main
+
+    _enable_compilation_cache()
+    return synth_main(rest)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -116,8 +135,20 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(fn=cmd_generate)
 
+    ev = sub.add_parser("eval", help="evaluate a trained model").add_subparsers(dest="eval_command", required=True)
+    er = ev.add_parser("rm", help="reward-model accuracy on preference pairs: prints {\"accuracy\", \"n\", ...}")
+    er.add_argument("path", help="run dir, checkpoint, or step dir of a task: rm run")
+    er.add_argument("--data", required=True, help="pairs file or glob (prompt/chosen/rejected, ranked lists, or hh-rlhf dialogues)")
+    er.add_argument("--rows", default="", help="a slice of the records, e.g. 1200: (held-out part)")
+    er.add_argument("--batch-size", type=int, default=16)
+    er.add_argument("--seq-len", type=int, default=None, help="default: the run's data.seq_len; longer pairs are skipped and counted")
+    er.set_defaults(fn=cmd_eval_rm)
+
     c = sub.add_parser("curate", help="run a curation pipeline (see data_pipelines)", add_help=False)
     c.set_defaults(fn=cmd_curate)
+
+    s = sub.add_parser("synth", help="synthetic data: self-instruct | constitutional (see data_pipelines.synth)", add_help=False)
+    s.set_defaults(fn=cmd_synth)
     return p
 
 
@@ -127,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     p = parser()
-    if argv[:1] == ["curate"]:
+    if argv[:1] in (["curate"], ["synth"]):
         args, rest = p.parse_known_args(argv[:1])[0], argv[1:]
         call = lambda: args.fn(args, rest)
     else:

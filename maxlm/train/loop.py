@@ -98,7 +98,7 @@ def train(cfg: Config, *, log=print) -> RunResult:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scalar_head=True))  # a reward model is its scalar head
     mesh = make_mesh(cfg.mesh)
     check_fits(cfg, mesh)
-    cfg = state_lib.resolve_init_from(cfg)
+    cfg = state_lib.resolve_init_from(cfg, log)
     run_dir = Path(cfg.run_dir).resolve()
     main = jax.process_index() == 0
     tokenizer = ensure_tokenizer(cfg)

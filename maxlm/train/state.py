@@ -39,13 +39,43 @@ def source_config(path: str) -> Config:
     return Checkpoints(p, read_only=True).config()
 
 
-def resolve_init_from(cfg: Config) -> Config:
+def _run_tokenizer(init_from: str, src: Config) -> str:
+    """Returns the tokenizer the source run used: its configured path, else tokenizer.model in its run dir."""
+    if src.tokenizer.path:
+        return src.tokenizer.path
+    # init_from may name the run dir, its checkpoints dir or one step dir.
+    for d in (Path(init_from), *Path(init_from).resolve().parents[:2]):
+        if (d / "tokenizer.model").is_file():
+            return str(d / "tokenizer.model")
+    raise MaxlmError(f"init_from {init_from}: its run trained its own tokenizer, but no tokenizer.model is beside it; set tokenizer.path")
+
+
+def start_from_config(path: str, log=print) -> str:
+    """Returns the run dir of the config at `path`, training it first unless it has finished.
+
+    This lets one config name another as its starting point (`train.init_from: sft.yaml`),
+    so a DPO or RM config can build its own SFT model on a fresh checkout.
+    """
+    from maxlm.config import load_config
+    from maxlm.train.loop import train
+
+    src = load_config(path)
+    done = Checkpoints(src.run_dir, read_only=True).latest_step() if (Path(src.run_dir) / "checkpoints").is_dir() else None
+    if done is None or done < src.train.steps:
+        log(f"train.init_from {path}: training the starting point into {src.run_dir} first")
+        train(src, log=log)
+    return src.run_dir
+
+
+def resolve_init_from(cfg: Config, log=print) -> Config:
     """Returns cfg with the model shape (and tokenizer, if unset) taken from `train.init_from`."""
     if not cfg.train.init_from:
         return cfg
+    if cfg.train.init_from.endswith((".yaml", ".yml")):
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=start_from_config(cfg.train.init_from, log)))
     src = source_config(cfg.train.init_from)
     model = dataclasses.replace(src.model, **{k: getattr(cfg.model, k) for k in RUNTIME_MODEL_KEYS})
-    tok = cfg.tokenizer if cfg.tokenizer.path else dataclasses.replace(cfg.tokenizer, path=src.tokenizer.path)
+    tok = cfg.tokenizer if cfg.tokenizer.path else dataclasses.replace(cfg.tokenizer, path=_run_tokenizer(cfg.train.init_from, src))
     return dataclasses.replace(cfg, model=model, tokenizer=tok)
 
 

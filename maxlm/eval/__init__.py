@@ -1,0 +1,1 @@
+"""`maxlm eval`: held-out measurements of trained models."""
