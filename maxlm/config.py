@@ -143,6 +143,22 @@ class PreferenceConfig:
 
 
 @dataclass
+class RLConfig:
+    """task: grpo: sampled rollouts, verifier rewards, group-normalized advantages, clipped updates."""
+
+    group_size: int = 8  # completions per prompt; train.global_batch_size counts prompts
+    max_prompt_len: int = 128  # prompts are left-padded to this (one compile); longer ones are skipped
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    verifier: str = "arithmetic_exact"  # a name in maxlm/train/rewards.py VERIFIERS
+    kl_coef: float = 0.04  # weight of the KL to the frozen train.init_from model
+    kl_estimator: str = "k3"  # k1 | k3 | abs | mse
+    clip_eps: float = 0.2
+
+
+@dataclass
 class CheckpointConfig:
     """Orbax checkpointing cadence and retention."""
 
@@ -190,6 +206,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)
     dpo: PreferenceConfig = field(default_factory=PreferenceConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -197,7 +214,9 @@ class Config:
 
 
 CHOICES = {
-    "task": ("pretrain", "sft", "rm", "dpo"),
+    "task": ("pretrain", "sft", "rm", "dpo", "grpo"),
+    "rl.verifier": ("arithmetic_exact", "gsm8k_exact", "format"),
+    "rl.kl_estimator": ("k1", "k3", "abs", "mse"),
     "dpo.kind": ("sigmoid", "ipo", "hinge", "simpo", "orpo"),
     "data.chat_template": ("default", "llama3", "chatml", "hf"),
     "model.family": ("llama", "qwen2"),

@@ -36,8 +36,12 @@ def is_builtin(path: str) -> bool:
 
 def builtin_path(name: str) -> str:
     """Returns the jsonl path of builtin corpus `name`, building the corpus on first use."""
+    from maxlm.data import arithmetic
+
+    if name in arithmetic.NAMES:
+        return arithmetic.arithmetic_path(name)
     if name not in SPLITS:
-        raise MaxlmError(f"unknown builtin corpus {name!r}; available: {', '.join(SPLITS)}")
+        raise MaxlmError(f"unknown builtin corpus {name!r}; available: {', '.join([*SPLITS, *arithmetic.NAMES])}")
     paths = {split: _cache_path(split) for split in ("train", "eval")}
     if not all(p.exists() for p in paths.values()):
         print(f"building {name.split('@')[0]} from {_stdlib()} (once) ...", file=sys.stderr, flush=True)

@@ -45,11 +45,11 @@ def choose(logits_BxV: jax.Array, key: jax.Array, temperature: float, top_k: int
     return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (tokens [B, T], valid [B, T]) with each prompt right-aligned."""
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, pad_to: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (tokens [B, T], valid [B, T]) with each prompt right-aligned; T = max(longest, pad_to)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    t = max(len(p) for p in prompts)
+    t = max(max(len(p) for p in prompts), pad_to)
     tokens = np.full((len(prompts), t), pad_id, np.int32)
     valid = np.zeros((len(prompts), t), bool)
     for i, p in enumerate(prompts):
@@ -108,11 +108,16 @@ def generate(
     stop_ids: Sequence[int] = (),
     pad_id: int = 0,
     seed: int = 0,
+    pad_to: int = 0,
 ) -> np.ndarray:
-    """Returns int32 [B, T + N]: the left-padded prompts followed by N new tokens per row."""
+    """Returns int32 [B, T + N]: the left-padded prompts followed by N new tokens per row.
+
+    `pad_to` left-pads every batch to at least that many prompt tokens, so callers with prompts
+    of varying length (RL rollouts, eval) compile one shape instead of one per longest prompt.
+    """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
-    tokens, valid = left_pad([list(p) for p in np.asarray(prompts).tolist()] if isinstance(prompts, np.ndarray) else prompts, pad_id)
+    tokens, valid = left_pad([list(p) for p in np.asarray(prompts).tolist()] if isinstance(prompts, np.ndarray) else prompts, pad_id, pad_to)
     if tokens.shape[1] + max_new_tokens > cfg.max_seq_len:
         raise ValueError(
             f"prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds model.max_seq_len ({cfg.max_seq_len})"

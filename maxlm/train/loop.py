@@ -28,7 +28,7 @@ from maxlm.models import params as params_lib
 from maxlm.parallel.distributed import initialize_from_env
 from maxlm.parallel.mesh import data_parallel_size, make_mesh
 from maxlm.train import metrics as metrics_lib
-from maxlm.train import objectives, optim, state as state_lib, steps as steps_lib
+from maxlm.train import objectives, optim, rollouts as rollouts_lib, state as state_lib, steps as steps_lib
 
 
 @dataclasses.dataclass
@@ -105,8 +105,15 @@ def train(cfg: Config, *, log=print) -> RunResult:
     cfg = resolve_vocab(cfg, tokenizer.vocab_size)
     if main:
         config_lib.dump_yaml(cfg, run_dir / "config.yaml")
-    train_it = make_train_iterator(cfg, tokenizer)
-    eval_batches = make_eval_batches(cfg, tokenizer, cfg.train.eval_steps) if cfg.data.eval_files else []
+    graphdef, _, _ = params_lib.abstract(cfg.model)
+    rollouts = eval_rollouts = None
+    if cfg.task == "grpo":
+        rollouts, train_it = rollouts_lib.make_rollouts(cfg, tokenizer, graphdef)
+        eval_rollouts = rollouts_lib.make_eval_rollouts(cfg, tokenizer, graphdef)
+        eval_batches = []
+    else:
+        train_it = make_train_iterator(cfg, tokenizer)
+        eval_batches = make_eval_batches(cfg, tokenizer, cfg.train.eval_steps) if cfg.data.eval_files else []
 
     tx = optim.optimizer(cfg.train)
     lr_at = optim.schedule(cfg.train)
@@ -118,7 +125,6 @@ def train(cfg: Config, *, log=print) -> RunResult:
     n_params = metrics_lib.param_count(cfg.model)
     log(f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} devices")
 
-    graphdef, _, _ = params_lib.abstract(cfg.model)
     objective = objectives.for_task(graphdef, cfg)
     ref_params = state_lib.reference_params(cfg, mesh) if objectives.needs_reference(cfg) else None
     r_shard = p_shard if ref_params is not None else None
@@ -154,10 +160,10 @@ def train(cfg: Config, *, log=print) -> RunResult:
 
     fetched_at = [time.perf_counter()]
 
-    def finish(step: int, m: dict, t_data: float) -> None:
+    def finish(step: int, m: dict, t_data: float, extra: dict) -> None:
         """Consumes the metrics of `step` (waiting for it to finish): guards, logs, evals."""
         nonlocal consecutive_bad, skipped_updates, eval_loss
-        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        m = {k: float(v) for k, v in jax.device_get(m).items()} | extra
         # Wall time between consecutive fetches: the step's compute finishes inside device_get.
         now = time.perf_counter()
         t_wall, fetched_at[0] = now - fetched_at[0], now
@@ -175,11 +181,12 @@ def train(cfg: Config, *, log=print) -> RunResult:
         # m["tokens"] is already the global count: the step reduces over the whole mesh.
         window["tokens"] += m["tokens"]
         window["time"] += t_wall
-        window["data"] += t_data
+        window["data"] += t_data - extra.get("generate_seconds", 0.0)
+        window["generate"] = window.get("generate", 0.0) + extra.get("generate_seconds", 0.0)
         if cfg.task in ("pretrain", "sft"):
             trained[0] += m["count"]
         for k, v in m.items():
-            if k not in ("tokens", "count", "nonfinite") and not (k == "z_loss" and not cfg.train.z_loss):
+            if k not in ("tokens", "count", "nonfinite", "generate_seconds") and not (k == "z_loss" and not cfg.train.z_loss):
                 window["means"].setdefault(k, []).append(v)
         record = None
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
@@ -197,11 +204,15 @@ def train(cfg: Config, *, log=print) -> RunResult:
                 "data_wait_fraction": window["data"] / max(window["time"], 1e-9),
                 "skipped_updates": skipped_updates,
                 "skipped_records": int(getattr(train_it, "skipped_records", 0)),
+                **({"generation_fraction": window["generate"] / max(window["time"], 1e-9)} if rollouts else {}),
             }
-            window.update(tokens=0.0, time=0.0, data=0.0, means={})
-        if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and eval_batches:
-            held_out = evaluate(eval_fn, state.params, eval_batches, to_global, ref_params)
-            eval_loss = held_out["loss"]
+            window.update(tokens=0.0, time=0.0, data=0.0, generate=0.0, means={})
+        if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.steps) and (eval_batches or eval_rollouts):
+            if eval_rollouts:
+                held_out = eval_rollouts.evaluate(state.params, cfg.train.eval_steps * cfg.train.global_batch_size)
+            else:
+                held_out = evaluate(eval_fn, state.params, eval_batches, to_global, ref_params)
+            eval_loss = held_out.get("loss")
             fetched_at[0] = time.perf_counter()  # eval time is not training throughput
             record = (record or {"step": step}) | {f"eval_{k}": v for k, v in held_out.items()}
         if record:
@@ -217,13 +228,16 @@ def train(cfg: Config, *, log=print) -> RunResult:
             if preemption.requested:
                 break
             t0 = time.perf_counter()
-            batch = to_global(next(train_it))
+            local, extra = next(train_it), {}
+            if rollouts:  # the batch is sampled from the current policy
+                local, extra = rollouts(state.params, local, step)
+            batch = to_global(local)
             t_data = time.perf_counter() - t0
             state.params, state.opt_state, m = step_fn(state.params, state.opt_state, batch, ref_params)
             state.step = step
             if pending:
                 finish(*pending)
-            pending = (step, m, t_data)
+            pending = (step, m, t_data, extra)
             if step % cfg.checkpoint.interval_steps == 0:
                 save(step)
         if pending:

@@ -23,6 +23,7 @@ from flax import nnx
 from maxlm.config import Config
 from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
+from maxlm.train import rl
 from maxlm.train.losses import next_token_loss, next_token_weights, preference_loss, reward_loss, sequence_logps, token_logprobs
 
 Objective = Callable[[Any, dict, Any], tuple[jax.Array, dict]]
@@ -34,7 +35,8 @@ def language_model(graphdef: nnx.GraphDef, z_loss: float) -> Objective:
     def objective(params, batch, ref_params=None):
         logits = bind(graphdef, params)(batch["tokens"], batch["segment_ids"], batch["positions"])
         out = next_token_loss(logits, batch["tokens"], batch["segment_ids"], batch["loss_mask"], z_loss)
-        sums = {"loss_sum": out["nll_sum"], "z_loss_sum": out["z_sum"], "count": out["count"], "tokens": out["count"]}
+        tokens = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)  # processed, for throughput; count = trained
+        sums = {"loss_sum": out["nll_sum"], "z_loss_sum": out["z_sum"], "count": out["count"], "tokens": tokens}
         return out["nll_sum"] + out["z_sum"], sums
 
     return objective
@@ -122,9 +124,48 @@ def preference(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
     return objective
 
 
+def policy_gradient(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
+    """Returns GRPO's objective on rollouts: clipped policy loss + kl_coef · KL to the reference.
+
+    Rollout rows ([R, S], left-padded prompt then completion) carry `advantages` [R] and loss_mask
+    1 on the completion. Losses are token-level sums (every completion token weighs the same, as
+    in DAPO / Dr. GRPO), so long and short completions do not get different per-token weights.
+    One update per rollout batch: the old policy is the current one, so the ratio is 1 in value
+    and the clip only matters for its gradient's bookkeeping (clipfrac reports 0).
+    """
+    r = cfg.rl
+
+    def logprobs(p, batch):
+        logits = bind(graphdef, p)(batch["tokens"], batch["segment_ids"], batch["positions"])
+        targets = jnp.pad(batch["tokens"][:, 1:], ((0, 0), (0, 1)))
+        return token_logprobs(logits, targets)[0], logits
+
+    def objective(params, batch, ref_params=None):
+        w = next_token_weights(batch["segment_ids"], batch["loss_mask"])
+        logp, logits = logprobs(params, batch)
+        adv = batch["advantages"][:, None] * w
+        pg_sum, count, clip_sum = rl.ppo_policy_loss(logp, jax.lax.stop_gradient(logp), adv, w, r.clip_eps)
+        kl_sum = jnp.float32(0.0)
+        if ref_params is not None:
+            ref_logp = jax.lax.stop_gradient(logprobs(ref_params, batch)[0])
+            kl_sum = jnp.sum(rl.kl_penalty(logp, ref_logp, r.kl_estimator) * w)
+        sums = {
+            "loss_sum": pg_sum + r.kl_coef * kl_sum,
+            "policy_loss_sum": pg_sum,
+            "kl_sum": kl_sum,
+            "entropy_sum": jnp.sum(jax.lax.stop_gradient(rl.entropy_from_logits(logits)) * w),
+            "clipfrac_sum": clip_sum,
+            "count": count,
+            "tokens": jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32),
+        }
+        return sums["loss_sum"], sums
+
+    return objective
+
+
 def needs_reference(cfg: Config) -> bool:
     """Returns whether the task compares against a frozen reference model."""
-    return cfg.task == "dpo" and cfg.dpo.kind in ("sigmoid", "ipo", "hinge")
+    return (cfg.task == "dpo" and cfg.dpo.kind in ("sigmoid", "ipo", "hinge")) or (cfg.task == "grpo" and cfg.rl.kl_coef > 0)
 
 
 def for_task(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
@@ -135,6 +176,8 @@ def for_task(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
         return reward_model(graphdef, cfg.rm.center_coef)
     if cfg.task == "dpo":
         return preference(graphdef, cfg)
+    if cfg.task == "grpo":
+        return policy_gradient(graphdef, cfg)
     raise ValueError(f"task {cfg.task!r} has no gradient objective here")
 
 
