@@ -25,12 +25,13 @@ CORE = [
 EXTRAS = {
     # torch is pinned to the CPU build that is served for this platform; parity and peer benchmarks only.
     # trl: the preference/reward loss tests compare against TRL's own loss methods (private API: pinned).
-    "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "tokenizers>=0.20", "ray>=2.9", "trl==1.16.0"],
+    "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "tokenizers>=0.20", "ray>=2.9", "trl==1.16.0", "rouge-score>=0.1.2"],
     "hf": ["transformers>=5.0", "tokenizers>=0.20"],
     "seqio": ["seqio>=0.0.19"],
     "gpu": ["jax[cuda12]>=0.10"],
     "tpu": ["jax[tpu]>=0.10"],
     "ray": ["ray>=2.9"],
+    "synth": ["rouge-score>=0.1.2"],  # ROUGE-L novelty filter of `maxlm synth self-instruct`
 }
 
 setup(
