@@ -47,11 +47,13 @@ class RunResult:
 def check_fits(cfg: Config, mesh) -> None:
     """Raises MaxlmError when the batch cannot be split over the data-parallel devices."""
     dp = data_parallel_size(mesh)
-    micro = cfg.train.global_batch_size // cfg.train.grad_accum_steps
+    group = cfg.rl.group_size if cfg.task == "grpo" else 1  # grpo trains on prompts x group_size rows
+    micro = cfg.train.global_batch_size * group // cfg.train.grad_accum_steps
     if micro % dp:
         raise MaxlmError(
-            f"train.global_batch_size ({cfg.train.global_batch_size}) / train.grad_accum_steps ({cfg.train.grad_accum_steps}) "
-            f"= {micro} rows per step is not divisible by the data-parallel size {dp} (mesh.data x mesh.fsdp)"
+            f"train.global_batch_size ({cfg.train.global_batch_size})" + (f" x rl.group_size ({group})" if group > 1 else "")
+            + f" / train.grad_accum_steps ({cfg.train.grad_accum_steps}) = {micro} rows per step is not divisible by the "
+            f"data-parallel size {dp} (mesh.data x mesh.fsdp)"
         )
 
 

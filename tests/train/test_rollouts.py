@@ -64,10 +64,10 @@ def test_grpo_logs_rewards_and_resumes_exactly(tmp_path):
     from maxlm.config import load_config
     from maxlm.train.loop import train
 
-    sft = load_config(str(REPO / "configs" / "sft_arithmetic.yaml"), [f"run_dir={tmp_path / 'sft'}", "train.steps=20", "base_config=models/tiny.yaml"])
+    sft = load_config(str(REPO / "configs" / "sft_arithmetic.yaml"), [f"run_dir={tmp_path / 'sft'}", "train.steps=20", "model.hidden_size=64", "model.num_layers=2", "model.mlp_dim=128"])
     train(sft, log=lambda *_: None)
     over = [f"train.init_from={tmp_path / 'sft'}", "train.steps=6", "train.global_batch_size=4", "rl.group_size=4", "train.log_every=1",
-            "train.eval_every=3", "train.eval_steps=2", "checkpoint.interval_steps=3", "model.hidden_size=64", "model.num_layers=2", "model.mlp_dim=128"]
+            "train.eval_every=3", "train.eval_steps=2", "checkpoint.interval_steps=3"]
     full = load_config(str(REPO / "configs" / "grpo_arithmetic.yaml"), over + [f"run_dir={tmp_path / 'full'}"])
     train(full, log=lambda *_: None)
     part = load_config(str(REPO / "configs" / "grpo_arithmetic.yaml"), over + [f"run_dir={tmp_path / 'part'}", "train.steps=3"])
