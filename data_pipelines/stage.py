@@ -22,6 +22,9 @@ class Filter(abc.ABC):
     def setup(self) -> None:
         """Loads heavy resources; called once per worker process before the first document."""
 
+    def prepare(self, docs: list[Document]) -> None:
+        """Sees each batch before `process` runs on its documents: model stages score the batch at once here."""
+
     @abc.abstractmethod
     def process(self, doc: Document, stats: StageStats) -> str | None:
         """Returns why `doc` is removed, or None to keep it (possibly edited)."""

@@ -176,6 +176,7 @@ def _admit(batch: list, phase: Phase, stats: dict, bad: dict, read: dict, remove
 def _apply(stage, label: str, docs: list[Document], st: StageStats, removed: _Removed) -> list[Document]:
     """Returns the documents `stage` keeps, recording counts, bytes, time and removals in `st`."""
     t0 = time.perf_counter()
+    stage.prepare(docs)
     kept = []
     for d in docs:
         size = utf8_size(d.text)

@@ -1,0 +1,1 @@
+"""Data selection over SFT records: coverage (kcenter), uncertainty (perplexity, IFD), disagreement, rm_filter."""

@@ -1,0 +1,172 @@
+"""A model's opinion of token sequences: summed log-probs over a mask, mean-pooled embeddings, rewards.
+
+The one scorer for every tool that reads a model's view of text (data selection, the
+perplexity curation stage, evaluation). Sequences of any length go in as lists of ids; they
+are sorted into length buckets (powers of two from `MIN_BUCKET` up to model.max_seq_len)
+and batched to about `batch_tokens` tokens, rows a power of two, so each of the three jitted
+functions compiles for a handful of shapes however many sequences are scored. Padding is on
+the right with segment id 0, so no real token attends to it and results do not depend on it.
+Letters: B batch, T length, D model, V vocab, N sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maxlm.errors import MaxlmError
+from maxlm.models.llama import causal_segment_mask
+from maxlm.models.params import bind
+from maxlm.pretrained import Pretrained
+from maxlm.train.losses import next_token_weights, sequence_logps, token_logprobs
+
+MIN_BUCKET = 64  # shortest padded length: shorter buckets would only add compiles
+
+
+def perplexity(logp_sum, count) -> np.ndarray:
+    """Returns exp(-sum / count) per sequence, NaN where nothing was scored."""
+    logp_sum, count = np.asarray(logp_sum, np.float64), np.asarray(count, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, np.exp(-logp_sum / np.maximum(count, 1)), np.nan)
+
+
+class Scorer:
+    """Scores token sequences with a Pretrained model under its mesh, in length-bucketed batches."""
+
+    def __init__(self, model: Pretrained, batch_tokens: int = 16384):
+        if batch_tokens < 1:
+            raise MaxlmError(f"batch_tokens must be >= 1, got {batch_tokens}")
+        self.model, self.batch_tokens = model, batch_tokens
+        self.max_len = model.config.model.max_seq_len
+        g = model.graphdef
+        self._logprobs = jax.jit(partial(_logprobs, g))
+        self._embed = jax.jit(partial(_embed, g), static_argnames="normalize")
+        self._rewards = jax.jit(partial(_rewards, g))
+
+    def logprobs(self, ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (summed log p [N] f64, token counts [N] f64) over the tokens where each mask is 1.
+
+        Token t is scored as log p(ids[t] | ids[:t]); the first token has no context and is
+        never scored. No mask scores every token after the first.
+        """
+        out = self._run(self._logprobs, ids, masks, 2)
+        return out[0].astype(np.float64), out[1].astype(np.float64)
+
+    def embed(self, ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]] | None = None, normalize: bool = False) -> np.ndarray:
+        """Returns f32 [N, D]: the mean of the final-normed hidden states where each mask is 1 (L2-normalized if asked)."""
+        if not len(ids):
+            return np.zeros((0, self.model.config.model.hidden_size), np.float32)
+        return self._run(partial(self._embed, normalize=normalize), ids, masks, 1)[0]
+
+    def rewards(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Returns the scalar head's output at each sequence's last token, [N] f64 (NaN for empty ones)."""
+        if not self.model.config.model.scalar_head:
+            raise MaxlmError("this model has no scalar head (model.scalar_head); train a reward model with task: rm")
+        r = self._run(self._rewards, ids, None, 1)[0].astype(np.float64)
+        r[[len(x) == 0 for x in ids]] = np.nan
+        return r
+
+    def _run(self, fn, ids, masks, n_out: int) -> list[np.ndarray]:
+        """Returns fn's per-row outputs for every sequence, in input order."""
+        lengths = np.asarray([len(x) for x in ids], np.int64)
+        if masks is not None and len(masks) != len(ids):
+            raise MaxlmError(f"{len(masks)} masks for {len(ids)} sequences")
+        too_long = np.flatnonzero(lengths > self.max_len)
+        if too_long.size:
+            i = int(too_long[0])
+            raise MaxlmError(f"sequence {i} has {lengths[i]} tokens, more than model.max_seq_len={self.max_len}; truncate it first")
+        results: list[np.ndarray | None] = [None] * n_out
+        with jax.set_mesh(self.model.mesh):
+            for idx, t, rows in length_batches(lengths, self.batch_tokens, self.max_len):
+                tokens_BxT = np.zeros((rows, t), np.int32)  # pad id 0: segment 0 keeps it out of every result
+                seg_BxT = np.zeros((rows, t), np.int32)
+                mask_BxT = np.zeros((rows, t), np.float32)
+                for r, i in enumerate(idx):
+                    n = lengths[i]
+                    tokens_BxT[r, :n] = ids[i]
+                    seg_BxT[r, :n] = 1
+                    if masks is None:
+                        mask_BxT[r, :n] = 1
+                    elif len(masks[i]) != n:
+                        raise MaxlmError(f"sequence {i}: mask has {len(masks[i])} entries for {n} tokens")
+                    else:
+                        mask_BxT[r, :n] = masks[i]
+                out = fn(self.model.params, tokens_BxT, seg_BxT, mask_BxT)
+                out = out if isinstance(out, tuple) else (out,)
+                for k, o in enumerate(out):
+                    o = np.asarray(o)[: len(idx)]
+                    if results[k] is None:
+                        results[k] = np.zeros((len(ids),) + o.shape[1:], o.dtype)
+                    results[k][idx] = o
+        if results[0] is None:  # no sequences
+            return [np.zeros((0,), np.float32) for _ in range(n_out)]
+        return results
+
+
+def length_batches(lengths_N: np.ndarray, batch_tokens: int, max_len: int) -> Iterator[tuple[np.ndarray, int, int]]:
+    """Yields (sequence indices, padded length T, rows B): lengths bucketed to powers of two, B a power of two."""
+    order = np.argsort(lengths_N, kind="stable")
+    buckets = np.asarray([bucket_length(int(n), max_len) for n in lengths_N[order]], np.int64)
+    for t in np.unique(buckets):
+        members = order[buckets == t]
+        cap = _pow2_floor(max(1, batch_tokens // int(t)))
+        for start in range(0, len(members), cap):
+            idx = members[start : start + cap]
+            # A short last batch is padded only up to the next power of two: few shapes, little waste.
+            yield idx, int(t), min(cap, _pow2_ceil(len(idx)))
+
+
+def bucket_length(n: int, max_len: int) -> int:
+    """Returns the padded length of an n-token sequence: a power of two >= MIN_BUCKET, at most max_len."""
+    return min(max(MIN_BUCKET, _pow2_ceil(n)), max(max_len, n))
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (int(n).bit_length() - 1)
+
+
+# ---------------------------------------------------------------- jitted bodies (pure in params and arrays)
+
+
+def _logprobs(graphdef, params, tokens_BxT, seg_BxT, mask_BxT):
+    """Returns (summed log p [B], counts [B]) f32 of the masked tokens, each predicted from those before it."""
+    logits_BxTxV = bind(graphdef, params)(tokens_BxT, seg_BxT)
+    # Shift the targets, not the logits (as next_token_loss does): position t scores token t+1.
+    targets_BxT = jnp.pad(tokens_BxT[:, 1:], ((0, 0), (0, 1)))
+    logp_BxT, _ = token_logprobs(logits_BxTxV, targets_BxT)
+    return sequence_logps(logp_BxT, next_token_weights(seg_BxT, mask_BxT))
+
+
+def _hidden(graphdef, params, tokens_BxT, seg_BxT):
+    model = bind(graphdef, params)
+    b, t = tokens_BxT.shape
+    positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    h_BxTxD, _ = model.hidden(tokens_BxT, positions_BxT, causal_segment_mask(seg_BxT))
+    return model, h_BxTxD
+
+
+def _embed(graphdef, params, tokens_BxT, seg_BxT, mask_BxT, normalize: bool):
+    """Returns the masked mean of the hidden states [B, D] f32, optionally L2-normalized."""
+    _, h_BxTxD = _hidden(graphdef, params, tokens_BxT, seg_BxT)
+    w_BxT = mask_BxT * (seg_BxT > 0)
+    sum_BxD = jnp.einsum("btd,bt->bd", h_BxTxD.astype(jnp.float32), w_BxT)
+    mean_BxD = sum_BxD / jnp.maximum(jnp.sum(w_BxT, axis=-1, keepdims=True), 1.0)
+    if normalize:
+        mean_BxD = mean_BxD / jnp.maximum(jnp.linalg.norm(mean_BxD, axis=-1, keepdims=True), 1e-12)
+    return mean_BxD
+
+
+def _rewards(graphdef, params, tokens_BxT, seg_BxT, mask_BxT):
+    """Returns the scalar head at each row's last real token [B] f32 (as reward training reads it)."""
+    model, h_BxTxD = _hidden(graphdef, params, tokens_BxT, seg_BxT)
+    scores_BxT = model.scores(h_BxTxD)
+    last_B = jnp.maximum(jnp.sum(seg_BxT > 0, axis=-1) - 1, 0)
+    return jnp.take_along_axis(scores_BxT, last_B[:, None], axis=-1)[:, 0]
