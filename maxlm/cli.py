@@ -71,21 +71,86 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval_rm(args) -> int:
-    import json
-
     from maxlm.eval.reward import rm_accuracy
     from maxlm.pretrained import from_pretrained
 
     _enable_compilation_cache()
     result = rm_accuracy(from_pretrained(args.path), args.data, args.rows, args.batch_size, args.seq_len)
-    print(json.dumps(result))
+    return _eval_result(result, args.output, f"reward-model accuracy: {args.path} on {args.data}")
+
+
+def _eval_result(result: dict, output: str | None, title: str) -> int:
+    """Prints an eval result as one JSON line; with --output also writes results.json and results.md."""
+    import json
+
+    from maxlm.eval.report import write_report
+
+    if output:
+        write_report(result, output, title)
+    print(json.dumps(result, ensure_ascii=False))
     return 0
+
+
+def cmd_eval_perplexity(args) -> int:
+    from maxlm.eval.perplexity import eval_perplexity
+    from maxlm.pretrained import from_pretrained
+
+    _enable_compilation_cache()
+    result = eval_perplexity(from_pretrained(args.path), args.data, args.task, args.rows, args.batch_tokens, args.on_bad_record)
+    return _eval_result(result, args.output, f"perplexity: {args.path} on {', '.join(args.data)}")
+
+
+def cmd_eval_exact_match(args) -> int:
+    from maxlm.eval.generation import exact_match, scorer
+    from maxlm.pretrained import from_pretrained
+
+    scorer(args.verifier)  # a typo is reported before the model loads
+    _enable_compilation_cache()
+    result = exact_match(
+        from_pretrained(args.path), args.data, args.verifier, args.max_new_tokens, args.rows, args.batch_size, args.on_bad_record
+    )
+    return _eval_result(result, args.output, f"exact match ({args.verifier}): {args.path} on {args.data}")
+
+
+def cmd_eval_mc(args) -> int:
+    from maxlm.eval.multiple_choice import multiple_choice
+    from maxlm.pretrained import from_pretrained
+
+    _enable_compilation_cache()
+    result = multiple_choice(from_pretrained(args.path), args.data, args.rows, args.batch_tokens, args.on_bad_record)
+    return _eval_result(result, args.output, f"multiple choice: {args.path} on {args.data}")
+
+
+def cmd_eval_win_rate(args) -> int:
+    from maxlm.eval.win_rate import win_rate
+    from maxlm.pretrained import from_pretrained
+
+    _enable_compilation_cache()
+    loaded = {}  # one load per distinct path (A against itself answers once)
+
+    def load(path: str):
+        key = Path(path).resolve()
+        if key not in loaded:
+            loaded[key] = from_pretrained(path)
+        return loaded[key]
+
+    result = win_rate(
+        load(args.rm), load(args.a), load(args.b), args.prompts, args.max_new_tokens, args.rows, args.batch_size, args.on_bad_record
+    )
+    return _eval_result(result, args.output, f"win rate: {args.a} against {args.b}, judged by {args.rm}")
 
 
 def cmd_curate(args, rest: list[str]) -> int:
     from data_pipelines.cli import main as curate_main
 
     return curate_main(["curate", *rest])
+
+
+def cmd_select(args, rest: list[str]) -> int:
+    from data_pipelines.select.cli import main as select_main
+
+    _enable_compilation_cache()
+    return select_main(rest)
 
 
 def cmd_synth(args, rest: list[str]) -> int:
@@ -142,10 +207,56 @@ def parser() -> argparse.ArgumentParser:
     er.add_argument("--rows", default="", help="a slice of the records, e.g. 1200: (held-out part)")
     er.add_argument("--batch-size", type=int, default=16)
     er.add_argument("--seq-len", type=int, default=None, help="default: the run's data.seq_len; longer pairs are skipped and counted")
+    er.add_argument("--output", help="also write DIR/results.json and DIR/results.md")
     er.set_defaults(fn=cmd_eval_rm)
+
+    ep = ev.add_parser("perplexity", help="token-level perplexity on held-out text: prints {\"perplexity\", \"nll\", \"tokens\", ...}")
+    ep.add_argument("path", help="run dir, checkpoint, step dir or HF dir")
+    ep.add_argument("--data", nargs="+", required=True, help="files or globs: pretraining text (jsonl/parquet/txt/ArrayRecord), or chat records with --task sft")
+    ep.add_argument("--task", choices=["pretrain", "sft"], default="pretrain", help="sft: perplexity of the assistant replies only")
+    ep.add_argument("--rows", default="", help="a slice of the documents / records, e.g. 90%%: (held-out part)")
+    ep.add_argument("--batch-tokens", type=int, default=16384, help="tokens per scoring batch")
+    ep.add_argument("--on-bad-record", choices=["error", "skip"], default="error", help="skip: drop malformed records and count them")
+    ep.add_argument("--output", help="also write DIR/results.json and DIR/results.md")
+    ep.set_defaults(fn=cmd_eval_perplexity)
+
+    em = ev.add_parser("exact-match", help="greedy answers to prompt records checked by a verifier: prints {\"accuracy\", \"n\", ...}")
+    em.add_argument("path", help="run dir, checkpoint, step dir or HF dir")
+    em.add_argument("--data", required=True, help="{\"prompt\", \"answer\"} or gsm8k {\"question\", \"answer\"} records (jsonl/json/parquet)")
+    em.add_argument("--verifier", default="gsm8k_exact", help="exact (string equality), gsm8k_exact, arithmetic_exact or format")
+    em.add_argument("--max-new-tokens", type=int, default=256)
+    em.add_argument("--rows", default="", help="a slice of the records, e.g. 0:200")
+    em.add_argument("--batch-size", type=int, default=16)
+    em.add_argument("--on-bad-record", choices=["error", "skip"], default="error", help="skip: drop malformed records and count them")
+    em.add_argument("--output", help="also write DIR/results.json and DIR/results.md")
+    em.set_defaults(fn=cmd_eval_exact_match)
+
+    emc = ev.add_parser("mc", help="multiple choice by log-likelihood (MMLU format): prints {\"acc\", \"acc_norm\", \"n\", ...}")
+    emc.add_argument("path", help="run dir, checkpoint, step dir or HF dir")
+    emc.add_argument("--data", required=True, help="{\"question\", \"choices\", \"answer\": index or letter, \"subject\"?} records (jsonl/json/parquet)")
+    emc.add_argument("--rows", default="", help="a slice of the records")
+    emc.add_argument("--batch-tokens", type=int, default=16384, help="tokens per scoring batch")
+    emc.add_argument("--on-bad-record", choices=["error", "skip"], default="error", help="skip: drop malformed records and count them")
+    emc.add_argument("--output", help="also write DIR/results.json and DIR/results.md")
+    emc.set_defaults(fn=cmd_eval_mc)
+
+    ew = ev.add_parser("win-rate", help="A against B, both greedy, judged by a reward model: prints {\"win_rate\", \"n\", ...}")
+    ew.add_argument("--rm", required=True, help="reward model (a task: rm run)")
+    ew.add_argument("--a", required=True, help="policy A (run, checkpoint, step or HF dir)")
+    ew.add_argument("--b", required=True, help="policy B")
+    ew.add_argument("--prompts", required=True, help="prompt records: {\"prompt\"}, gsm8k, Alpaca or hh-rlhf (jsonl/json/parquet)")
+    ew.add_argument("--max-new-tokens", type=int, default=256)
+    ew.add_argument("--rows", default="", help="a slice of the records")
+    ew.add_argument("--batch-size", type=int, default=16)
+    ew.add_argument("--on-bad-record", choices=["error", "skip"], default="error", help="skip: drop malformed records and count them")
+    ew.add_argument("--output", help="also write DIR/results.json and DIR/results.md")
+    ew.set_defaults(fn=cmd_eval_win_rate)
 
     c = sub.add_parser("curate", help="run a curation pipeline (see data_pipelines)", add_help=False)
     c.set_defaults(fn=cmd_curate)
+
+    sl = sub.add_parser("select", help="select a subset of sft records: kcenter | perplexity | ifd | disagreement | rm_filter | folds", add_help=False)
+    sl.set_defaults(fn=cmd_select)
 
     s = sub.add_parser("synth", help="synthetic data: self-instruct | constitutional (see data_pipelines.synth)", add_help=False)
     s.set_defaults(fn=cmd_synth)
@@ -158,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     p = parser()
-    if argv[:1] in (["curate"], ["synth"]):
+    if argv[:1] in (["curate"], ["synth"], ["select"]):
         args, rest = p.parse_known_args(argv[:1])[0], argv[1:]
         call = lambda: args.fn(args, rest)
     else:
