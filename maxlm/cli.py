@@ -165,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maxlm", description="Curate, train, align, evaluate and export Llama-family models in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train from a YAML config (task: pretrain)")
+    t = sub.add_parser("train", help="train or resume a run from a YAML config (task: pretrain | sft | rm | dpo | ppo | grpo)")
     t.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
     t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=100 mesh.tensor=2")
     t.set_defaults(fn=cmd_train)

@@ -144,7 +144,7 @@ class PreferenceConfig:
 
 @dataclass
 class RLConfig:
-    """task: grpo: sampled rollouts, verifier rewards, group-normalized advantages, clipped updates."""
+    """task: ppo | grpo: sampled rollouts, rewards, advantages, several clipped updates per rollout batch."""
 
     group_size: int = 8  # completions per prompt; train.global_batch_size counts prompts
     max_prompt_len: int = 128  # prompts are left-padded to this (one compile); longer ones are skipped
@@ -152,10 +152,20 @@ class RLConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    verifier: str = "arithmetic_exact"  # a name in maxlm/train/rewards.py VERIFIERS
-    kl_coef: float = 0.04  # weight of the KL to the frozen train.init_from model
+    verifier: str = "arithmetic_exact"  # a name in maxlm/train/rewards.py VERIFIERS; unused when reward_model is set
+    reward_model: str = ""  # a task: rm run (dir or checkpoint): its score is the reward, instead of the verifier's
+    kl_coef: float = 0.04  # KL to the frozen train.init_from model; grpo: in the loss, ppo: per-token reward penalty
     kl_estimator: str = "k3"  # k1 | k3 | abs | mse
+    kl_target: float = 0.0  # ppo, > 0: adapt kl_coef (Ziegler et al. 2019) toward this KL summed over a completion
+    kl_horizon: float = 10000.0  # ppo: the adaptive controller's horizon, in completions
     clip_eps: float = 0.2
+    epochs: int = 1  # passes over each rollout batch
+    minibatches: int = 1  # optimizer updates per pass; the rollout rows split evenly
+    gamma: float = 1.0  # ppo: discount
+    lam: float = 0.95  # ppo: GAE lambda
+    vf_coef: float = 0.1  # ppo: weight of the value loss (the value head shares the policy's trunk)
+    value_clip_eps: float = 0.2  # ppo
+    whiten_advantages: bool = True  # ppo
 
 
 @dataclass
@@ -214,7 +224,7 @@ class Config:
 
 
 CHOICES = {
-    "task": ("pretrain", "sft", "rm", "dpo", "grpo"),
+    "task": ("pretrain", "sft", "rm", "dpo", "ppo", "grpo"),
     "rl.verifier": ("arithmetic_exact", "gsm8k_exact", "format"),
     "rl.kl_estimator": ("k1", "k3", "abs", "mse"),
     "dpo.kind": ("sigmoid", "ipo", "hinge", "simpo", "orpo"),
@@ -423,6 +433,18 @@ def validate(cfg: Config) -> None:
     sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise MaxlmError(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}")
+    if cfg.task in ("ppo", "grpo"):
+        r = cfg.rl
+        for k, v in {"rl.group_size": r.group_size, "rl.epochs": r.epochs, "rl.minibatches": r.minibatches,
+                     "rl.max_new_tokens": r.max_new_tokens, "rl.max_prompt_len": r.max_prompt_len}.items():
+            if v <= 0:
+                raise MaxlmError(f"{k} must be > 0, got {v}")
+        rows = t.global_batch_size * r.group_size
+        if rows % (r.minibatches * t.grad_accum_steps):
+            raise MaxlmError(
+                f"train.global_batch_size x rl.group_size = {rows} rollout rows must divide by "
+                f"rl.minibatches ({r.minibatches}) x train.grad_accum_steps ({t.grad_accum_steps})"
+            )
     for s in d.train_files + d.eval_files:
         if s.weight <= 0:
             raise MaxlmError(f"data source {s.path}: weight must be > 0, got {s.weight}")

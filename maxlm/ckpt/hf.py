@@ -167,7 +167,7 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
                 weight_map[e[0]] = fname
                 total += entry_bytes(e)
         _write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
-        score = m.scalar_head
+        score = exports_score(stored.config)
         _write_json(tmp / "config.json", hf_config(m, dtype=dtype, bos_id=bos, eos_id=eos, pad_id=None, score=score))
         s = stored.config.sample
         _write_json(tmp / "generation_config.json", generation_config(bos, eos, None, s.temperature, s.top_k, s.top_p))
@@ -207,6 +207,11 @@ def _zeros(name: str, shape: tuple[int, ...], dtype: str) -> tuple[str, Entry]:
     return "zeros", (name, shape, dtype, functools.partial(np.zeros, shape, np_dtype(dtype)))
 
 
+def exports_score(cfg) -> bool:
+    """Returns whether a run exports as a sequence classifier: reward models do; a PPO policy's value head stays behind."""
+    return cfg.model.scalar_head and cfg.task != "ppo"
+
+
 def _tensor_groups(stored: StoredStep, dtype: str) -> list[list[tuple[str, Entry]]]:
     """Returns the HF tensors to write, grouped [embed], [layer 0], ..., [final norm, head], each tagged with its leaf."""
     m = stored.config.model
@@ -225,7 +230,7 @@ def _tensor_groups(stored: StoredStep, dtype: str) -> list[list[tuple[str, Entry
             group.append(_zeros(layer_name(i, "self_attn.o_proj.bias"), (m.hidden_size,), dtype))
         groups.append(group)
     last = [_stored(stored, "final_norm/scale", None, *TOP_TENSORS["final_norm/scale"], dtype)]
-    if m.scalar_head:
+    if exports_score(stored.config):
         last.append(_stored(stored, "score_head", None, *TOP_TENSORS["score_head"], dtype))
     elif not m.tie_embeddings:
         last.append(_stored(stored, "lm_head", None, *TOP_TENSORS["lm_head"], dtype))

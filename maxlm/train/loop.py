@@ -1,6 +1,6 @@
-"""`maxlm train` for the gradient tasks (pretrain, sft, rm, dpo) — set up, step, log, checkpoint,
-sample, export. The task decides the batches (`data.pipeline`) and the objective
-(`train.objectives`); everything else is shared.
+"""`maxlm train` for every task (pretrain, sft, rm, dpo, ppo, grpo) — set up, step, log, checkpoint,
+sample, export. The task decides the batches (`data.pipeline`, or `train.rollouts` sampled from
+the policy for ppo/grpo) and the objective (`train.objectives`); everything else is shared.
 
 The loop keeps one step in flight: step s+1 is dispatched before the metrics of step s
 are fetched, so the host never idles the device waiting on a print.
@@ -47,12 +47,13 @@ class RunResult:
 def check_fits(cfg: Config, mesh) -> None:
     """Raises MaxlmError when the batch cannot be split over the data-parallel devices."""
     dp = data_parallel_size(mesh)
-    group = cfg.rl.group_size if cfg.task == "grpo" else 1  # grpo trains on prompts x group_size rows
-    micro = cfg.train.global_batch_size * group // cfg.train.grad_accum_steps
+    rl = cfg.task in ("ppo", "grpo")  # rollouts: prompts x group_size rows, split into rl.minibatches updates
+    group, parts = (cfg.rl.group_size, cfg.rl.minibatches) if rl else (1, 1)
+    micro = cfg.train.global_batch_size * group // parts // cfg.train.grad_accum_steps
     if micro % dp:
         raise MaxlmError(
-            f"train.global_batch_size ({cfg.train.global_batch_size})" + (f" x rl.group_size ({group})" if group > 1 else "")
-            + f" / train.grad_accum_steps ({cfg.train.grad_accum_steps}) = {micro} rows per step is not divisible by the "
+            f"train.global_batch_size ({cfg.train.global_batch_size})" + (f" x rl.group_size ({group}) / rl.minibatches ({parts})" if rl else "")
+            + f" / train.grad_accum_steps ({cfg.train.grad_accum_steps}) = {micro} rows per update is not divisible by the "
             f"data-parallel size {dp} (mesh.data x mesh.fsdp)"
         )
 
@@ -94,10 +95,11 @@ def evaluate(eval_fn, params, batches, to_global, ref_params=None) -> dict | Non
 
 
 def train(cfg: Config, *, log=print) -> RunResult:
-    """Runs (or resumes) a pretrain / sft / rm / dpo run and returns what it produced."""
+    """Runs (or resumes) a run of any task and returns what it produced."""
     initialize_from_env()
-    if cfg.task == "rm" and not cfg.model.scalar_head:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scalar_head=True))  # a reward model is its scalar head
+    if cfg.task in ("rm", "ppo") and not cfg.model.scalar_head:
+        # A reward model is its scalar head; PPO's value head is one on the policy's trunk.
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scalar_head=True))
     mesh = make_mesh(cfg.mesh)
     check_fits(cfg, mesh)
     cfg = state_lib.resolve_init_from(cfg, log)
@@ -109,7 +111,7 @@ def train(cfg: Config, *, log=print) -> RunResult:
         config_lib.dump_yaml(cfg, run_dir / "config.yaml")
     graphdef, _, _ = params_lib.abstract(cfg.model)
     rollouts = eval_rollouts = None
-    if cfg.task == "grpo":
+    if cfg.task in ("ppo", "grpo"):
         rollouts, train_it = rollouts_lib.make_rollouts(cfg, tokenizer, graphdef)
         eval_rollouts = rollouts_lib.make_eval_rollouts(cfg, tokenizer, graphdef)
         eval_batches = []
@@ -117,12 +119,14 @@ def train(cfg: Config, *, log=print) -> RunResult:
         train_it = make_train_iterator(cfg, tokenizer)
         eval_batches = make_eval_batches(cfg, tokenizer, cfg.train.eval_steps) if cfg.data.eval_files else []
 
-    tx = optim.optimizer(cfg.train)
+    tx = optim.optimizer(cfg.train, cfg.rl.epochs * cfg.rl.minibatches if rollouts else 1)
     lr_at = optim.schedule(cfg.train)
     ckpts = Checkpoints(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     state, data_state, p_shard, o_shard = state_lib.setup(cfg, mesh, tx, ckpts)
     if data_state is not None:
         train_it.set_state(data_state)
+        if rollouts:
+            rollouts.set_state(data_state["rl"])
         log(f"resumed from {ckpts.directory}/{state.step}")
     n_params = metrics_lib.param_count(cfg.model)
     log(f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} devices")
@@ -131,12 +135,20 @@ def train(cfg: Config, *, log=print) -> RunResult:
     ref_params = state_lib.reference_params(cfg, mesh) if objectives.needs_reference(cfg) else None
     r_shard = p_shard if ref_params is not None else None
     batch_shard = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
-    step_fn = jax.jit(
-        steps_lib.train_step(objective, tx, cfg.train),
-        in_shardings=(p_shard, o_shard, batch_shard, r_shard),
-        out_shardings=(p_shard, o_shard, None),
-        donate_argnums=(0, 1),
-    )
+    if rollouts:
+        step_fn = jax.jit(
+            steps_lib.rollout_step(graphdef, cfg, tx),
+            in_shardings=(p_shard, o_shard, batch_shard, r_shard, None, None),
+            out_shardings=(p_shard, o_shard, None),
+            donate_argnums=(0, 1),
+        )
+    else:
+        step_fn = jax.jit(
+            steps_lib.train_step(objective, tx, cfg.train),
+            in_shardings=(p_shard, o_shard, batch_shard, r_shard),
+            out_shardings=(p_shard, o_shard, None),
+            donate_argnums=(0, 1),
+        )
     eval_fn = jax.jit(steps_lib.eval_step(objective), in_shardings=(p_shard, batch_shard, r_shard))
 
     def to_global(batch: dict) -> dict:
@@ -157,7 +169,8 @@ def train(cfg: Config, *, log=print) -> RunResult:
 
     def save(step: int) -> None:
         nonlocal last_saved
-        ckpts.save(step, state.params, cfg, state.opt_state, train_it.get_state())
+        data_state = train_it.get_state() | ({"rl": rollouts.get_state()} if rollouts else {})
+        ckpts.save(step, state.params, cfg, state.opt_state, data_state)
         last_saved = step
 
     fetched_at = [time.perf_counter()]
@@ -179,6 +192,8 @@ def train(cfg: Config, *, log=print) -> RunResult:
                 )
         else:
             consecutive_bad = 0
+        if rollouts:
+            rollouts.observe(m)
         losses[step] = m["loss"]
         # m["tokens"] is already the global count: the step reduces over the whole mesh.
         window["tokens"] += m["tokens"]
@@ -226,6 +241,10 @@ def train(cfg: Config, *, log=print) -> RunResult:
         log("compiling the train step ...")
     pending = None
     with jax.set_mesh(mesh):
+        if eval_rollouts and cfg.train.eval_every and state.step == 0:
+            # The starting policy's held-out reward: the baseline every later eval_reward is read against.
+            writer.write({"step": 0} | {f"eval_{k}": v for k, v in eval_rollouts.evaluate(state.params, cfg.train.eval_steps * cfg.train.global_batch_size).items()})
+            fetched_at[0] = time.perf_counter()
         for step in range(state.step + 1, cfg.train.steps + 1):
             if preemption.requested:
                 break
@@ -235,11 +254,20 @@ def train(cfg: Config, *, log=print) -> RunResult:
                 local, extra = rollouts(state.params, local, step)
             batch = to_global(local)
             t_data = time.perf_counter() - t0
-            state.params, state.opt_state, m = step_fn(state.params, state.opt_state, batch, ref_params)
+            if rollouts:
+                args = (np.float32(rollouts.kl.coef), np.int32(step))
+                state.params, state.opt_state, m = step_fn(state.params, state.opt_state, batch, ref_params, *args)
+            else:
+                state.params, state.opt_state, m = step_fn(state.params, state.opt_state, batch, ref_params)
             state.step = step
             if pending:
                 finish(*pending)
             pending = (step, m, t_data, extra)
+            if rollouts:
+                # The next rollouts need these params anyway, and the KL coefficient this step moves
+                # must be in the checkpoint: nothing to gain from keeping the step in flight.
+                finish(*pending)
+                pending = None
             if step % cfg.checkpoint.interval_steps == 0:
                 save(step)
         if pending:

@@ -124,48 +124,74 @@ def preference(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
     return objective
 
 
-def policy_gradient(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
-    """Returns GRPO's objective on rollouts: clipped policy loss + kl_coef · KL to the reference.
+def _policy_forward(graphdef: nnx.GraphDef, params, batch: dict, values: bool) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Returns (log p of each next token [R, S], logits [R, S, V], value-head outputs [R, S] or None)."""
+    model = bind(graphdef, params)
+    hidden, _ = model.hidden(batch["tokens"], batch["positions"], causal_segment_mask(batch["segment_ids"]))
+    logits = model.logits(hidden)
+    targets = jnp.pad(batch["tokens"][:, 1:], ((0, 0), (0, 1)))
+    return token_logprobs(logits, targets)[0], logits, model.scores(hidden) if values else None
 
-    Rollout rows ([R, S], left-padded prompt then completion) carry `advantages` [R] and loss_mask
-    1 on the completion. Losses are token-level sums (every completion token weighs the same, as
-    in DAPO / Dr. GRPO), so long and short completions do not get different per-token weights.
-    One update per rollout batch: the old policy is the current one, so the ratio is 1 in value
-    and the clip only matters for its gradient's bookkeeping (clipfrac reports 0).
+
+def rollout_scores(graphdef: nnx.GraphDef, cfg: Config, params, batch: dict, ref_params=None) -> dict:
+    """Returns what the behaviour policy (and the reference) say of a rollout batch, per next-token position:
+    `old_logp` [R, S], `ref_logp` [R, S] (with ref_params) and, for ppo, the value head's `old_values` [R, S]."""
+    logp, _, values = _policy_forward(graphdef, params, batch, cfg.task == "ppo")
+    out = {"old_logp": logp}
+    if values is not None:
+        out["old_values"] = values
+    if ref_params is not None:
+        out["ref_logp"] = _policy_forward(graphdef, ref_params, batch, False)[0]
+    return jax.lax.stop_gradient(out)
+
+
+def policy_gradient(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
+    """Returns the PPO / GRPO objective on prepared rollout rows (see steps.rollout_step).
+
+    Rows ([R, S], left-padded prompt then completion) carry, per next-token position, the
+    behaviour policy's `old_logp` and the `advantages`; ppo adds `old_values` and `returns` and
+    adds vf_coef x the clipped value loss; grpo with a reference adds kl_coef x KL(policy || ref)
+    from `ref_logp` to the loss (ppo has it in the rewards instead). Losses are token-level sums:
+    every completion token weighs the same (as in DAPO / Dr. GRPO and OpenRLHF's token mean).
     """
     r = cfg.rl
-
-    def logprobs(p, batch):
-        logits = bind(graphdef, p)(batch["tokens"], batch["segment_ids"], batch["positions"])
-        targets = jnp.pad(batch["tokens"][:, 1:], ((0, 0), (0, 1)))
-        return token_logprobs(logits, targets)[0], logits
+    ppo = cfg.task == "ppo"
 
     def objective(params, batch, ref_params=None):
         w = next_token_weights(batch["segment_ids"], batch["loss_mask"])
-        logp, logits = logprobs(params, batch)
-        adv = batch["advantages"][:, None] * w
-        pg_sum, count, clip_sum = rl.ppo_policy_loss(logp, jax.lax.stop_gradient(logp), adv, w, r.clip_eps)
-        kl_sum = jnp.float32(0.0)
-        if ref_params is not None:
-            ref_logp = jax.lax.stop_gradient(logprobs(ref_params, batch)[0])
-            kl_sum = jnp.sum(rl.kl_penalty(logp, ref_logp, r.kl_estimator) * w)
+        logp, logits, values = _policy_forward(graphdef, params, batch, ppo)
+        pg_sum, count, clip_sum = rl.ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], w, r.clip_eps)
+        sg = jax.lax.stop_gradient
         sums = {
-            "loss_sum": pg_sum + r.kl_coef * kl_sum,
             "policy_loss_sum": pg_sum,
-            "kl_sum": kl_sum,
-            "entropy_sum": jnp.sum(jax.lax.stop_gradient(rl.entropy_from_logits(logits)) * w),
+            "entropy_sum": jnp.sum(sg(rl.entropy_from_logits(logits)) * w),
             "clipfrac_sum": clip_sum,
+            # How far the updates moved the policy from the one that sampled (k3, >= 0).
+            "approx_kl_sum": jnp.sum(sg(rl.kl_penalty(logp, batch["old_logp"], "k3")) * w),
             "count": count,
             "tokens": jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32),
         }
-        return sums["loss_sum"], sums
+        loss = pg_sum
+        if ppo:
+            vf_sum, _, vclip_sum = rl.ppo_value_loss(values, batch["old_values"], batch["returns"], w, r.value_clip_eps)
+            loss = loss + r.vf_coef * vf_sum
+            sums |= {"value_loss_sum": vf_sum, "value_clipfrac_sum": vclip_sum}
+        elif "ref_logp" in batch:
+            kl_sum = jnp.sum(rl.kl_penalty(logp, batch["ref_logp"], r.kl_estimator) * w)
+            loss = loss + r.kl_coef * kl_sum
+        sums["loss_sum"] = loss
+        return loss, sums
 
     return objective
 
 
 def needs_reference(cfg: Config) -> bool:
     """Returns whether the task compares against a frozen reference model."""
-    return (cfg.task == "dpo" and cfg.dpo.kind in ("sigmoid", "ipo", "hinge")) or (cfg.task == "grpo" and cfg.rl.kl_coef > 0)
+    if cfg.task == "dpo":
+        return cfg.dpo.kind in ("sigmoid", "ipo", "hinge")
+    if cfg.task == "grpo":
+        return cfg.rl.kl_coef > 0
+    return cfg.task == "ppo" and (cfg.rl.kl_coef > 0 or cfg.rl.kl_target > 0)
 
 
 def for_task(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
@@ -176,7 +202,7 @@ def for_task(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
         return reward_model(graphdef, cfg.rm.center_coef)
     if cfg.task == "dpo":
         return preference(graphdef, cfg)
-    if cfg.task == "grpo":
+    if cfg.task in ("ppo", "grpo"):
         return policy_gradient(graphdef, cfg)
     raise ValueError(f"task {cfg.task!r} has no gradient objective here")
 

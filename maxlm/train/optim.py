@@ -36,8 +36,15 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """Returns clip-by-global-norm followed by AdamW on the schedule."""
+def optimizer(cfg: TrainConfig, updates_per_step: int = 1) -> optax.GradientTransformation:
+    """Returns clip-by-global-norm followed by AdamW on the schedule.
+
+    `updates_per_step` > 1 (ppo/grpo: epochs x minibatches per rollout batch) keeps the schedule
+    in train steps: warmup_steps and steps count rollout batches, not optimizer updates.
+    """
+    lr = schedule(cfg)
+    if updates_per_step > 1:
+        lr = lambda count, base=lr: base(count // updates_per_step)
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-    parts.append(optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask))
+    parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask))
     return optax.chain(*parts)

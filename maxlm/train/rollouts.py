@@ -1,13 +1,14 @@
-"""RL rollouts: prompts in, sampled completions scored by a verifier, a training batch out.
+"""RL rollouts: prompts in, sampled completions scored by a verifier or a reward model, a batch out.
 
 One `Rollouts` per run holds the encoded prompts. Each step it samples `rl.group_size`
 completions per prompt with the one sampler (seeded by run seed and step, so a resumed run
-samples exactly what the uninterrupted one did), scores them, turns the scores into
-group-normalized advantages and lays the rows out for `objectives.policy_gradient`:
+samples exactly what the uninterrupted one did), scores them and lays the rows out for
+`steps.rollout_step`:
   tokens, segment_ids, positions, loss_mask  [R, P + N]  (R = prompts x group_size; the prompt
       left-padded to P = rl.max_prompt_len, then N = rl.max_new_tokens completion slots;
       segment 1 on real tokens up to and including the stop token, loss_mask 1 on the completion)
-  advantages  [R] f32
+  grpo: advantages [R] f32 (group-normalized scores);  ppo: scores [R] f32
+It also holds ppo's KL coefficient (fixed or adaptive), which a checkpoint saves with the data state.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from maxlm.data.sources import expand, row_slice
 from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.infer.sampler import generate
-from maxlm.train import rewards
+from maxlm.train import rewards, rl
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class PromptSet:
     ids: list[list[int]]
     answers: list[str | None]
     skipped: int
+    prompts: list = dataclasses.field(default_factory=list)  # as the records gave them, for a reward model's template
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -45,7 +47,7 @@ class PromptSet:
 
 def load_prompts(cfg: Config, tokenizer: Tokenizer, sources) -> PromptSet:
     """Returns the prompts of `sources` rendered with the chat template; too-long ones are errors or counted skips."""
-    ids, answers, skipped = [], [], 0
+    ids, answers, texts, skipped = [], [], [], 0
     for src in sources:
         records: list[Prompt] = []
         for f in expand(src.path):
@@ -62,9 +64,10 @@ def load_prompts(cfg: Config, tokenizer: Tokenizer, sources) -> PromptSet:
                 continue
             ids.append(p)
             answers.append(r.answer)
+            texts.append(r.prompt)
     if not ids:
         raise MaxlmError(f"task {cfg.task}: no usable prompts in {', '.join(s.path for s in sources)}")
-    return PromptSet(ids, answers, skipped)
+    return PromptSet(ids, answers, skipped, texts)
 
 
 def prompt_batches(cfg: Config, prompts: PromptSet, process_index: int, process_count: int) -> grain.IterDataset:
@@ -85,6 +88,9 @@ class Rollouts:
         if not self.stops:
             raise MaxlmError(f"data.chat_template {cfg.data.chat_template}: no stop token; rollouts could not end")
         self.verify = rewards.verifier(cfg.rl.verifier)
+        self.reward_model = RewardModel(cfg.rl.reward_model) if cfg.rl.reward_model else None
+        r = cfg.rl
+        self.kl = rl.AdaptiveKLController(r.kl_coef, r.kl_target, r.kl_horizon) if r.kl_target > 0 else rl.FixedKLController(r.kl_coef)
         if cfg.rl.max_prompt_len + cfg.rl.max_new_tokens > cfg.model.max_seq_len:
             raise MaxlmError(
                 f"rl.max_prompt_len + rl.max_new_tokens = {cfg.rl.max_prompt_len + cfg.rl.max_new_tokens} exceeds model.max_seq_len {cfg.model.max_seq_len}"
@@ -99,26 +105,30 @@ class Rollouts:
             temperature=temperature, top_k=r.top_k, top_p=r.top_p, stop_ids=self.stops, pad_id=self.tokenizer.pad_id,
             seed=seed, pad_to=r.max_prompt_len,
         )
-        texts, scores = [], []
-        for i, row in zip(idx, rows[:, r.max_prompt_len:].tolist()):
+        texts = []
+        for row in rows[:, r.max_prompt_len:].tolist():
             cut = min([row.index(t) for t in self.stops if t in row], default=len(row))
             texts.append(self.tokenizer.decode(row[:cut]))
-            answer = self.prompts.answers[i]
-            scores.append(self.verify(texts[-1], answer) if answer is not None else 0.0)
+        if self.reward_model:
+            scores = self.reward_model([self.prompts.prompts[i] for i in idx], texts)
+        else:
+            answers = [self.prompts.answers[i] for i in idx]
+            scores = np.asarray([self.verify(t, a) if a is not None else 0.0 for t, a in zip(texts, answers)], np.float32)
         lens = np.asarray([len(self.prompts.ids[i]) for i in idx])
-        return rows, lens, texts, np.asarray(scores, np.float32)
+        return rows, lens, texts, scores
 
     def __call__(self, params, indices, step: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """Returns (the step's training batch, rollout metrics) for prompt `indices`."""
-        from maxlm.train.rl import group_advantages
-
+        """Returns (the step's rollout batch, rollout metrics) for prompt `indices`."""
         r = self.cfg.rl
         t0 = time.perf_counter()
         seed = int(np.random.SeedSequence([self.cfg.train.seed, step]).generate_state(1)[0])
         rows, lens, texts, scores = self.sample(params, indices, seed, r.group_size, r.temperature)
         seconds = time.perf_counter() - t0
         batch = layout(rows, lens, r.max_prompt_len, self.stops)
-        batch["advantages"] = np.asarray(group_advantages(scores, r.group_size), np.float32)
+        if self.cfg.task == "ppo":
+            batch["scores"] = scores
+        else:
+            batch["advantages"] = np.asarray(rl.group_advantages(scores, r.group_size), np.float32)
         completion = batch["loss_mask"].sum(axis=1)
         metrics = {
             "reward_mean": float(scores.mean()),
@@ -126,7 +136,23 @@ class Rollouts:
             "completion_tokens": float(completion.mean()),
             "generate_seconds": seconds,
         }
+        if self.cfg.task == "ppo":
+            metrics["kl_coef"] = self.kl.coef
         return batch, metrics
+
+    def observe(self, metrics: dict) -> None:
+        """Moves the KL coefficient after a finished step (a no-op unless rl.kl_target > 0)."""
+        if "kl_sequence" in metrics:
+            rows = self.cfg.train.global_batch_size * self.cfg.rl.group_size
+            self.kl = dataclasses.replace(self.kl, coef=self.kl.update(metrics["kl_sequence"], rows))
+
+    def get_state(self) -> dict:
+        """Returns what a checkpoint must keep beyond the prompt iterator: the KL coefficient."""
+        return {"kl_coef": self.kl.coef}
+
+    def set_state(self, state: dict) -> None:
+        """Restores `get_state`'s KL coefficient."""
+        self.kl = dataclasses.replace(self.kl, coef=float(state["kl_coef"]))
 
     def evaluate(self, params, n: int) -> dict[str, float]:
         """Returns {"reward": mean greedy reward} over the first `n` prompts (one completion each)."""
@@ -160,6 +186,29 @@ def layout(rows: np.ndarray, prompt_lens: np.ndarray, prompt_len: int, stops: li
     }
 
 
+class RewardModel:
+    """A `task: rm` run scoring (prompt, completion) pairs in its own chat template and tokenizer."""
+
+    def __init__(self, path: str):
+        from maxlm.infer.scoring import Scorer
+        from maxlm.pretrained import from_pretrained
+
+        from maxlm.data.tokenizers import load_tokenizer
+
+        model = from_pretrained(path)
+        if not model.config.model.scalar_head or model.config.task == "ppo":
+            raise MaxlmError(f"rl.reward_model {path}: not a reward model (no scalar head); train one with task: rm")
+        if not model.tokenizer:
+            raise MaxlmError(f"rl.reward_model {path}: no tokenizer files beside it")
+        self.scorer, self.template = Scorer(model), model.config.data.chat_template
+        self.tokenizer = load_tokenizer(model.tokenizer)
+
+    def __call__(self, prompts: list, completions: list[str]) -> np.ndarray:
+        """Returns the reward of each completion to its prompt, [R] f32."""
+        ids = [chat.encode_completion(self.tokenizer, self.template, p, c)[0] for p, c in zip(prompts, completions)]
+        return self.scorer.rewards(ids).astype(np.float32)
+
+
 def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef) -> tuple[Rollouts, "DataIterator"]:
     """Returns (the run's Rollouts, the checkpointable iterator of its prompt-index batches)."""
     import jax
@@ -168,7 +217,7 @@ def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef) -> tuple[Rollouts
     from maxlm.data.sources import train_sources
 
     if jax.process_count() > 1:
-        raise MaxlmError("task: grpo runs in one process for now (rollouts are sampled on the host's own prompt batch)")
+        raise MaxlmError(f"task: {cfg.task} runs in one process for now (rollouts are sampled on the host's own prompt batch)")
     prompts = load_prompts(cfg, tokenizer, train_sources(cfg.data))
     layout_ = {"task": cfg.task, "prompts": len(prompts), "rows": cfg.train.global_batch_size, "shuffle": cfg.data.shuffle}
     return Rollouts(cfg, tokenizer, graphdef, prompts), DataIterator(prompt_batches(cfg, prompts, 0, 1), [prompts], layout_)

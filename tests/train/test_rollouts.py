@@ -75,9 +75,9 @@ def test_grpo_logs_rewards_and_resumes_exactly(tmp_path):
     train(load_config(str(REPO / "configs" / "grpo_arithmetic.yaml"), over + [f"run_dir={tmp_path / 'part'}"]), log=lambda *_: None)
     rows = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     again = [json.loads(l) for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
-    assert {"reward_mean", "kl", "entropy", "clipfrac", "generation_fraction", "completion_tokens"} <= set(rows[0])
-    assert "eval_reward" in rows[2]
-    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: the policy is the reference
-    for a, b in zip(rows, again):
-        assert a["step"] == b["step"]
+    assert [r["step"] for r in rows] == [r["step"] for r in again] == list(range(7))  # step 0: the start's held-out reward
+    assert {"reward_mean", "kl", "entropy", "clipfrac", "generation_fraction", "completion_tokens"} <= set(rows[1])
+    assert "eval_reward" in rows[0] and "eval_reward" in rows[3]
+    assert rows[1]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: the policy is the reference
+    for a, b in zip(rows[1:], again[1:]):
         assert a["reward_mean"] == b["reward_mean"] and a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)

@@ -59,17 +59,24 @@ def test_sft_trains_only_replies_and_loss_falls(sft_config):
     assert 0 < rows[-1]["tokens_trained"] < 0.6 * 12 * 8 * 256
 
 
-def test_rm_from_sft_config_learns_and_eval_rm_prints_accuracy(tmp_path, sft_config, hh, capsys):
-    cfg = write_config(tmp_path / "rm.yaml", task="rm", run_dir=str(tmp_path / "rm"),
+@pytest.fixture(scope="module")
+def rm_run(tmp_path_factory, sft_config, hh) -> Path:
+    """A reward model trained through the CLI from the SFT config."""
+    d = tmp_path_factory.mktemp("rm")
+    cfg = write_config(d / "rm.yaml", task="rm", run_dir=str(d / "rm"),
                        data={"train_files": [{"path": hh, "rows": "0:300"}], "eval_files": [{"path": hh, "rows": "300:360"}]},
                        train={"steps": 8, "learning_rate": 3e-3, "init_from": sft_config, "eval_every": 8, "eval_steps": 20})
     assert cli_main(["train", cfg]) == 0
-    rows = metrics(tmp_path / "rm")
+    return d / "rm"
+
+
+def test_rm_from_sft_config_learns_and_eval_rm_prints_accuracy(rm_run, hh, capsys):
+    rows = metrics(rm_run)
     assert {"accuracy", "margin", "chosen_reward", "rejected_reward"} <= set(rows[0])
     assert rows[0]["margin"] == pytest.approx(0.0, abs=1e-6)  # a fresh scalar head scores every reply 0
     assert "eval_accuracy" in rows[-1]
     capsys.readouterr()
-    assert cli_main(["eval", "rm", str(tmp_path / "rm"), "--data", hh, "--rows", "300:360"]) == 0
+    assert cli_main(["eval", "rm", str(rm_run), "--data", hh, "--rows", "300:360"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     from maxlm.data.records import read_records
 
@@ -92,3 +99,38 @@ def test_dpo_starts_at_log2_and_raises_margin_and_accuracy(tmp_path, sft_config,
     late = rows[-3:]
     assert np.mean([r["margin"] for r in late]) > 0.5
     assert np.mean([r["accuracy"] for r in late]) > 0.8
+
+
+def test_ppo_rewards_come_from_the_reward_model(tmp_path, sft_config, rm_run, hh):
+    import jax.numpy as jnp
+
+    from maxlm.config import load_config
+    from maxlm.data import chat
+    from maxlm.data.tokenizers import load_tokenizer
+    from maxlm.models.llama import causal_segment_mask
+    from maxlm.models.params import bind
+    from maxlm.pretrained import from_pretrained
+    from maxlm.train.rollouts import Rollouts, load_prompts
+
+    cfg_path = write_config(tmp_path / "ppo.yaml", task="ppo", run_dir=str(tmp_path / "ppo"),
+                            data={"train_files": [{"path": hh, "rows": "0:40"}]},
+                            rl={"reward_model": str(rm_run), "group_size": 2, "max_prompt_len": 200, "max_new_tokens": 8, "kl_coef": 0.05, "epochs": 2},
+                            train={"steps": 2, "global_batch_size": 4, "learning_rate": 1e-3, "init_from": sft_config})
+    assert cli_main(["train", cfg_path]) == 0
+    rows = metrics(tmp_path / "ppo")
+    assert {"reward_mean", "kl", "value_loss", "kl_coef"} <= set(rows[0]) and np.isfinite(rows[-1]["loss"])
+    # The scores Rollouts hands to PPO are the RM's head at the last token of (prompt, completion)
+    # rendered in the RM's own template, recomputed here on each sequence alone.
+    cfg = load_config(str(tmp_path / "ppo" / "config.yaml"))
+    policy = from_pretrained(tmp_path / "ppo")
+    tok = load_tokenizer(policy.tokenizer)
+    roll = Rollouts(cfg, tok, policy.graphdef, load_prompts(cfg, tok, cfg.data.train_files))
+    _, _, texts, scores = roll.sample(policy.params, [0, 1, 2], 7, 2, 1.0)
+    rm = from_pretrained(rm_run)
+    rm_tok = load_tokenizer(rm.tokenizer)
+    for i, (text, score) in enumerate(zip(texts, scores)):
+        ids = chat.encode_completion(rm_tok, rm.config.data.chat_template, roll.prompts.prompts[i // 2], text)[0]
+        model = bind(rm.graphdef, rm.params)
+        x = jnp.asarray([ids], jnp.int32)
+        hidden, _ = model.hidden(x, jnp.arange(len(ids))[None], causal_segment_mask(jnp.ones_like(x)))
+        assert float(score) == pytest.approx(float(model.scores(hidden)[0, -1]), abs=1e-4)
