@@ -140,6 +140,7 @@ class PreferenceConfig:
     beta: float = 0.1  # orpo: the weight of the odds-ratio term (ORPO's lambda)
     label_smoothing: float = 0.0
     gamma: float = 0.5  # simpo's target margin
+    precompute_ref: bool = False  # score every example under the reference once at the start, then free it
 
 
 @dataclass

@@ -1,10 +1,14 @@
 """Config loading: inheritance, overrides, typed values, and errors that name the key."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from maxlm.config import load_config
 from maxlm.errors import MaxlmError
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write(path, data):
@@ -80,3 +84,11 @@ def test_coerce_is_strict():
             coerce(value, t, "k", "w")
     with pytest.raises(MaxlmError, match="model.dtype must be one of"):
         coerce("f32", str, "model.dtype", "w")
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("curation", "synth"))
+)
+def test_every_shipped_config_loads_and_validates(path):
+    cfg = load_config(REPO / "configs" / path)
+    assert cfg.task in ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")

@@ -134,9 +134,13 @@ def _seed(seed: int, source_index: int) -> int:
 
 
 def make_train_iterator(
-    cfg: Config, tokenizer: Tokenizer, process_index: int | None = None, process_count: int | None = None
+    cfg: Config, tokenizer: Tokenizer, process_index: int | None = None, process_count: int | None = None, annotate=None
 ) -> DataIterator:
-    """Returns the endless, checkpointable iterator of this process's training batches."""
+    """Returns the endless, checkpointable iterator of this process's training batches.
+
+    `annotate(examples)` may add per-example fields to the encoded post-training examples of
+    every source before any is batched (dpo.precompute_ref adds the reference's log-probs).
+    """
     process_index, process_count = _process(process_index, process_count)
     rows = rows_per_process(cfg, process_count)
     d = cfg.data
@@ -144,6 +148,8 @@ def make_train_iterator(
     if not sources_cfg:
         raise MaxlmError("data.train_files is empty; give files, globs or builtin:stdlib-docs")
     sources = [_open(cfg, s, tokenizer) for s in sources_cfg]  # validates every record now
+    for src in sources if annotate else ():
+        annotate(src)
     parts = []
     for i, (docs, src) in enumerate(zip(sources, sources_cfg)):
         ds = _shard(_rows_of(docs, src), process_index, process_count, src.path)
@@ -200,14 +206,15 @@ def _allow_unparsed_absl_flags() -> None:
 
 
 def make_eval_batches(
-    cfg: Config, tokenizer: Tokenizer, num_batches: int, process_index: int | None = None, process_count: int | None = None
+    cfg: Config, tokenizer: Tokenizer, num_batches: int, process_index: int | None = None, process_count: int | None = None,
+    annotate=None,
 ) -> list[dict[str, np.ndarray]]:
     """Returns this process's eval batches from data.eval_files, in file order, the same every call.
 
     Documents are dealt to processes round-robin and packed like training data. One process
     gets at most `num_batches`, fewer if the files run out; several processes get exactly
     `num_batches` each, filled with all-padding batches (which count zero tokens), so that
-    every process runs the same number of eval steps.
+    every process runs the same number of eval steps. `annotate` is make_train_iterator's.
     """
     process_index, process_count = _process(process_index, process_count)
     rows = rows_per_process(cfg, process_count)
@@ -215,17 +222,19 @@ def make_eval_batches(
     if not d.eval_files or num_batches <= 0:
         return []
     docs = [_open(cfg, s, tokenizer) for s in d.eval_files]
+    for src in docs if annotate else ():
+        annotate(src)
     items = grain.MapDataset.concatenate([_rows_of(x, src) for x, src in zip(docs, d.eval_files)])[process_index::process_count]
     it = _rows(cfg, items, tokenizer).batch(rows, drop_remainder=False).__iter__()
     out = list(itertools.islice(it, num_batches))
-    template = _padding_batch(cfg, rows, tokenizer.pad_id)
+    template = padding_batch(cfg, rows, tokenizer.pad_id)
     out = [_pad_rows(b, template) for b in out]
     if process_count > 1:
         out += [template for _ in range(num_batches - len(out))]
     return out
 
 
-def _padding_batch(cfg: Config, rows: int, pad_id: int) -> dict[str, np.ndarray]:
+def padding_batch(cfg: Config, rows: int, pad_id: int) -> dict[str, np.ndarray]:
     """Returns a batch of padding rows (pad id, segment 0, zero masks): it counts nothing in any objective."""
     shape = (rows, cfg.data.seq_len) if cfg.task in ("pretrain", "sft") else (rows, 2, cfg.data.seq_len)
     batch = {
@@ -236,6 +245,8 @@ def _padding_batch(cfg: Config, rows: int, pad_id: int) -> dict[str, np.ndarray]
     }
     if cfg.task in ("rm", "dpo"):
         batch |= {"margin": np.zeros(rows, np.float32), "pair_mask": np.zeros(rows, np.float32)}
+    if cfg.task == "dpo" and cfg.dpo.precompute_ref:
+        batch["ref_logps"] = np.zeros((rows, 2), np.float32)
     return batch
 
 

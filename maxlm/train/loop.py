@@ -67,6 +67,11 @@ def resolve_vocab(cfg: Config, vocab_size: int) -> Config:
     return cfg
 
 
+def precomputed_reference(cfg: Config) -> bool:
+    """Returns whether the reference's log-probs are scored once up front instead of every step."""
+    return cfg.task == "dpo" and cfg.dpo.precompute_ref and objectives.needs_reference(cfg)
+
+
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks between steps."""
 
@@ -116,8 +121,16 @@ def train(cfg: Config, *, log=print) -> RunResult:
         eval_rollouts = rollouts_lib.make_eval_rollouts(cfg, tokenizer, graphdef)
         eval_batches = []
     else:
-        train_it = make_train_iterator(cfg, tokenizer)
-        eval_batches = make_eval_batches(cfg, tokenizer, cfg.train.eval_steps) if cfg.data.eval_files else []
+        annotate = None
+        if precomputed_reference(cfg):
+            from maxlm.train import reference
+
+            log("dpo.precompute_ref: scoring every example under the reference once ...")
+            score = reference.scorer(graphdef, state_lib.reference_params(cfg, mesh), NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
+            annotate = lambda examples: reference.annotate(score, examples, cfg, tokenizer.pad_id)
+        train_it = make_train_iterator(cfg, tokenizer, annotate=annotate)
+        eval_batches = make_eval_batches(cfg, tokenizer, cfg.train.eval_steps, annotate=annotate) if cfg.data.eval_files else []
+        annotate = score = None  # frees the reference's params
 
     tx = optim.optimizer(cfg.train, cfg.rl.epochs * cfg.rl.minibatches if rollouts else 1)
     lr_at = optim.schedule(cfg.train)
@@ -132,7 +145,7 @@ def train(cfg: Config, *, log=print) -> RunResult:
     log(f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} devices")
 
     objective = objectives.for_task(graphdef, cfg)
-    ref_params = state_lib.reference_params(cfg, mesh) if objectives.needs_reference(cfg) else None
+    ref_params = state_lib.reference_params(cfg, mesh) if objectives.needs_reference(cfg) and not precomputed_reference(cfg) else None
     r_shard = p_shard if ref_params is not None else None
     batch_shard = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     if rollouts:

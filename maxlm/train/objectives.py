@@ -91,13 +91,16 @@ def completion_logps(graphdef: nnx.GraphDef, params, batch: dict) -> tuple[jax.A
 
 
 def preference(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
-    """Returns the DPO-family objective (`dpo.kind`); sigmoid/ipo/hinge compare with `ref_params`."""
+    """Returns the DPO-family objective (`dpo.kind`); sigmoid/ipo/hinge compare with `ref_params`,
+    or with the batch's `ref_logps` [B, 2] when the reference was scored up front (dpo.precompute_ref)."""
     d = cfg.dpo
 
     def objective(params, batch, ref_params=None):
         logps, counts = completion_logps(graphdef, params, batch)
         ref = None
-        if ref_params is not None:
+        if "ref_logps" in batch:  # dpo.precompute_ref: scored once when the run started
+            ref = batch["ref_logps"]
+        elif ref_params is not None:
             ref = jax.lax.stop_gradient(completion_logps(graphdef, ref_params, batch)[0])
         # ORPO's NLL on the chosen completion, token-averaged as in its paper.
         nll = -logps[:, 0] / jnp.maximum(counts[:, 0], 1.0) if d.kind == "orpo" else None

@@ -134,3 +134,21 @@ def test_ppo_rewards_come_from_the_reward_model(tmp_path, sft_config, rm_run, hh
         x = jnp.asarray([ids], jnp.int32)
         hidden, _ = model.hidden(x, jnp.arange(len(ids))[None], causal_segment_mask(jnp.ones_like(x)))
         assert float(score) == pytest.approx(float(model.scores(hidden)[0, -1]), abs=1e-4)
+
+
+def test_dpo_with_precomputed_reference_logps_matches_the_live_reference(tmp_path, sft_config, hh):
+    runs = {}
+    for precompute in (False, True):
+        name = f"dpo_{precompute}"
+        cfg = write_config(tmp_path / f"{name}.yaml", task="dpo", run_dir=str(tmp_path / name),
+                           data={"train_files": [{"path": hh, "rows": "0:24"}], "eval_files": [{"path": hh, "rows": "24:40"}]},
+                           dpo={"kind": "sigmoid", "beta": 0.5, "precompute_ref": precompute},
+                           train={"steps": 4, "learning_rate": 1e-2, "init_from": sft_config, "eval_every": 4, "eval_steps": 2})
+        assert cli_main(["train", cfg]) == 0
+        runs[precompute] = metrics(tmp_path / name)
+    assert len(runs[True]) == len(runs[False]) == 4
+    for live, pre in zip(runs[False], runs[True]):
+        for k in ("loss", "margin", "chosen_reward", "rejected_reward"):
+            assert pre[k] == pytest.approx(live[k], rel=1e-4, abs=1e-5), k
+    assert runs[False][-1]["eval_margin"] != 0.0
+    assert runs[True][-1]["eval_margin"] == pytest.approx(runs[False][-1]["eval_margin"], rel=1e-4, abs=1e-5)
