@@ -59,8 +59,9 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, pad_to: int = 0)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_spec", "max_new_tokens", "temperature", "top_k", "top_p"))
-def _generate(graphdef, cache_spec, params, tokens_BxT, valid_BxT, stop_ids, key, *, max_new_tokens, temperature, top_k, top_p):
+def _generate(graphdef, cache_spec, params, tokens_BxT, valid_BxT, stop_ids, seed, *, max_new_tokens, temperature, top_k, top_p):
     model = bind(graphdef, params)
+    key = jax.random.key(seed)
     b, t = tokens_BxT.shape
     s = t + max_new_tokens
     layers, kv_heads, head, dtype = cache_spec
@@ -122,9 +123,35 @@ def generate(
         raise ValueError(
             f"prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds model.max_seq_len ({cfg.max_seq_len})"
         )
-    stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
+    stops = np.asarray(list(stop_ids) or [-1], np.int32)
+    args = (tokens, valid, stops, np.uint32(seed))
+    if jax.process_count() > 1:
+        args, local_rows = _global_inputs(params, *args)
     new = _generate(
-        graphdef, (cfg.num_layers, cfg.num_kv_heads, head_dim(cfg), cfg.dtype), params, jnp.asarray(tokens), jnp.asarray(valid), stops, jax.random.key(seed),
+        graphdef, (cfg.num_layers, cfg.num_kv_heads, head_dim(cfg), cfg.dtype), params, *args,
         max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
     )
+    if jax.process_count() > 1:
+        new = local_rows(new)
     return np.concatenate([tokens, np.asarray(new)], axis=1)
+
+
+def _global_inputs(params, tokens, valid, stops, seed):
+    """Returns (the sampler's inputs as global arrays, a function giving this process's rows of a global result).
+
+    Several processes: each passes its own prompt rows (the same count and padded length in
+    every process); the rows of all processes form one batch sharded over the mesh's data axes,
+    sampled with one key, so a row's tokens do not depend on how the batch was split.
+    """
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = jax.tree.leaves(params)[0].sharding.mesh
+    rows, same = PartitionSpec(("data", "fsdp")), NamedSharding(mesh, PartitionSpec())
+    # Each process's rows fill its own row shards: pad them to a multiple with copies of row 0.
+    n, shards = len(tokens), mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count()
+    extra = -n % max(shards, 1)
+    put_rows = lambda x: jax.make_array_from_process_local_data(NamedSharding(mesh, rows), np.concatenate([x, x[:1].repeat(extra, 0)]))
+    put_same = lambda x: jax.make_array_from_callback(np.shape(x), same, lambda idx: np.asarray(x)[idx])
+    out = (put_rows(tokens), put_rows(valid), put_same(stops), put_same(seed))
+    return out, lambda a: np.asarray(multihost_utils.global_array_to_host_local_array(a, mesh, rows))[:n]

@@ -18,7 +18,9 @@ import logging
 import time
 
 import grain
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from maxlm.config import Config
 from maxlm.data import chat
@@ -130,10 +132,11 @@ class Rollouts:
         else:
             batch["advantages"] = np.asarray(rl.group_advantages(scores, r.group_size), np.float32)
         completion = batch["loss_mask"].sum(axis=1)
+        mean, mean_sq, tokens = across_processes([scores, np.square(scores), completion])
         metrics = {
-            "reward_mean": float(scores.mean()),
-            "reward_std": float(scores.std()),
-            "completion_tokens": float(completion.mean()),
+            "reward_mean": mean,
+            "reward_std": float(np.sqrt(max(mean_sq - mean * mean, 0.0))),
+            "completion_tokens": tokens,
             "generate_seconds": seconds,
         }
         if self.cfg.task == "ppo":
@@ -155,10 +158,24 @@ class Rollouts:
         self.kl = dataclasses.replace(self.kl, coef=float(state["kl_coef"]))
 
     def evaluate(self, params, n: int) -> dict[str, float]:
-        """Returns {"reward": mean greedy reward} over the first `n` prompts (one completion each)."""
+        """Returns {"reward": mean greedy reward} over the first `n` prompts (one completion each).
+
+        Several processes split the prompts; each pads its share to the same count with a repeat
+        that counts nothing, since every process must sample the same number of rows.
+        """
         n = min(n, len(self.prompts))
-        _, _, _, scores = self.sample(params, range(n), 0, 1, 0.0)
-        return {"reward": float(scores.mean())}
+        mine = list(range(n))[jax.process_index()::jax.process_count()]
+        share = -(-n // jax.process_count())
+        _, _, _, scores = self.sample(params, mine + [0] * (share - len(mine)), 0, 1, 0.0)
+        return {"reward": across_processes([scores[: len(mine)]])[0]}
+
+
+def across_processes(values: list[np.ndarray]) -> list[float]:
+    """Returns the mean of each array over the rows of every process (this process's alone when it runs alone)."""
+    sums = np.asarray([[float(np.sum(v)), float(np.size(v))] for v in values], np.float64)
+    if jax.process_count() > 1:
+        sums = np.asarray(multihost_utils.process_allgather(sums.astype(np.float32))).reshape(-1, len(values), 2).sum(axis=0)
+    return [float(s / max(c, 1.0)) for s, c in sums]
 
 
 def layout(rows: np.ndarray, prompt_lens: np.ndarray, prompt_len: int, stops: list[int]) -> dict[str, np.ndarray]:
@@ -211,16 +228,18 @@ class RewardModel:
 
 def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef) -> tuple[Rollouts, "DataIterator"]:
     """Returns (the run's Rollouts, the checkpointable iterator of its prompt-index batches)."""
-    import jax
-
     from maxlm.data.pipeline import DataIterator
     from maxlm.data.sources import train_sources
 
-    if jax.process_count() > 1:
-        raise MaxlmError(f"task: {cfg.task} runs in one process for now (rollouts are sampled on the host's own prompt batch)")
+    if jax.process_count() > 1 and cfg.rl.reward_model:
+        raise MaxlmError(f"rl.reward_model runs in one process for now; use a verifier (rl.verifier) with {jax.process_count()} processes")
+    if cfg.train.global_batch_size % jax.process_count():
+        raise MaxlmError(f"train.global_batch_size ({cfg.train.global_batch_size}) prompts must divide by the number of processes ({jax.process_count()})")
     prompts = load_prompts(cfg, tokenizer, train_sources(cfg.data))
-    layout_ = {"task": cfg.task, "prompts": len(prompts), "rows": cfg.train.global_batch_size, "shuffle": cfg.data.shuffle}
-    return Rollouts(cfg, tokenizer, graphdef, prompts), DataIterator(prompt_batches(cfg, prompts, 0, 1), [prompts], layout_)
+    layout_ = {"task": cfg.task, "prompts": len(prompts), "rows": cfg.train.global_batch_size, "shuffle": cfg.data.shuffle,
+               "process_index": jax.process_index(), "process_count": jax.process_count()}
+    batches = prompt_batches(cfg, prompts, jax.process_index(), jax.process_count())
+    return Rollouts(cfg, tokenizer, graphdef, prompts), DataIterator(batches, [prompts], layout_)
 
 
 def make_eval_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef) -> Rollouts | None:

@@ -1,4 +1,5 @@
-"""Two JAX processes on one machine, wired by jax.distributed from the environment, train and resume."""
+"""Two JAX processes on one machine, wired by jax.distributed from the environment: pretraining
+and GRPO train and resume, and the sampler's rows do not depend on how processes split the batch."""
 
 import json
 import os
@@ -19,7 +20,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_two(config: Path, *overrides: str) -> list[subprocess.CompletedProcess]:
+def launch_two(config: Path, *overrides: str, argv: list[str] | None = None) -> list[subprocess.CompletedProcess]:
+    """Runs `maxlm train config overrides` (or `python argv`) as two processes with 2 CPU devices each."""
     port = free_port()
     procs = []
     for i in range(2):
@@ -27,8 +29,8 @@ def launch_two(config: Path, *overrides: str) -> list[subprocess.CompletedProces
             os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
             MAXLM_COORDINATOR=f"127.0.0.1:{port}", MAXLM_NUM_PROCESSES="2", MAXLM_PROCESS_ID=str(i),
         )
-        procs.append(subprocess.Popen([sys.executable, "-m", "maxlm.cli", "train", str(config), *overrides],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        cmd = [sys.executable, *argv] if argv else [sys.executable, "-m", "maxlm.cli", "train", str(config), *overrides]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return [subprocess.CompletedProcess(p.args, p.wait(timeout=600), p.stdout.read(), "") for p in procs]
 
 
@@ -58,3 +60,84 @@ def test_two_processes_train_and_resume(tmp_path, shared_data):
     steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert {p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()} >= {"4", "6"}
+
+
+SAMPLE = """
+import sys
+import numpy as np
+from maxlm.config import MeshConfig, ModelConfig
+from maxlm.infer.sampler import generate
+from maxlm.models import params as params_lib
+from maxlm.parallel.distributed import initialize_from_env
+from maxlm.parallel.mesh import make_mesh
+import jax
+initialize_from_env()
+cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, dtype="float32", max_seq_len=32)
+graphdef, _, _ = params_lib.abstract(cfg)
+params = params_lib.init(cfg, make_mesh(MeshConfig(data=-1)), 0)
+rng = np.random.default_rng(0)
+prompts = [list(rng.integers(1, 64, n)) for n in (3, 7, 5, 2, 6, 4, 8, 1)]
+i = jax.process_index()
+sampled = generate(graphdef, cfg, params, prompts[4 * i:4 * i + 4], 8, temperature=1.0, seed=5, pad_to=8)
+greedy = generate(graphdef, cfg, params, prompts[3 * i:3 * i + 3], 8, temperature=0.0, pad_to=8)
+np.save(sys.argv[1] + f"/sampled{i}.npy", sampled)
+np.save(sys.argv[1] + f"/greedy{i}.npy", greedy)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_sample_the_rows_one_process_samples(tmp_path):
+    import jax
+    import numpy as np
+
+    from maxlm.config import MeshConfig, ModelConfig
+    from maxlm.infer.sampler import generate
+    from maxlm.models import params as params_lib
+    from maxlm.parallel.mesh import make_mesh
+
+    for run in launch_two(None, argv=["-c", SAMPLE, str(tmp_path)]):
+        assert run.returncode == 0, run.stdout
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, dtype="float32", max_seq_len=32)
+    graphdef, _, _ = params_lib.abstract(cfg)
+    params = params_lib.init(cfg, make_mesh(MeshConfig(data=4), jax.devices()[:4]), 0)
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(1, 64, n)) for n in (3, 7, 5, 2, 6, 4, 8, 1)]
+    # The global batch is process 0's rows, then process 1's: one process with 4 devices samples the same tokens.
+    got = np.concatenate([np.load(tmp_path / f"sampled{i}.npy") for i in range(2)])
+    want = generate(graphdef, cfg, params, prompts, 8, temperature=1.0, seed=5, pad_to=8)
+    assert got.shape == want.shape == (8, 16)
+    np.testing.assert_array_equal(got, want)
+    # 3 rows per process on 2 devices each: padded to whole shards, the padding cut off again.
+    got = np.concatenate([np.load(tmp_path / f"greedy{i}.npy") for i in range(2)])
+    want = generate(graphdef, cfg, params, prompts[:6], 8, temperature=0.0, pad_to=8)
+    assert got.shape == want.shape == (6, 16)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_two_processes_run_grpo_and_resume(tmp_path):
+    cfg = {
+        "base_config": str(REPO / "configs" / "models" / "tiny.yaml"),
+        "task": "grpo",
+        "run_dir": str(tmp_path / "run"),
+        "tokenizer": {"path": str(tmp_path / "tok.model"), "vocab_size": 280},
+        "data": {"train_files": ["builtin:arithmetic"], "eval_files": ["builtin:arithmetic@eval"]},
+        "rl": {"group_size": 2, "max_prompt_len": 40, "max_new_tokens": 4, "minibatches": 2},
+        "train": {"steps": 2, "global_batch_size": 4, "log_every": 1, "warmup_steps": 1, "eval_every": 2, "eval_steps": 1},
+        "checkpoint": {"interval_steps": 2},
+    }
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    from maxlm.config import load_config
+    from maxlm.data.tokenizers import ensure_tokenizer
+
+    ensure_tokenizer(load_config(path))
+    for run in launch_two(path):
+        assert run.returncode == 0, run.stdout
+    for run in launch_two(path, "train.steps=4"):
+        assert run.returncode == 0, run.stdout
+        assert "resumed from" in run.stdout
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert all(0.0 <= r["eval_reward"] <= 1.0 for r in rows if "eval_reward" in r)
+    assert all("reward_mean" in r and r["kl"] >= 0 for r in rows[1:])
