@@ -130,6 +130,7 @@ class RewardModelConfig:
     """task: rm, a Bradley-Terry reward model on preference pairs."""
 
     center_coef: float = 0.0  # + center_coef·(r_c + r_r)²: keeps rewards near zero mean
+    pooling: str = "last"  # last: the head at the reply's last token (HF ForSequenceClassification); mean: over the reply's tokens
 
 
 @dataclass
@@ -229,6 +230,7 @@ CHOICES = {
     "rl.verifier": ("arithmetic_exact", "gsm8k_exact", "format"),
     "rl.kl_estimator": ("k1", "k3", "abs", "mse"),
     "dpo.kind": ("sigmoid", "ipo", "hinge", "simpo", "orpo"),
+    "rm.pooling": ("last", "mean"),
     "data.chat_template": ("default", "llama3", "chatml", "hf"),
     "model.family": ("llama", "qwen2"),
     "model.rope_scaling.type": ("none", "llama3", "linear"),

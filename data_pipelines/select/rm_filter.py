@@ -19,12 +19,12 @@ def select_rm(pool: Pool, rm: ScoringModel, n: int, highest: bool = True) -> Sel
     """Returns the n records of highest (or lowest) reward."""
     if not rm.scorer.model.config.model.scalar_head:
         raise MaxlmError(f"{rm.name}: not a reward model (no scalar head); train one with task: rm")
-    ids = [rm.encode_reply(r.prompt, r.response)[0] for r in pool.records]
-    too_long = np.asarray([len(x) > rm.max_len for x in ids], bool)
+    encoded = [rm.encode_reply(r.prompt, r.response) for r in pool.records]
+    too_long = np.asarray([len(x) > rm.max_len for x, _ in encoded], bool)
     reward = np.full(len(pool), np.nan)
     fits = np.flatnonzero(~too_long)
-    reward[fits] = rm.scorer.rewards([ids[i] for i in fits])
-    fields = {"score": reward, "tokens": np.asarray([len(x) for x in ids], np.int64)}
+    reward[fits] = rm.scorer.rewards([encoded[i][0] for i in fits], [encoded[i][1] for i in fits])
+    fields = {"score": reward, "tokens": np.asarray([len(x) for x, _ in encoded], np.int64)}
     summary = {"model": rm.name, "chat_template": rm.template, "order": "highest" if highest else "lowest",
                "too_long": int(too_long.sum())}
     return Selection(top_n(reward, n, highest), fields, summary)

@@ -145,6 +145,11 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
     """
     stored = StoredStep(path)
     m = stored.config.model
+    if exports_score(stored.config) and stored.config.rm.pooling != "last":
+        raise MaxlmError(
+            f"{path}: a reward model trained with rm.pooling={stored.config.rm.pooling} has no Hugging Face equivalent "
+            "(ForSequenceClassification reads the last token); use it with maxlm eval / rl.reward_model"
+        )
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / "config.json").is_file())):
         raise MaxlmError(f"{out_dir}: exists and is not a Hugging Face model dir; refusing to replace it")

@@ -16,8 +16,8 @@ def rm_accuracy(model: Pretrained, path: str, rows: str = "", batch_size: int = 
 
     Pairs are read like `task: rm` training data (pairs, ranked lists, hh-rlhf dialogues) with the
     model's chat template; pairs too long for `seq_len` (default: the run's data.seq_len) are
-    skipped and counted. Ties count as wrong. Rewards are the scalar head at each reply's last
-    token (the one scorer, `Scorer.rewards`, as training reads them), about `batch_size` pairs a batch.
+    skipped and counted. Ties count as wrong. Rewards are read as training reads them (the one
+    scorer, `Scorer.rewards`: rm.pooling over each reply), about `batch_size` pairs a batch.
     """
     if not model.config.model.scalar_head:
         raise MaxlmError("eval rm: this model has no scalar head; train it with task: rm")
@@ -31,7 +31,9 @@ def rm_accuracy(model: Pretrained, path: str, rows: str = "", batch_size: int = 
         raise MaxlmError(f"eval rm: --seq-len {seq_len} exceeds the model's model.max_seq_len={model.config.model.max_seq_len}")
     examples = encode_file(path, "rm", tokenizer, model.config.data.chat_template, seq_len, "skip", rows)
     # Each example holds chosen (row 0) and rejected (row 1), right-padded; the scorer takes them unpadded.
-    ids = [ex["tokens"][k, : int(np.sum(ex["segment_ids"][k] > 0))].tolist() for ex in examples.items for k in (0, 1)]
-    rewards = Scorer(model, batch_tokens=2 * batch_size * seq_len).rewards(ids)
+    lens = [(ex, k, int(np.sum(ex["segment_ids"][k] > 0))) for ex in examples.items for k in (0, 1)]
+    ids = [ex["tokens"][k, :n].tolist() for ex, k, n in lens]
+    masks = [ex["loss_mask"][k, :n].tolist() for ex, k, n in lens]
+    rewards = Scorer(model, batch_tokens=2 * batch_size * seq_len).rewards(ids, masks)
     diffs = rewards[0::2] - rewards[1::2]
     return {"accuracy": float(np.mean(diffs > 0)), "n": int(len(diffs)), "skipped": int(examples.skipped), "margin": float(np.mean(diffs))}

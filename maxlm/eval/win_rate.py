@@ -37,17 +37,17 @@ def win_rate(
 
     tokenizer, template = load_tokenizer(rm.tokenizer), rm.config.data.chat_template
     limit = rm.config.model.max_seq_len
-    kept, unique = [], {}  # unique: RM input ids -> index, so equal answers get one (equal) reward
+    kept, unique = [], {}  # unique: RM input (ids, reply mask) -> index, so equal answers get one (equal) reward
     for i, (x, y) in enumerate(zip(answers_a, answers_b)):
         if x is None or y is None:
             continue
-        pair = [tuple(chat.encode_completion(tokenizer, template, prompts[i], answer)[0]) for answer in (x, y)]
-        if max(map(len, pair)) > limit:
+        pair = [tuple(map(tuple, chat.encode_completion(tokenizer, template, prompts[i], answer))) for answer in (x, y)]
+        if max(len(ids) for ids, _ in pair) > limit:
             continue
-        kept.append((i, [unique.setdefault(ids, len(unique)) for ids in pair]))
+        kept.append((i, [unique.setdefault(key, len(unique)) for key in pair]))
     if not kept:
         raise MaxlmError(f"{path}: every prompt is too long for the policies (with --max-new-tokens {max_new_tokens}) or the RM")
-    rewards = Scorer(rm).rewards([list(ids) for ids in unique])
+    rewards = Scorer(rm).rewards([list(ids) for ids, _ in unique], [list(mask) for _, mask in unique])
     r_a = np.asarray([rewards[ja] for _, (ja, _) in kept])
     r_b = np.asarray([rewards[jb] for _, (_, jb) in kept])
     wins, ties = int(np.sum(r_a > r_b)), int(np.sum(r_a == r_b))

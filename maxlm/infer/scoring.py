@@ -45,7 +45,7 @@ class Scorer:
         g = model.graphdef
         self._logprobs = jax.jit(partial(_logprobs, g))
         self._embed = jax.jit(partial(_embed, g), static_argnames="normalize")
-        self._rewards = jax.jit(partial(_rewards, g))
+        self._rewards = jax.jit(partial(_rewards, g, pooling=model.config.rm.pooling))
 
     def logprobs(self, ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Returns (summed log p [N] f64, token counts [N] f64) over the tokens where each mask is 1.
@@ -62,11 +62,14 @@ class Scorer:
             return np.zeros((0, self.model.config.model.hidden_size), np.float32)
         return self._run(partial(self._embed, normalize=normalize), ids, masks, 1)[0]
 
-    def rewards(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """Returns the scalar head's output at each sequence's last token, [N] f64 (NaN for empty ones)."""
+    def rewards(self, ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+        """Returns each sequence's reward, [N] f64 (NaN for empty ones): the scalar head at its last token,
+        or (a reward model trained with rm.pooling=mean) its mean over the tokens where the mask is 1."""
         if not self.model.config.model.scalar_head:
             raise MaxlmError("this model has no scalar head (model.scalar_head); train a reward model with task: rm")
-        r = self._run(self._rewards, ids, None, 1)[0].astype(np.float64)
+        if masks is None and self.model.config.rm.pooling == "mean":
+            raise MaxlmError("this reward model pools over the reply (rm.pooling=mean): pass the reply masks")
+        r = self._run(self._rewards, ids, masks, 1)[0].astype(np.float64)
         r[[len(x) == 0 for x in ids]] = np.nan
         return r
 
@@ -164,9 +167,9 @@ def _embed(graphdef, params, tokens_BxT, seg_BxT, mask_BxT, normalize: bool):
     return mean_BxD
 
 
-def _rewards(graphdef, params, tokens_BxT, seg_BxT, mask_BxT):
-    """Returns the scalar head at each row's last real token [B] f32 (as reward training reads it)."""
+def _rewards(graphdef, params, tokens_BxT, seg_BxT, mask_BxT, pooling: str):
+    """Returns each row's reward [B] f32, pooled as reward training pools it."""
+    from maxlm.train.objectives import pool_scores
+
     model, h_BxTxD = _hidden(graphdef, params, tokens_BxT, seg_BxT)
-    scores_BxT = model.scores(h_BxTxD)
-    last_B = jnp.maximum(jnp.sum(seg_BxT > 0, axis=-1) - 1, 0)
-    return jnp.take_along_axis(scores_BxT, last_B[:, None], axis=-1)[:, 0]
+    return pool_scores(model.scores(h_BxTxD), seg_BxT, mask_BxT, pooling)

@@ -48,21 +48,28 @@ def _flat_pairs(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array
     return tuple(batch[k].reshape(2 * b, t) for k in ("tokens", "segment_ids", "positions", "loss_mask"))
 
 
-def pair_rewards(graphdef: nnx.GraphDef, params, batch: dict) -> jax.Array:
-    """Returns the scalar head's reward at each completion's last real token, [B, 2] f32."""
-    tokens, seg, pos, _ = _flat_pairs(batch)
+def pool_scores(scores_BxT: jax.Array, seg_BxT: jax.Array, mask_BxT: jax.Array, pooling: str) -> jax.Array:
+    """Returns one reward per right-padded row [B] f32: the head at the last real token, or its mean where mask_BxT is 1."""
+    if pooling == "mean":
+        w = mask_BxT.astype(jnp.float32) * (seg_BxT > 0)
+        return jnp.sum(scores_BxT * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+    last = jnp.maximum(jnp.sum(seg_BxT > 0, axis=-1) - 1, 0)
+    return jnp.take_along_axis(scores_BxT, last[:, None], axis=-1)[:, 0]
+
+
+def pair_rewards(graphdef: nnx.GraphDef, params, batch: dict, pooling: str = "last") -> jax.Array:
+    """Returns the scalar head's reward of each completion (`rm.pooling` over its tokens), [B, 2] f32."""
+    tokens, seg, pos, mask = _flat_pairs(batch)
     model = bind(graphdef, params)
     hidden, _ = model.hidden(tokens, pos, causal_segment_mask(seg))
-    scores = model.scores(hidden)  # [2B, T]
-    last = jnp.maximum(jnp.sum(seg > 0, axis=-1) - 1, 0)  # right padding: the last real token
-    return jnp.take_along_axis(scores, last[:, None], axis=-1)[:, 0].reshape(-1, 2)
+    return pool_scores(model.scores(hidden), seg, mask, pooling).reshape(-1, 2)
 
 
-def reward_model(graphdef: nnx.GraphDef, center_coef: float) -> Objective:
+def reward_model(graphdef: nnx.GraphDef, center_coef: float, pooling: str = "last") -> Objective:
     """Returns the Bradley-Terry objective of a scalar-head reward model on pairs."""
 
     def objective(params, batch, ref_params=None):
-        r = pair_rewards(graphdef, params, batch)
+        r = pair_rewards(graphdef, params, batch, pooling)
         valid = batch["pair_mask"].astype(jnp.float32)
         loss = reward_loss(r[:, 0], r[:, 1], batch.get("margin"), center_coef) * valid
         diff = (r[:, 0] - r[:, 1]) * valid
@@ -202,7 +209,7 @@ def for_task(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
     if cfg.task in ("pretrain", "sft"):
         return language_model(graphdef, cfg.train.z_loss)
     if cfg.task == "rm":
-        return reward_model(graphdef, cfg.rm.center_coef)
+        return reward_model(graphdef, cfg.rm.center_coef, cfg.rm.pooling)
     if cfg.task == "dpo":
         return preference(graphdef, cfg)
     if cfg.task in ("ppo", "grpo"):

@@ -222,8 +222,8 @@ class RewardModel:
 
     def __call__(self, prompts: list, completions: list[str]) -> np.ndarray:
         """Returns the reward of each completion to its prompt, [R] f32."""
-        ids = [chat.encode_completion(self.tokenizer, self.template, p, c)[0] for p, c in zip(prompts, completions)]
-        return self.scorer.rewards(ids).astype(np.float32)
+        encoded = [chat.encode_completion(self.tokenizer, self.template, p, c) for p, c in zip(prompts, completions)]
+        return self.scorer.rewards([e[0] for e in encoded], [e[1] for e in encoded]).astype(np.float32)
 
 
 def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef) -> tuple[Rollouts, "DataIterator"]:

@@ -123,6 +123,18 @@ def test_rewards_read_the_scalar_head_at_the_last_token(seqs):
     assert len(set(np.round(r, 4))) == 3  # the head is not constant, so the test can fail
 
 
+def test_mean_pooling_rewards_average_the_head_over_the_reply(seqs):
+    rm = random_model(scalar_head=True, seed=2)
+    rm = dataclasses.replace(rm, config=dataclasses.replace(rm.config, rm=dataclasses.replace(rm.config.rm, pooling="mean")))
+    ids = seqs[0][1:4]
+    masks = [[0] * (len(x) // 2) + [1] * (len(x) - len(x) // 2) for x in ids]
+    r = Scorer(rm).rewards(ids, masks)
+    _, scores = hidden_and_scores(rm, padded(ids))
+    np.testing.assert_allclose(r, [scores[i, len(x) // 2:len(x)].mean() for i, x in enumerate(ids)], rtol=1e-4, atol=1e-5)
+    with pytest.raises(MaxlmError, match="pass the reply masks"):
+        Scorer(rm).rewards(ids)
+
+
 def test_bad_input_is_named(model):
     sc = Scorer(model)
     with pytest.raises(MaxlmError, match="sequence 1 has 129 tokens, more than model.max_seq_len=128"):

@@ -42,6 +42,7 @@ def test_completion_logps_and_rewards_match_numpy():
     batch = pair_batch(np.random.default_rng(0))
     logps, counts = objectives.completion_logps(graphdef, params, batch)
     rewards = objectives.pair_rewards(graphdef, params, batch)
+    mean_rewards = objectives.pair_rewards(graphdef, params, batch, "mean")
     model = bind(graphdef, params)
     for i in range(3):
         for j in range(2):
@@ -53,7 +54,9 @@ def test_completion_logps_and_rewards_match_numpy():
             np.testing.assert_allclose(float(logps[i, j]), want, rtol=1e-5)
             assert int(counts[i, j]) == n - 4
             hidden, _ = model.hidden(jnp.asarray(toks), jnp.arange(n)[None], jnp.tril(jnp.ones((1, n, n), bool)))
-            np.testing.assert_allclose(float(rewards[i, j]), float(np.asarray(hidden)[0, -1] @ np.asarray(params["score_head"])), rtol=1e-5)
+            head = np.asarray(hidden, np.float64)[0] @ np.asarray(params["score_head"], np.float64)
+            np.testing.assert_allclose(float(rewards[i, j]), head[-1], rtol=1e-5)
+            np.testing.assert_allclose(float(mean_rewards[i, j]), head[4:n].mean(), rtol=1e-5)  # rm.pooling=mean: the reply's tokens
 
 
 def test_dpo_against_itself_is_log2_and_padding_pairs_count_nothing():
