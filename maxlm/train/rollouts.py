@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 
 from maxlm.config import Config
 from maxlm.data import chat
+from maxlm.data.pipeline import DataIterator
 from maxlm.data.records import Prompt, RecordFile
 from maxlm.data.sources import expand, row_slice
 from maxlm.data.tokenizers import Tokenizer
@@ -226,9 +227,8 @@ class RewardModel:
         return self.scorer.rewards([e[0] for e in encoded], [e[1] for e in encoded]).astype(np.float32)
 
 
-def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef) -> tuple[Rollouts, "DataIterator"]:
+def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef) -> tuple[Rollouts, DataIterator]:
     """Returns (the run's Rollouts, the checkpointable iterator of its prompt-index batches)."""
-    from maxlm.data.pipeline import DataIterator
     from maxlm.data.sources import train_sources
 
     if jax.process_count() > 1 and cfg.rl.reward_model:
