@@ -148,20 +148,14 @@ def train(cfg: Config, *, log=print) -> RunResult:
     ref_params = state_lib.reference_params(cfg, mesh) if objectives.needs_reference(cfg) and not precomputed_reference(cfg) else None
     r_shard = p_shard if ref_params is not None else None
     batch_shard = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
-    if rollouts:
-        step_fn = jax.jit(
-            steps_lib.rollout_step(graphdef, cfg, tx),
-            in_shardings=(p_shard, o_shard, batch_shard, r_shard, None, None),
-            out_shardings=(p_shard, o_shard, None),
-            donate_argnums=(0, 1),
-        )
-    else:
-        step_fn = jax.jit(
-            steps_lib.train_step(objective, tx, cfg.train),
-            in_shardings=(p_shard, o_shard, batch_shard, r_shard),
-            out_shardings=(p_shard, o_shard, None),
-            donate_argnums=(0, 1),
-        )
+    # ppo/grpo steps also take the KL coefficient and the step number (host scalars).
+    step_body, scalars = (steps_lib.rollout_step(graphdef, cfg, tx), (None, None)) if rollouts else (steps_lib.train_step(objective, tx, cfg.train), ())
+    step_fn = jax.jit(
+        step_body,
+        in_shardings=(p_shard, o_shard, batch_shard, r_shard, *scalars),
+        out_shardings=(p_shard, o_shard, None),
+        donate_argnums=(0, 1),
+    )
     eval_fn = jax.jit(steps_lib.eval_step(objective), in_shardings=(p_shard, batch_shard, r_shard))
 
     def to_global(batch: dict) -> dict:
@@ -267,11 +261,8 @@ def train(cfg: Config, *, log=print) -> RunResult:
                 local, extra = rollouts(state.params, local, step)
             batch = to_global(local)
             t_data = time.perf_counter() - t0
-            if rollouts:
-                args = (np.float32(rollouts.kl.coef), np.int32(step))
-                state.params, state.opt_state, m = step_fn(state.params, state.opt_state, batch, ref_params, *args)
-            else:
-                state.params, state.opt_state, m = step_fn(state.params, state.opt_state, batch, ref_params)
+            args = (np.float32(rollouts.kl.coef), np.int32(step)) if rollouts else ()
+            state.params, state.opt_state, m = step_fn(state.params, state.opt_state, batch, ref_params, *args)
             state.step = step
             if pending:
                 finish(*pending)

@@ -76,7 +76,7 @@ def prepare_rollouts(graphdef, cfg: Config, params, batch: dict, ref_params, kl_
     chunks = jax.lax.map(lambda b: objectives.rollout_scores(graphdef, cfg, params, b, ref_params), _microbatches(batch, r.minibatches))
     scored = jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(-1, *x.shape[2:]), chunks)
     n = jnp.maximum(jnp.sum(w), 1.0)
-    stats = {}
+    stats = {"count": jnp.sum(w)}  # completion tokens trained on
     kl = jnp.zeros_like(w)
     if "ref_logp" in scored:
         kl = rl.kl_penalty(scored["old_logp"], scored["ref_logp"], r.kl_estimator) * w
@@ -110,7 +110,8 @@ def rollout_step(graphdef, cfg: Config, tx: optax.GradientTransformation) -> Cal
         key = jax.random.fold_in(jax.random.key(cfg.train.seed), step_index)
 
         def epoch(carry, k):
-            mbs = _microbatches(jax.tree.map(lambda x: x[jax.random.permutation(k, rows)], prepared), r.minibatches)
+            perm = jax.random.permutation(k, rows)
+            mbs = _microbatches(jax.tree.map(lambda x: x[perm], prepared), r.minibatches)
 
             def one(c, mb):
                 p, o, m = update(*c, mb)
@@ -120,8 +121,7 @@ def rollout_step(graphdef, cfg: Config, tx: optax.GradientTransformation) -> Cal
 
         (params, opt_state), ms = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, r.epochs))
         metrics = {k: jnp.mean(v) for k, v in ms.items()} | stats
-        w = next_token_weights(batch["segment_ids"], batch["loss_mask"])
-        metrics |= {"nonfinite": jnp.max(ms["nonfinite"]), "tokens": jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32), "count": jnp.sum(w)}
+        metrics |= {"nonfinite": jnp.max(ms["nonfinite"]), "tokens": jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)}
         return params, opt_state, metrics
 
     return step
