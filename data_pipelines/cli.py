@@ -22,30 +22,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    """Runs the curate command; returns the process exit code (0 ok, 2 bad input or config)."""
+def run_command(name: str, argv: list[str], parser: argparse.ArgumentParser, work) -> int:
+    """Returns the exit code of one data_pipelines command: 0 after printing `work(args, log)`'s
+    summary line, 2 after one `error: ...` line for bad input or config. Progress goes to stderr
+    unless --quiet; a leading `name` in argv (as `maxlm NAME ...` passes it) is dropped."""
     argv = list(argv)
-    if argv and argv[0] == "curate":
+    if argv and argv[0] == name:
         argv = argv[1:]
-    args = _parser().parse_args(argv)
-    from data_pipelines.config import load_pipeline
-    from data_pipelines.run.pipeline import curate
+    args = parser.parse_args(argv)
 
     def log(msg: str) -> None:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
     try:
-        if args.workers is not None and args.workers < 1:
-            raise MaxlmError(f"--workers must be >= 1, got {args.workers}")
-        cfg = load_pipeline(args.pipeline)
-        report = curate(cfg, args.input, args.output, args.executor, args.workers, log)
+        summary = work(args, log)
     except MaxlmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(summary)
+    return 0
+
+
+def _curate(args: argparse.Namespace, log) -> str:
+    """Returns the summary line of a curation run."""
+    from data_pipelines.config import load_pipeline
+    from data_pipelines.run.pipeline import curate
+
+    if args.workers is not None and args.workers < 1:
+        raise MaxlmError(f"--workers must be >= 1, got {args.workers}")
+    report = curate(load_pipeline(args.pipeline), args.input, args.output, args.executor, args.workers, log)
     t = report["totals"]
-    print(
+    return (
         f"curated {t['docs_in']} documents -> {t['docs_out']} kept ({t['bad_records']} bad records) "
         f"in {report['run']['wall_seconds']:.1f} s; report: {args.output}/report.md"
     )
-    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Runs the curate command; returns the process exit code (0 ok, 2 bad input or config)."""
+    return run_command("curate", argv, _parser(), _curate)

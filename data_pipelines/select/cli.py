@@ -7,9 +7,9 @@ Wired as `maxlm select ...`; holds no logic of its own.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
+from data_pipelines.cli import run_command
 from maxlm.errors import MaxlmError
 
 METHODS = ("kcenter", "perplexity", "ifd", "disagreement", "rm_filter")
@@ -121,29 +121,19 @@ def _select(args, log) -> dict:
     return write_selection(args.output, pool, method, sel, extra)
 
 
+def _run(args: argparse.Namespace, log) -> str:
+    """Returns the summary line of a select command."""
+    if args.method == "folds":
+        from data_pipelines.select.disagreement import write_folds
+        from data_pipelines.select.io import read_pool
+
+        s = write_folds(read_pool(args.input), args.k, args.output_dir, args.seed)
+        return f"folds: {s['k']} folds of {s['pool']} records -> {args.output_dir}/train_i.jsonl, heldout_i.jsonl"
+    s = _select(args, log)
+    note = f"; {s['ids_assigned']} records got their index as id" if s["ids_assigned"] else ""
+    return f"{s['method']}: selected {s['selected']} of {s['pool']} in {s['seconds']:.1f} s -> {args.output}{note}"
+
+
 def main(argv: list[str]) -> int:
     """Runs a select command; returns the process exit code (0 ok, 2 bad input)."""
-    argv = list(argv)
-    if argv and argv[0] == "select":
-        argv = argv[1:]
-    args = _parser().parse_args(argv)
-
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    try:
-        if args.method == "folds":
-            from data_pipelines.select.disagreement import write_folds
-            from data_pipelines.select.io import read_pool
-
-            s = write_folds(read_pool(args.input), args.k, args.output_dir, args.seed)
-            print(f"folds: {s['k']} folds of {s['pool']} records -> {args.output_dir}/train_i.jsonl, heldout_i.jsonl")
-            return 0
-        s = _select(args, log)
-    except MaxlmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    note = f"; {s['ids_assigned']} records got their index as id" if s["ids_assigned"] else ""
-    print(f"{s['method']}: selected {s['selected']} of {s['pool']} in {s['seconds']:.1f} s -> {args.output}{note}")
-    return 0
+    return run_command("select", argv, _parser(), _run)

@@ -6,9 +6,8 @@ logic of its own. Rerun the same command to resume.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from maxlm.errors import MaxlmError
+from data_pipelines.cli import run_command
 
 
 def _sampling(p: argparse.ArgumentParser, temperature: float, max_new_tokens: int, template: str | None) -> None:
@@ -88,22 +87,13 @@ def _constitutional(args, log) -> dict:
                           batch_size=args.batch_size, seed=args.seed, log=log)
 
 
+def _run(args: argparse.Namespace, log) -> str:
+    """Returns the summary line of a synth command."""
+    summary = (_self_instruct if args.method == "self-instruct" else _constitutional)(args, log)
+    removed = ", ".join(f"{k} {v}" for k, v in summary["removed"].items()) or "none"
+    return f"{args.method}: {summary['generated']} generated -> {summary['kept']} kept; removed: {removed}"
+
+
 def main(argv: list[str]) -> int:
     """Runs a synth command; returns the process exit code (0 ok, 2 bad input)."""
-    argv = list(argv)
-    if argv and argv[0] == "synth":
-        argv = argv[1:]
-    args = _parser().parse_args(argv)
-
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    try:
-        summary = (_self_instruct if args.method == "self-instruct" else _constitutional)(args, log)
-    except MaxlmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    removed = ", ".join(f"{k} {v}" for k, v in summary["removed"].items()) or "none"
-    print(f"{args.method}: {summary['generated']} generated -> {summary['kept']} kept; removed: {removed}")
-    return 0
+    return run_command("synth", argv, _parser(), _run)
