@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.atomic import atomic_path, write_json
-from maxlm.data import records as records_lib
+from maxlm.data import formats, records as records_lib
 from maxlm.data.formats import BadRecord
 from maxlm.errors import MaxlmError
 
@@ -77,7 +77,7 @@ def read_pool(path: str | os.PathLike) -> Pool:
     for index, (lineno, raw) in enumerate(records_lib._raw_records(path)):
         where = f"{path}:{lineno}"
         try:
-            record = records_lib._json_object(raw) if isinstance(raw, bytes) else raw
+            record = formats.json_value(raw) if isinstance(raw, bytes) else raw
         except BadRecord as e:
             raise MaxlmError(f"{where}: {e}") from None
         chats = records_lib.normalize("sft", record, where)

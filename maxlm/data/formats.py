@@ -46,16 +46,19 @@ class BadRecord(ValueError):
     """What is wrong with one record; the reader adds file:line."""
 
 
-def json_text(raw: bytes, text_key: str) -> str:
-    """Returns the `text_key` string of one JSON-object record, or raises BadRecord."""
+def json_value(raw: bytes) -> object:
+    """Returns the JSON value of one jsonl line, or raises BadRecord."""
     try:
-        line = raw.decode("utf-8")
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise BadRecord(f"invalid UTF-8 at byte {e.start}: {e.reason}") from None
-    try:
-        record = json.loads(line)
     except json.JSONDecodeError as e:
         raise BadRecord(f"invalid JSON: {e.msg} (column {e.colno})") from None
+
+
+def json_text(raw: bytes, text_key: str) -> str:
+    """Returns the `text_key` string of one JSON-object record, or raises BadRecord."""
+    record = json_value(raw)
     if not isinstance(record, dict):
         raise BadRecord(f"expected a JSON object, got {type(record).__name__}")
     if text_key not in record:

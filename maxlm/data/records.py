@@ -315,7 +315,7 @@ class RecordFile(formats._Reader):
         self.records: list[Record] = []
         for lineno, raw in _raw_records(path):
             try:
-                record = _json_object(raw) if isinstance(raw, bytes) else raw
+                record = formats.json_value(raw) if isinstance(raw, bytes) else raw
                 self.records.extend(_normalize(task, record, adapter, f"{path}:{lineno}"))
             except BadRecord as e:
                 self._bad(lineno, str(e))
@@ -361,16 +361,6 @@ def _jsonl_lines(path: str) -> Iterator[tuple[int, bytes]]:
                 line = line[3:]
             if line.strip():
                 yield lineno, line
-
-
-def _json_object(raw: bytes) -> object:
-    """Returns the JSON value of one jsonl line, or raises BadRecord."""
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise BadRecord(f"invalid UTF-8 at byte {e.start}: {e.reason}") from None
-    except json.JSONDecodeError as e:
-        raise BadRecord(f"invalid JSON: {e.msg} (column {e.colno})") from None
 
 
 _SPACE = re.compile(r"[ \t\r\n]*")
