@@ -118,6 +118,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     z_loss: float = 0.0
+    loss_chunks: int = 4  # pretrain/sft: LM head + loss over up to this many chunks of each row (a divisor of T); the [B, T, V] logits never exist whole
     log_every: int = 10
     eval_every: int = 0  # 0: no periodic eval
     eval_steps: int = 10
@@ -416,7 +417,7 @@ def validate(cfg: Config) -> None:
         "model.num_heads": m.num_heads, "model.num_kv_heads": m.num_kv_heads,
         "model.mlp_dim": m.mlp_dim, "train.global_batch_size": t.global_batch_size,
         "train.grad_accum_steps": t.grad_accum_steps, "data.seq_len": d.seq_len,
-        "train.log_every": t.log_every, "checkpoint.keep": cfg.checkpoint.keep,
+        "train.log_every": t.log_every, "train.loss_chunks": t.loss_chunks, "checkpoint.keep": cfg.checkpoint.keep,
     }
     for k, v in positive.items():
         if v <= 0:

@@ -142,7 +142,7 @@ def _pow2_floor(n: int) -> int:
 def _logprobs(graphdef, params, tokens_BxT, seg_BxT, mask_BxT):
     """Returns (summed log p [B], counts [B]) f32 of the masked tokens, each predicted from those before it."""
     logits_BxTxV = bind(graphdef, params)(tokens_BxT, seg_BxT)
-    # Shift the targets, not the logits (as next_token_loss does): position t scores token t+1.
+    # Shift the targets, not the logits (as the training loss does): position t scores token t+1.
     targets_BxT = jnp.pad(tokens_BxT[:, 1:], ((0, 0), (0, 1)))
     logp_BxT, _ = token_logprobs(logits_BxTxV, targets_BxT)
     return sequence_logps(logp_BxT, next_token_weights(seg_BxT, mask_BxT))

@@ -78,10 +78,13 @@ class Decoder(nnx.Module):
             cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
         return self.final_norm(x), cache
 
+    def head(self) -> jax.Array:
+        """Returns the LM head's weights [D, V] (the transposed embedding when tied)."""
+        return self.embed[...].T if self.tie_embeddings else self.lm_head[...]
+
     def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
         """Returns f32 logits [B, T, V]."""
-        w = self.embed[...].T if self.tie_embeddings else self.lm_head[...]
-        logits = linear(hidden_BxTxD, w, out_dtype=jnp.float32)
+        logits = linear(hidden_BxTxD, self.head(), out_dtype=jnp.float32)
         return constrain(logits, ("batch", "length", "act_vocab"))
 
     def scores(self, hidden_BxTxD: jax.Array) -> jax.Array:

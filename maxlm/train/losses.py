@@ -28,19 +28,6 @@ def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax
     return picked - log_z, log_z
 
 
-def next_token_loss(logits_BxTxV, tokens_BxT, segment_ids_BxT, loss_mask_BxT, z_loss: float = 0.0) -> dict:
-    """Returns {"nll_sum", "z_sum", "count"}: summed cross-entropy, summed z-loss, target count."""
-    w = next_token_weights(segment_ids_BxT, loss_mask_BxT)
-    # Shift the targets, not the logits: slicing [B, T-1, V] copies the largest activation.
-    targets_BxT = jnp.pad(tokens_BxT[:, 1:], ((0, 0), (0, 1)))
-    logp, log_z = token_logprobs(logits_BxTxV, targets_BxT)
-    return {
-        "nll_sum": -jnp.sum(logp * w),
-        "z_sum": z_loss * jnp.sum(jnp.square(log_z) * w),
-        "count": jnp.sum(w),
-    }
-
-
 # ---- Preference and reward-model losses: per pair [B]; the caller sums them and counts pairs ----
 
 PREFERENCE_KINDS = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
@@ -108,7 +95,7 @@ def preference_loss(
       simpo    reference-free: the cDPO form of β·(avg_c - avg_r) - γ, avg = sum / count.
       orpo     reference-free: -β·log σ(log_odds_c - log_odds_r), log_odds = avg - log(1 - exp(avg));
                β plays ORPO's λ, as in TRL. ORPO's NLL term on the chosen completion is NOT included:
-               add it yourself (e.g. next_token_loss on the chosen rows) or pass it as `chosen_nll`.
+               add it yourself (e.g. the next-token loss on the chosen rows) or pass it as `chosen_nll`.
     `chosen_nll` [B], if given, is added to every kind's per-pair loss as is.
     Rewards: β·(logp - ref) (summed) for sigmoid/ipo/hinge; β·avg logp for simpo/orpo (TRL's logging).
     """

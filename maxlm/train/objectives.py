@@ -24,20 +24,24 @@ from maxlm.config import Config
 from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
 from maxlm.train import rl
-from maxlm.train.losses import next_token_loss, next_token_weights, preference_loss, reward_loss, sequence_logps, token_logprobs
+from maxlm.train.head_loss import chunk_count, fused_next_token_loss
+from maxlm.train.losses import next_token_weights, preference_loss, reward_loss, sequence_logps, token_logprobs
 
 Objective = Callable[[Any, dict, Any], tuple[jax.Array, dict]]
 
 
-def language_model(graphdef: nnx.GraphDef, z_loss: float) -> Objective:
+def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = 4) -> Objective:
     """Returns the next-token objective (pretrain, and SFT whose loss_mask keeps only responses)."""
 
     def objective(params, batch, ref_params=None):
-        logits = bind(graphdef, params)(batch["tokens"], batch["segment_ids"], batch["positions"])
-        out = next_token_loss(logits, batch["tokens"], batch["segment_ids"], batch["loss_mask"], z_loss)
-        tokens = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)  # processed, for throughput; count = trained
-        sums = {"loss_sum": out["nll_sum"], "z_loss_sum": out["z_sum"], "count": out["count"], "tokens": tokens}
-        return out["nll_sum"] + out["z_sum"], sums
+        tokens, seg = batch["tokens"], batch["segment_ids"]
+        model = bind(graphdef, params)
+        hidden, _ = model.hidden(tokens, batch["positions"], causal_segment_mask(seg))
+        w = next_token_weights(seg, batch["loss_mask"])
+        targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+        loss, (nll, z) = fused_next_token_loss(hidden, model.head(), targets, w, z_loss, chunk_count(tokens.shape[1], loss_chunks))
+        processed = jnp.sum(seg > 0).astype(jnp.float32)  # for throughput; count = trained
+        return loss, {"loss_sum": nll, "z_loss_sum": z, "count": jnp.sum(w), "tokens": processed}
 
     return objective
 
@@ -207,7 +211,7 @@ def needs_reference(cfg: Config) -> bool:
 def for_task(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
     """Returns the objective of `cfg.task`."""
     if cfg.task in ("pretrain", "sft"):
-        return language_model(graphdef, cfg.train.z_loss)
+        return language_model(graphdef, cfg.train.z_loss, cfg.train.loss_chunks)
     if cfg.task == "rm":
         return reward_model(graphdef, cfg.rm.center_coef, cfg.rm.pooling)
     if cfg.task == "dpo":
