@@ -42,13 +42,11 @@ def train_step(objective: Objective, tx: optax.GradientTransformation, cfg: Trai
         count = jnp.maximum(sums["count"], 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         grad_norm = optax.global_norm(grads)
-        updates, new_opt_state = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(sums["loss_sum"]) & jnp.isfinite(grad_norm)
-        # A non-finite step leaves params and optimizer state exactly as they were.
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        # A non-finite step leaves params and optimizer state exactly as they were (optim.adamw).
+        updates, new_opt_state = tx.update(grads, opt_state, params, finite=finite)
         metrics = report(sums) | {"grad_norm": grad_norm, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
-        return keep(new_params, params), keep(new_opt_state, opt_state), metrics
+        return optax.apply_updates(params, updates), new_opt_state, metrics
 
     return step
 
