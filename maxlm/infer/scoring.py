@@ -22,7 +22,7 @@ from maxlm.errors import MaxlmError
 from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
 from maxlm.pretrained import Pretrained
-from maxlm.train.losses import next_token_weights, sequence_logps, token_logprobs
+from maxlm.train.losses import next_targets, next_token_weights, sequence_logps, token_logprobs
 
 MIN_BUCKET = 64  # shortest padded length: shorter buckets would only add compiles
 
@@ -142,9 +142,7 @@ def _pow2_floor(n: int) -> int:
 def _logprobs(graphdef, params, tokens_BxT, seg_BxT, mask_BxT):
     """Returns (summed log p [B], counts [B]) f32 of the masked tokens, each predicted from those before it."""
     logits_BxTxV = bind(graphdef, params)(tokens_BxT, seg_BxT)
-    # Shift the targets, not the logits (as the training loss does): position t scores token t+1.
-    targets_BxT = jnp.pad(tokens_BxT[:, 1:], ((0, 0), (0, 1)))
-    logp_BxT, _ = token_logprobs(logits_BxTxV, targets_BxT)
+    logp_BxT, _ = token_logprobs(logits_BxTxV, next_targets(tokens_BxT))
     return sequence_logps(logp_BxT, next_token_weights(seg_BxT, mask_BxT))
 
 

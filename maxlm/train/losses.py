@@ -12,6 +12,12 @@ import jax
 import jax.numpy as jnp
 
 
+def next_targets(tokens_BxT: jax.Array) -> jax.Array:
+    """Returns [B, T] int targets: position t predicts token t+1; column T-1 is 0 (its weight is 0)."""
+    # Shift the targets, not the logits: slicing [B, T-1, V] would copy the largest activation.
+    return jnp.pad(tokens_BxT[:, 1:], ((0, 0), (0, 1)))
+
+
 def next_token_weights(segment_ids_BxT: jax.Array, loss_mask_BxT: jax.Array) -> jax.Array:
     """Returns [B, T] f32 weights: position t predicts t+1 only inside one packed segment; column T-1 is 0."""
     same = (segment_ids_BxT[:, 1:] == segment_ids_BxT[:, :-1]) & (segment_ids_BxT[:, 1:] != 0)

@@ -25,7 +25,7 @@ from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
 from maxlm.train import rl
 from maxlm.train.head_loss import chunk_count, fused_next_token_loss
-from maxlm.train.losses import next_token_weights, preference_loss, reward_loss, sequence_logps, token_logprobs
+from maxlm.train.losses import next_targets, next_token_weights, preference_loss, reward_loss, sequence_logps, token_logprobs
 
 Objective = Callable[[Any, dict, Any], tuple[jax.Array, dict]]
 
@@ -38,8 +38,7 @@ def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = 4) 
         model = bind(graphdef, params)
         hidden, _ = model.hidden(tokens, batch["positions"], causal_segment_mask(seg))
         w = next_token_weights(seg, batch["loss_mask"])
-        targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
-        loss, (nll, z) = fused_next_token_loss(hidden, model.head(), targets, w, z_loss, chunk_count(tokens.shape[1], loss_chunks))
+        loss, (nll, z) = fused_next_token_loss(hidden, model.head(), next_targets(tokens), w, z_loss, chunk_count(tokens.shape[1], loss_chunks))
         processed = jnp.sum(seg > 0).astype(jnp.float32)  # for throughput; count = trained
         return loss, {"loss_sum": nll, "z_loss_sum": z, "count": jnp.sum(w), "tokens": processed}
 
@@ -95,8 +94,7 @@ def completion_logps(graphdef: nnx.GraphDef, params, batch: dict) -> tuple[jax.A
     """Returns (summed log-probs of each completion [B, 2], its token count [B, 2]), f32."""
     tokens, seg, pos, mask = _flat_pairs(batch)
     logits = bind(graphdef, params)(tokens, seg, pos)
-    targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
-    logp, _ = token_logprobs(logits, targets)
+    logp, _ = token_logprobs(logits, next_targets(tokens))
     total, count = sequence_logps(logp, next_token_weights(seg, mask))
     return total.reshape(-1, 2), count.reshape(-1, 2)
 
@@ -143,8 +141,7 @@ def _policy_forward(graphdef: nnx.GraphDef, params, batch: dict, values: bool) -
     model = bind(graphdef, params)
     hidden, _ = model.hidden(batch["tokens"], batch["positions"], causal_segment_mask(batch["segment_ids"]))
     logits = model.logits(hidden)
-    targets = jnp.pad(batch["tokens"][:, 1:], ((0, 0), (0, 1)))
-    return token_logprobs(logits, targets)[0], logits, model.scores(hidden) if values else None
+    return token_logprobs(logits, next_targets(batch["tokens"]))[0], logits, model.scores(hidden) if values else None
 
 
 def rollout_scores(graphdef: nnx.GraphDef, cfg: Config, params, batch: dict, ref_params=None) -> dict:
