@@ -30,10 +30,10 @@ def _chunk(x: jax.Array, i: jax.Array, size: int) -> jax.Array:
 
 
 def _chunk_terms(h_BxCxD, head_DxV, targets_BxC, w_BxC, z_loss: float):
-    """Returns (logits f32 [B, C, V], log Z [B, C], Σ w·nll, Σ w·z·logZ²) for one chunk."""
+    """Returns (logits f32 [B, C, V], log Z [B, C], Σ w·nll, Σ w·z·logZ²) for one chunk; head_DxV in h's dtype."""
     b, c, d = h_BxCxD.shape
     # 2-D GEMMs throughout: XLA:CPU runs [B, C, D] einsums and their transposes up to 2x slower.
-    logits = jnp.dot(h_BxCxD.reshape(b * c, d), head_DxV.astype(h_BxCxD.dtype), preferred_element_type=jnp.float32).reshape(b, c, -1)
+    logits = jnp.dot(h_BxCxD.reshape(b * c, d), head_DxV, preferred_element_type=jnp.float32).reshape(b, c, -1)
     logits = constrain(logits, ("batch", "length", "act_vocab"))
     log_z = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets_BxC[..., None], axis=-1)[..., 0]
@@ -43,9 +43,10 @@ def _chunk_terms(h_BxCxD, head_DxV, targets_BxC, w_BxC, z_loss: float):
 def _sums(hidden_BxTxD, head_DxV, targets_BxT, weights_BxT, z_loss, chunks):
     """Returns (Σ nll + Σ z-loss, (Σ nll, Σ z-loss)) without gradients."""
     size = hidden_BxTxD.shape[1] // chunks
+    head = head_DxV.astype(hidden_BxTxD.dtype)
 
     def body(i, acc):
-        _, _, nll, z = _chunk_terms(_chunk(hidden_BxTxD, i, size), head_DxV, _chunk(targets_BxT, i, size), _chunk(weights_BxT, i, size), z_loss)
+        _, _, nll, z = _chunk_terms(_chunk(hidden_BxTxD, i, size), head, _chunk(targets_BxT, i, size), _chunk(weights_BxT, i, size), z_loss)
         return acc[0] + nll, acc[1] + z
 
     nll, z = jax.lax.fori_loop(0, chunks, body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)))
@@ -67,17 +68,18 @@ def _forward(hidden_BxTxD, head_DxV, targets_BxT, weights_BxT, z_loss, chunks):
     size = hidden_BxTxD.shape[1] // chunks
     vocab = head_DxV.shape[1]
     dt = hidden_BxTxD.dtype
+    head = head_DxV.astype(dt)
 
     def body(i, acc):
         d_hidden, d_head, nll_sum, z_sum = acc
         h, t, w = _chunk(hidden_BxTxD, i, size), _chunk(targets_BxT, i, size), _chunk(weights_BxT, i, size)
-        logits, log_z, nll, z = _chunk_terms(h, head_DxV, t, w, z_loss)
+        logits, log_z, nll, z = _chunk_terms(h, head, t, w, z_loss)
         # d/dlogits of w·(logZ − logit[t]) + w·z·logZ² is w·((1 + 2z·logZ)·softmax − onehot(t)).
         p = jnp.exp(logits - log_z[..., None]) * (w * (1.0 + 2.0 * z_loss * log_z))[..., None]
         g = (p - jax.nn.one_hot(t, vocab, dtype=jnp.float32) * w[..., None]).astype(dt)
         g = constrain(g, ("batch", "length", "act_vocab"))
         g_NxV = g.reshape(-1, vocab)
-        dh = jnp.dot(g_NxV, head_DxV.astype(dt).T, preferred_element_type=jnp.float32).astype(dt).reshape(h.shape)
+        dh = jnp.dot(g_NxV, head.T, preferred_element_type=jnp.float32).astype(dt).reshape(h.shape)
         d_hidden = jax.lax.dynamic_update_slice_in_dim(d_hidden, dh, i * size, axis=1)
         # A materialized [D, B·C] transpose: XLA:CPU runs the contraction over a leading token axis ~1.5x slower.
         h_DxN = jax.lax.optimization_barrier(h.reshape(-1, h.shape[-1]).T)

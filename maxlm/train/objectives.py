@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maxlm.config import Config
+from maxlm.config import Config, TrainConfig
 from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
 from maxlm.train import rl
@@ -30,7 +30,7 @@ from maxlm.train.losses import next_targets, next_token_weights, preference_loss
 Objective = Callable[[Any, dict, Any], tuple[jax.Array, dict]]
 
 
-def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = 4) -> Objective:
+def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = TrainConfig.loss_chunks) -> Objective:
     """Returns the next-token objective (pretrain, and SFT whose loss_mask keeps only responses)."""
 
     def objective(params, batch, ref_params=None):
