@@ -61,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _models(args, want: int | None, log) -> list:
-    from data_pipelines.select.lm import load_model
+def _models(args, want: int | None, log, reward: bool = False) -> list:
+    from maxlm.infer.replies import load_scoring_model
 
     if want is not None and len(args.model) != want:
         raise MaxlmError(f"select {args.method} needs exactly {want} --model, got {len(args.model)}")
@@ -71,7 +71,7 @@ def _models(args, want: int | None, log) -> list:
     out = []
     for path in args.model:
         log(f"loading {path}")
-        out.append(load_model(path, args.chat_template, args.batch_tokens))
+        out.append(load_scoring_model(path, args.chat_template, args.batch_tokens, reward=reward))
     return out
 
 
@@ -113,7 +113,7 @@ def _select(args, log) -> dict:
     else:
         from data_pipelines.select.rm_filter import select_rm
 
-        (rm,) = _models(args, 1, log)
+        (rm,) = _models(args, 1, log, reward=True)
         sel = select_rm(pool, rm, n, not args.lowest)
     if len(sel.order) < n:
         log(f"only {len(sel.order)} records could be selected (the rest are unscored or excluded; see the summary)")

@@ -17,7 +17,7 @@ import numpy as np
 
 from data_pipelines.atomic import write_json
 from data_pipelines.select.io import Pool, Selection, top_n, write_jsonl
-from data_pipelines.select.lm import ScoringModel
+from maxlm.infer.replies import ScoringModel
 from maxlm.errors import MaxlmError
 
 

@@ -74,7 +74,7 @@ def read_pool(path: str | os.PathLike) -> Pool:
         raise MaxlmError(f"{path}: input file not found")
     pool = Pool(path)
     # The records module's reader: the same formats, line numbers and checks as `maxlm train`.
-    for index, (lineno, raw) in enumerate(records_lib._raw_records(path)):
+    for index, (lineno, raw) in enumerate(records_lib.raw_records(path)):
         where = f"{path}:{lineno}"
         try:
             record = formats.json_value(raw) if isinstance(raw, bytes) else raw

@@ -8,23 +8,14 @@ the reward is read at) and is never selected; the summary counts them.
 
 from __future__ import annotations
 
-import numpy as np
-
 from data_pipelines.select.io import Pool, Selection, top_n
-from data_pipelines.select.lm import ScoringModel
-from maxlm.errors import MaxlmError
+from maxlm.infer.replies import ScoringModel
 
 
 def select_rm(pool: Pool, rm: ScoringModel, n: int, highest: bool = True) -> Selection:
     """Returns the n records of highest (or lowest) reward."""
-    if not rm.scorer.model.config.model.scalar_head:
-        raise MaxlmError(f"{rm.name}: not a reward model (no scalar head); train one with task: rm")
-    encoded = [rm.encode_reply(r.prompt, r.response) for r in pool.records]
-    too_long = np.asarray([len(x) > rm.max_len for x, _ in encoded], bool)
-    reward = np.full(len(pool), np.nan)
-    fits = np.flatnonzero(~too_long)
-    reward[fits] = rm.scorer.rewards([encoded[i][0] for i in fits], [encoded[i][1] for i in fits])
-    fields = {"score": reward, "tokens": np.asarray([len(x) for x, _ in encoded], np.int64)}
+    reward, tokens = rm.reply_rewards([r.prompt for r in pool.records], [r.response for r in pool.records])
     summary = {"model": rm.name, "chat_template": rm.template, "order": "highest" if highest else "lowest",
-               "too_long": int(too_long.sum())}
+               "too_long": int((tokens > rm.max_len).sum())}
+    fields = {"score": reward, "tokens": tokens}
     return Selection(top_n(reward, n, highest), fields, summary)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from data_pipelines.select.io import Pool, Selection, top_n
-from data_pipelines.select.lm import ScoringModel, fit
+from maxlm.infer.replies import ScoringModel, fit
 from maxlm.infer.scoring import perplexity
 
 

@@ -313,7 +313,7 @@ class RecordFile(formats._Reader):
         super().__init__(path, on_bad_record)
         _check_choices(task, adapter)
         self.records: list[Record] = []
-        for lineno, raw in _raw_records(path):
+        for lineno, raw in raw_records(path):
             try:
                 record = formats.json_value(raw) if isinstance(raw, bytes) else raw
                 self.records.extend(_normalize(task, record, adapter, f"{path}:{lineno}"))
@@ -340,7 +340,7 @@ def read_records(path: str, task: str, on_bad_record: str = "error", adapter: st
     return records, skipped
 
 
-def _raw_records(path: str) -> Iterator[tuple[int, object]]:
+def raw_records(path: str) -> Iterator[tuple[int, object]]:
     """Returns (line, raw record) pairs: bytes of a jsonl line, or a value already parsed."""
     if path.lower().endswith(".json"):
         yield from _json_file(path)

@@ -70,7 +70,7 @@ def read_questions(path: str, on_bad_record: str = "error") -> tuple[list[Questi
     out, bad = [], 0
     for f in expand(path):
         # The post-training reader's raw records: the same formats, BOM handling and line numbers.
-        for lineno, raw in records_lib._raw_records(f):
+        for lineno, raw in records_lib.raw_records(f):
             try:
                 record = formats.json_value(raw) if isinstance(raw, bytes) else raw
                 q = parse_question(record)

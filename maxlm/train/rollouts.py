@@ -91,7 +91,7 @@ class Rollouts:
         if not self.stops:
             raise MaxlmError(f"data.chat_template {cfg.data.chat_template}: no stop token; rollouts could not end")
         self.verify = rewards.verifier(cfg.rl.verifier)
-        self.reward_model = RewardModel(cfg.rl.reward_model) if cfg.rl.reward_model else None
+        self.reward_model = _reward_model(cfg.rl.reward_model) if cfg.rl.reward_model else None
         r = cfg.rl
         self.kl = rl.AdaptiveKLController(r.kl_coef, r.kl_target, r.kl_horizon) if r.kl_target > 0 else rl.FixedKLController(r.kl_coef)
         if cfg.rl.max_prompt_len + cfg.rl.max_new_tokens > cfg.model.max_seq_len:
@@ -113,7 +113,11 @@ class Rollouts:
             cut = min([row.index(t) for t in self.stops if t in row], default=len(row))
             texts.append(self.tokenizer.decode(row[:cut]))
         if self.reward_model:
-            scores = self.reward_model([self.prompts.prompts[i] for i in idx], texts)
+            scores, tokens = self.reward_model.reply_rewards([self.prompts.prompts[i] for i in idx], texts)
+            if np.any(tokens > self.reward_model.max_len):
+                raise MaxlmError(f"rl.reward_model {self.reward_model.name}: a rollout is {tokens.max()} tokens in its chat template, "
+                                 f"more than its model.max_seq_len {self.reward_model.max_len}; lower rl.max_new_tokens")
+            scores = scores.astype(np.float32)
         else:
             answers = [self.prompts.answers[i] for i in idx]
             scores = np.asarray([self.verify(t, a) if a is not None else 0.0 for t, a in zip(texts, answers)], np.float32)
@@ -204,27 +208,14 @@ def layout(rows: np.ndarray, prompt_lens: np.ndarray, prompt_len: int, stops: li
     }
 
 
-class RewardModel:
-    """A `task: rm` run scoring (prompt, completion) pairs in its own chat template and tokenizer."""
+def _reward_model(path: str):
+    """Returns the reward model of rl.reward_model (a `task: rm` run), scoring in its own tokenizer and chat template."""
+    from maxlm.infer.replies import load_scoring_model
 
-    def __init__(self, path: str):
-        from maxlm.infer.scoring import Scorer
-        from maxlm.pretrained import from_pretrained
-
-        from maxlm.data.tokenizers import load_tokenizer
-
-        model = from_pretrained(path)
-        if not model.config.model.scalar_head or model.config.task == "ppo":
-            raise MaxlmError(f"rl.reward_model {path}: not a reward model (no scalar head); train one with task: rm")
-        if not model.tokenizer:
-            raise MaxlmError(f"rl.reward_model {path}: no tokenizer files beside it")
-        self.scorer, self.template = Scorer(model), model.config.data.chat_template
-        self.tokenizer = load_tokenizer(model.tokenizer)
-
-    def __call__(self, prompts: list, completions: list[str]) -> np.ndarray:
-        """Returns the reward of each completion to its prompt, [R] f32."""
-        encoded = [chat.encode_completion(self.tokenizer, self.template, p, c) for p, c in zip(prompts, completions)]
-        return self.scorer.rewards([e[0] for e in encoded], [e[1] for e in encoded]).astype(np.float32)
+    try:
+        return load_scoring_model(path, reward=True)
+    except MaxlmError as e:
+        raise MaxlmError(f"rl.reward_model {e}") from None
 
 
 def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef) -> tuple[Rollouts, DataIterator]:

@@ -17,7 +17,7 @@ from data_pipelines.select import embed
 from data_pipelines.select.disagreement import select_disagreement
 from data_pipelines.select.io import read_pool
 from data_pipelines.select.kcenter import coverage, kcenter_greedy
-from data_pipelines.select.lm import load_model
+from maxlm.infer.replies import load_scoring_model
 from data_pipelines.select.rm_filter import select_rm
 from data_pipelines.select.uncertainty import select_ifd, select_perplexity
 from maxlm.ckpt.manager import Checkpoints
@@ -145,7 +145,7 @@ def test_select_cli_keeps_fields_assigns_ids_and_writes_a_summary(small_pool, tm
 
 def test_perplexity_and_ifd_scores_come_from_the_models_logits(runs, small_pool, one_device):
     pool = read_pool(small_pool)
-    lm = load_model(str(runs["lm_a"]), mesh=one_device)
+    lm = load_scoring_model(str(runs["lm_a"]), mesh=one_device)
     sel = select_perplexity(pool, lm, 3)
     assert sel.summary["truncated"] >= 1  # long replies are scored on what fits
     for i in (0, 8):
@@ -171,7 +171,7 @@ def test_perplexity_and_ifd_scores_come_from_the_models_logits(runs, small_pool,
 
 def test_disagreement_is_the_spread_of_the_models_mean_logprobs(runs, small_pool, one_device):
     pool = read_pool(small_pool)
-    a, b = (load_model(str(runs[k]), mesh=one_device) for k in ("lm_a", "lm_b"))
+    a, b = (load_scoring_model(str(runs[k]), mesh=one_device) for k in ("lm_a", "lm_b"))
     sel = select_disagreement(pool, [a, b], 4)
     mean_a = -np.log(select_perplexity(pool, a, 1).fields["score"])
     mean_b = -np.log(select_perplexity(pool, b, 1).fields["score"])
@@ -184,7 +184,7 @@ def test_disagreement_is_the_spread_of_the_models_mean_logprobs(runs, small_pool
 
 def test_rm_filter_keeps_the_highest_rewards(runs, small_pool, one_device):
     pool = read_pool(small_pool)
-    rm = load_model(str(runs["rm"]), mesh=one_device)
+    rm = load_scoring_model(str(runs["rm"]), mesh=one_device)
     sel = select_rm(pool, rm, 2)
     fits = [i for i, r in enumerate(pool.records) if len(rm.encode_reply(r.prompt, r.response)[0]) <= MAX_LEN]
     assert sel.summary["too_long"] == len(pool) - len(fits) > 0
@@ -193,7 +193,7 @@ def test_rm_filter_keeps_the_highest_rewards(runs, small_pool, one_device):
     np.testing.assert_allclose(sel.fields["score"][fits], reward, rtol=1e-6)
     assert sel.order.tolist() == [fits[j] for j in np.argsort(-reward, kind="stable")[:2]]
     with pytest.raises(MaxlmError, match="not a reward model"):
-        select_rm(pool, load_model(str(runs["lm_a"]), mesh=one_device), 2)
+        select_rm(pool, load_scoring_model(str(runs["lm_a"]), mesh=one_device), 2)
 
 
 def test_model_method_through_the_cli(runs, small_pool, tmp_path, capsys):

@@ -34,9 +34,9 @@ def embeddings(pool, embedder: str, model: str, dim: int) -> np.ndarray:
     """Returns [N, D] unit-norm embeddings of the pool's records."""
     if embedder == "hashed":
         return embed.hashed_lsa([embed.record_text(r.messages) for r in pool.records], dim=dim)
-    from data_pipelines.select.lm import load_model
+    from maxlm.infer.replies import load_scoring_model
 
-    lm = load_model(model)
+    lm = load_scoring_model(model)
     return embed.model_embeddings(lm.scorer, lm.tokenizer, lm.template, [r.messages for r in pool.records])
 
 

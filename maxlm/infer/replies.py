@@ -1,0 +1,93 @@
+"""A model with its tokenizer and chat template, scoring replies to prompts: log-probs and rewards.
+
+Replies are scored the way SFT and reward-model training read them: the conversation rendered
+with the chat template (`maxlm.data.chat.encode_completion`), the mask on the reply's tokens and
+its end-of-turn marker. Used by data selection (perplexity, IFD, disagreement, reward filtering)
+and by ppo/grpo runs that score rollouts with a trained reward model (`rl.reward_model`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from maxlm.data import chat
+from maxlm.data.tokenizers import Tokenizer, load_tokenizer
+from maxlm.errors import MaxlmError
+from maxlm.infer.scoring import Scorer
+from maxlm.pretrained import from_pretrained
+
+Message = dict[str, str]
+
+
+@dataclass
+class ScoringModel:
+    """A loaded model with what scoring text needs; `name` is the path it came from."""
+
+    name: str
+    scorer: Scorer
+    tokenizer: Tokenizer
+    template: str
+
+    @property
+    def max_len(self) -> int:
+        """Returns the longest sequence the model scores (model.max_seq_len)."""
+        return self.scorer.max_len
+
+    def encode_reply(self, prompt: Sequence[Message], reply: str) -> tuple[list[int], list[int]]:
+        """Returns (ids, mask) of prompt + reply rendered with the template; mask 1 on the reply."""
+        return chat.encode_completion(self.tokenizer, self.template, list(prompt), reply)
+
+    def reply_logprobs(self, prompts: Sequence[Sequence[Message]], replies: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (summed log p [N], scored tokens [N], truncated [N] bool) of each reply given its prompt.
+
+        A conversation longer than model.max_seq_len is cut at the end: only the reply tokens
+        that fit are scored.
+        """
+        rows = [fit(*self.encode_reply(p, r), self.max_len) for p, r in zip(prompts, replies)]
+        total, count = self.scorer.logprobs([ids for ids, _, _ in rows], [m for _, m, _ in rows])
+        return total, count, np.asarray([t for _, _, t in rows], bool)
+
+    def reply_rewards(self, prompts: Sequence[Sequence[Message]], replies: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (reward [N] f64, tokens [N] int64) of each rendered conversation; reward NaN where tokens > max_len.
+
+        Too-long conversations are not scored: cutting them would move the token the reward is read at.
+        """
+        _require_reward_head(self.scorer.model.config, self.name)
+        encoded = [self.encode_reply(p, r) for p, r in zip(prompts, replies)]
+        tokens = np.asarray([len(ids) for ids, _ in encoded], np.int64)
+        reward = np.full(len(encoded), np.nan)
+        fits = np.flatnonzero(tokens <= self.max_len)
+        if fits.size:
+            reward[fits] = self.scorer.rewards([encoded[i][0] for i in fits], [encoded[i][1] for i in fits])
+        return reward, tokens
+
+
+def fit(ids: list[int], mask: list[int], max_len: int) -> tuple[list[int], list[int], bool]:
+    """Returns (ids, mask, truncated): cut at max_len tokens."""
+    return (ids[:max_len], mask[:max_len], True) if len(ids) > max_len else (ids, mask, False)
+
+
+def load_scoring_model(path: str, template: str | None = None, batch_tokens: int = 16384, mesh=None, reward: bool = False) -> ScoringModel:
+    """Returns the model at `path` (maxlm run / checkpoint or HF dir) ready to score; template defaults to its run's.
+
+    reward=True: the model must be a reward model (a `task: rm` run's scalar head; a ppo run's
+    value head is not one).
+    """
+    model = from_pretrained(path, mesh=mesh)
+    if reward:
+        _require_reward_head(model.config, path)
+    if not model.tokenizer:
+        raise MaxlmError(f"{path}: the model has no tokenizer files; scoring text needs one")
+    template = template or model.config.data.chat_template
+    if template not in chat.TEMPLATE_NAMES:
+        raise MaxlmError(f"chat template must be one of {', '.join(chat.TEMPLATE_NAMES)}, got {template!r}")
+    return ScoringModel(path, Scorer(model, batch_tokens), load_tokenizer(model.tokenizer), template)
+
+
+def _require_reward_head(cfg, name: str) -> None:
+    # A ppo run's scalar head is its value head, not a reward.
+    if not cfg.model.scalar_head or cfg.task == "ppo":
+        raise MaxlmError(f"{name}: not a reward model (no reward head); train one with task: rm")
