@@ -50,25 +50,14 @@ class Pretrained:
     def generate_text(self, prompts: list[str], max_new_tokens: int, **kw) -> list[str]:
         """Returns each prompt followed by its sampled continuation (chat runs: the reply to it as a user message)."""
         from maxlm.data.tokenizers import load_tokenizer
+        from maxlm.infer.prompts import encode_prompts, until_stop
 
         if not self.tokenizer:
             raise MaxlmError("this model has no tokenizer files; pass token ids to generate() instead")
-        from maxlm.data import chat
-
         tok = load_tokenizer(self.tokenizer)
-        if self.config.task == "pretrain":
-            bos = [tok.bos_id] if self.config.data.add_bos and tok.bos_id >= 0 else []
-            ids = [bos + tok.encode(p) for p in prompts]
-            stops = [tok.eos_id] if tok.eos_id >= 0 else []
-        else:  # a chat model: each prompt is a user message, rendered with the run's template
-            ids = [chat.encode_prompt(tok, self.config.data.chat_template, p) for p in prompts]
-            stops = chat.stop_ids(tok, self.config.data.chat_template)
+        ids, stops = encode_prompts(self.config, tok, prompts)
         out = self.generate(ids, max_new_tokens, stop_ids=stops, **kw)
-        texts = []
-        for p, row in zip(prompts, out[:, -max_new_tokens:].tolist()):
-            cut = min([row.index(t) for t in stops if t in row], default=len(row))
-            texts.append(p + tok.decode(row[:cut]))
-        return texts
+        return [p + tok.decode(until_stop(row, stops)) for p, row in zip(prompts, out[:, -max_new_tokens:])]
 
 
 def is_hf_dir(path: Path) -> bool:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from maxlm.data import chat
 from maxlm.data.records import Prompt, read_records
 from maxlm.data.sources import row_slice
-from maxlm.data.tokenizers import Tokenizer, load_tokenizer
+from maxlm.data.tokenizers import load_tokenizer
 from maxlm.errors import MaxlmError
+from maxlm.infer.prompts import encode_prompts, prompt_text, until_stop
 from maxlm.pretrained import Pretrained
 from maxlm.train.rewards import VERIFIERS, verifier
 
@@ -40,21 +40,6 @@ def scorer(name: str):
     return verifier(name)
 
 
-def prompt_text(messages: Messages) -> str:
-    """Returns a prompt's messages as plain text: their contents, a blank line apart."""
-    return "\n\n".join(m["content"] for m in messages)
-
-
-def encode_prompts(model: Pretrained, tokenizer: Tokenizer, prompts: Sequence[Messages]) -> tuple[list[list[int]], list[int]]:
-    """Returns (prompt ids for the sampler, stop ids): the run's chat template, or plain text for pretrain runs."""
-    if model.config.task == "pretrain":
-        bos = [tokenizer.bos_id] if model.config.data.add_bos and tokenizer.bos_id >= 0 else []
-        stops = [tokenizer.eos_id] if tokenizer.eos_id >= 0 else []
-        return [bos + tokenizer.encode(prompt_text(p)) for p in prompts], stops
-    template = model.config.data.chat_template
-    return [chat.encode_prompt(tokenizer, template, p) for p in prompts], chat.stop_ids(tokenizer, template)
-
-
 def greedy_completions(model: Pretrained, prompts: Sequence[Messages], max_new_tokens: int, batch_size: int = 16) -> list[str | None]:
     """Returns each prompt's greedy completion text, None where the prompt leaves no room for max_new_tokens."""
     if not model.tokenizer:
@@ -66,7 +51,7 @@ def greedy_completions(model: Pretrained, prompts: Sequence[Messages], max_new_t
         limit = model.config.model.max_seq_len
         raise MaxlmError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in model.max_seq_len={limit}")
     tokenizer = load_tokenizer(model.tokenizer)
-    ids, stops = encode_prompts(model, tokenizer, prompts)
+    ids, stops = encode_prompts(model.config, tokenizer, prompts)
     keep = [i for i, x in enumerate(ids) if len(x) <= room]
     out: list[str | None] = [None] * len(ids)
     if not keep:
@@ -80,9 +65,8 @@ def greedy_completions(model: Pretrained, prompts: Sequence[Messages], max_new_t
         batch = [ids[i] for i in part]
         batch += [batch[-1]] * (rows - len(batch))
         new = model.generate(batch, max_new_tokens, temperature=0.0, stop_ids=stops, pad_id=tokenizer.pad_id, pad_to=pad_to)
-        for i, row in zip(part, new[:, -max_new_tokens:].tolist()):
-            cut = min([row.index(t) for t in stops if t in row], default=len(row))
-            out[i] = tokenizer.decode(row[:cut])
+        for i, row in zip(part, new[:, -max_new_tokens:]):
+            out[i] = tokenizer.decode(until_stop(row, stops))
     return out
 
 

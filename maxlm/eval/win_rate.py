@@ -13,7 +13,8 @@ import numpy as np
 from maxlm.data import chat
 from maxlm.data.tokenizers import load_tokenizer
 from maxlm.errors import MaxlmError
-from maxlm.eval.generation import EXAMPLES, greedy_completions, prompt_text, read_prompts
+from maxlm.eval.generation import EXAMPLES, greedy_completions, read_prompts
+from maxlm.infer.prompts import prompt_text
 from maxlm.infer.scoring import Scorer
 from maxlm.pretrained import Pretrained
 

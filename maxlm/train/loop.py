@@ -304,25 +304,17 @@ def write_samples(cfg: Config, graphdef, params, tokenizer, run_dir: Path, log) 
     """Returns the end-of-run samples (also written to run_dir/samples.txt)."""
     if not cfg.sample.prompts or cfg.task == "rm":
         return []
-    from maxlm.data import chat
+    from maxlm.infer.prompts import encode_prompts, until_stop
     from maxlm.infer.sampler import generate
 
     s = cfg.sample
-    if cfg.task == "pretrain":
-        prompts = [([tokenizer.bos_id] if cfg.data.add_bos and tokenizer.bos_id >= 0 else []) + tokenizer.encode(p) for p in s.prompts]
-        stops = [tokenizer.eos_id] if tokenizer.eos_id >= 0 else []
-    else:  # chat models answer a user message
-        prompts = [chat.encode_prompt(tokenizer, cfg.data.chat_template, p) for p in s.prompts]
-        stops = chat.stop_ids(tokenizer, cfg.data.chat_template)
+    prompts, stops = encode_prompts(cfg, tokenizer, s.prompts)
     out = generate(
         graphdef, cfg.model, params, prompts, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
         stop_ids=stops, seed=cfg.train.seed,
     )
-    texts = []
-    for p, row in zip(s.prompts, out[:, -s.max_new_tokens:]):
-        ids = [int(t) for t in row]
-        cut = min([ids.index(t) for t in stops if t in ids], default=len(ids))
-        texts.append(p + (" -> " if cfg.task != "pretrain" else "") + tokenizer.decode(ids[:cut]))
+    joint = " -> " if cfg.task != "pretrain" else ""
+    texts = [p + joint + tokenizer.decode(until_stop(row, stops)) for p, row in zip(s.prompts, out[:, -s.max_new_tokens:])]
     (run_dir / "samples.txt").write_text("\n\n".join(texts) + "\n")
     log("samples:\n" + "\n".join(f"  > {t!r}" for t in texts))
     return texts

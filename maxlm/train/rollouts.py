@@ -29,6 +29,7 @@ from maxlm.data.records import Prompt, RecordFile
 from maxlm.data.sources import expand, row_slice
 from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import MaxlmError
+from maxlm.infer.prompts import until_stop
 from maxlm.infer.sampler import generate
 from maxlm.train import rewards, rl
 
@@ -108,10 +109,7 @@ class Rollouts:
             temperature=temperature, top_k=r.top_k, top_p=r.top_p, stop_ids=self.stops, pad_id=self.tokenizer.pad_id,
             seed=seed, pad_to=r.max_prompt_len,
         )
-        texts = []
-        for row in rows[:, r.max_prompt_len:].tolist():
-            cut = min([row.index(t) for t in self.stops if t in row], default=len(row))
-            texts.append(self.tokenizer.decode(row[:cut]))
+        texts = [self.tokenizer.decode(until_stop(row, self.stops)) for row in rows[:, r.max_prompt_len:]]
         if self.reward_model:
             scores, tokens = self.reward_model.reply_rewards([self.prompts.prompts[i] for i in idx], texts)
             if np.any(tokens > self.reward_model.max_len):
