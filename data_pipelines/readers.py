@@ -1,5 +1,7 @@
 """Input files to Documents: jsonl (plain, .gz, .zst), parquet and plain text (documents
 separated by blank lines, by the same rule as `maxlm train`: `maxlm.data.formats.text_documents`).
+Formats are told from the extension by `maxlm.data.formats.detect_format`, so curation reads the
+files training reads.
 
 Bad records (invalid JSON, missing text, undecodable bytes, a truncated stream) come out as
 BadRecord with file:line and never stop the file: every good record around them is kept.
@@ -30,11 +32,6 @@ except ImportError:  # pragma: no cover - exercised only without orjson
     _loads = json.loads
     _JSONError = ValueError
 
-JSONL_EXT = (".jsonl", ".json", ".ndjson")
-TEXT_EXT = (".txt", ".text", ".md")
-COMPRESSED_EXT = (".gz", ".zst")
-
-
 @dataclass(frozen=True)
 class InputFile:
     """One input shard: its path and the short name used in ids and reports."""
@@ -56,31 +53,23 @@ def list_inputs(pattern: str) -> list[InputFile]:
 
 
 def detect_format(path: str, configured: str) -> str:
-    """Returns jsonl | parquet | text for `path`, from the config or the file extension."""
-    if configured != "auto":
-        return configured
-    name = path.lower()
-    for ext in COMPRESSED_EXT:
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-    if name.endswith(JSONL_EXT):
-        return "jsonl"
-    if name.endswith(".parquet"):
-        return "parquet"
-    if name.endswith(TEXT_EXT):
-        return "text"
-    raise MaxlmError(f"{path}: cannot tell the format from the extension; set input.format to jsonl, parquet or text")
+    """Returns jsonl | parquet | text for `path`, from the config or the extension (the rule `maxlm train` uses)."""
+    fmt, _ = formats.detect_format(path, configured, setting="input.format")
+    if fmt not in ("jsonl", "parquet", "text"):
+        raise MaxlmError(f"{path}: curation reads jsonl, parquet or text, not {fmt}; set input.format")
+    return fmt
 
 
 def open_binary(path: str) -> io.BufferedIOBase:
-    """Returns a binary stream of `path`, decompressing .gz and .zst."""
-    if path.endswith(".gz"):
+    """Returns a binary stream of `path`, decompressing .gz and .zst/.zstd."""
+    compression = formats.compression_of(path)
+    if compression == ".gz":
         return gzip.open(path, "rb")
-    if path.endswith(".zst"):
+    if compression:
         import zstandard
 
         raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True, read_across_frames=True))
     return open(path, "rb")
 
 

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "parquet", "arrayrecord", "text")
 EXTENSIONS = {
-    ".jsonl": "jsonl", ".parquet": "parquet", ".arrayrecord": "arrayrecord", ".array_record": "arrayrecord",
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrayrecord": "arrayrecord", ".array_record": "arrayrecord",
     ".txt": "text", ".text": "text", ".md": "text",
 }
 COMPRESSIONS = (".gz", ".zst", ".zstd")
@@ -53,7 +53,8 @@ def json_value(raw: bytes) -> object:
     except UnicodeDecodeError as e:
         raise BadRecord(f"invalid UTF-8 at byte {e.start}: {e.reason}") from None
     except json.JSONDecodeError as e:
-        raise BadRecord(f"invalid JSON: {e.msg} (column {e.colno})") from None
+        hint = "; a JSON array file? expected one JSON object a line (jsonl)" if raw.strip() == b"[" else ""
+        raise BadRecord(f"invalid JSON: {e.msg} (column {e.colno}){hint}") from None
 
 
 def json_text(raw: bytes, text_key: str) -> str:
@@ -320,10 +321,15 @@ def _array_record_reader(path: str, options: str):
         raise MaxlmError(f"{path}: cannot open ArrayRecord file: {e}") from None
 
 
-def detect_format(path: str, fmt: str = "auto") -> tuple[str, str]:
-    """Returns (format, compression suffix or "") of `path`; `fmt` other than auto wins."""
+def compression_of(path: str) -> str:
+    """Returns the compression suffix of `path` (one of COMPRESSIONS), or ""."""
+    return next((c for c in COMPRESSIONS if path.lower().endswith(c)), "")
+
+
+def detect_format(path: str, fmt: str = "auto", setting: str = "the source's format") -> tuple[str, str]:
+    """Returns (format, compression suffix or "") of `path`; `fmt` other than auto wins. `setting` names where to set one."""
     name = path.lower()
-    compression = next((c for c in COMPRESSIONS if name.endswith(c)), "")
+    compression = compression_of(path)
     stem = name[: len(name) - len(compression)]
     if fmt != "auto":
         if fmt not in FORMATS:
@@ -333,7 +339,7 @@ def detect_format(path: str, fmt: str = "auto") -> tuple[str, str]:
         found = next((f for ext, f in EXTENSIONS.items() if stem.endswith(ext)), "")
         if not found:
             known = ", ".join(list(EXTENSIONS) + [f".jsonl{c}" for c in COMPRESSIONS])
-            raise MaxlmError(f"{path}: unknown file type; expected one of {known}, or set the source's format")
+            raise MaxlmError(f"{path}: unknown file type; expected one of {known}, or set {setting}")
     if compression and found not in ("jsonl", "text"):
         raise MaxlmError(f"{path}: {compression} compression is supported for jsonl and text, not {found}")
     return found, compression

@@ -104,6 +104,13 @@ BAD_LINES = [
 ]
 
 
+def test_json_array_file_is_named_as_one(tmp_path):
+    path = tmp_path / "arr.json"
+    path.write_text('[\n  {"text": "a"}\n]\n')
+    with pytest.raises(MaxlmError, match=r"arr.json:1: invalid JSON: .*a JSON array file\? expected one JSON object a line"):
+        open_file(str(path))
+
+
 @pytest.mark.parametrize("bad, reason", BAD_LINES)
 def test_bad_record_stops_with_file_and_line(tmp_path, bad, reason):
     path = tmp_path / "bad.jsonl"

@@ -6,6 +6,7 @@ import gzip
 import json
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 import zstandard
 
@@ -13,6 +14,7 @@ from data_pipelines.config import InputConfig
 from data_pipelines.document import BadRecord, Document
 from data_pipelines.readers import list_inputs, read_documents
 from maxlm.data.formats import open_file
+from maxlm.errors import MaxlmError
 
 GOOD = [{"text": "first document", "url": "http://a", "n": 1}, {"id": "x7", "text": "second", "tags": ["a", "b"]}]
 
@@ -38,6 +40,23 @@ def test_jsonl_plain_gz_zst_agree(tmp_path):
         assert docs[1].id == "x7"  # the record's own id is kept as-is
         assert docs[0].meta == {"url": "http://a", "n": 1} and docs[1].meta == {"tags": ["a", "b"]}
         assert docs[0].to_record() == {"id": f"{name}:1", "text": "first document", "url": "http://a", "n": 1}
+
+
+def test_curation_and_training_accept_the_same_files(tmp_path):
+    # Extensions are detected by maxlm.data.formats for both; a .zst of two frames is read whole.
+    lines = [json.dumps(r).encode() for r in GOOD]
+    two_frames = zstandard.ZstdCompressor().compress(lines[0] + b"\n") + zstandard.ZstdCompressor().compress(lines[1] + b"\n")
+    for name in ("a.ndjson", "b.json", "c.jsonl.zstd", "d.jsonl.zst"):
+        (tmp_path / name).write_bytes(two_frames if "zst" in name else _jsonl_bytes(lines))
+        assert [d.text for d in _read(tmp_path, name)] == ["first document", "second"], name
+        reader = open_file(str(tmp_path / name))
+        assert [reader[i] for i in range(len(reader))] == ["first document", "second"], name
+    (tmp_path / "e.arrayrecord").write_bytes(b"")
+    with pytest.raises(MaxlmError, match=r"e.arrayrecord: curation reads jsonl, parquet or text, not arrayrecord"):
+        _read(tmp_path, "e.arrayrecord")
+    (tmp_path / "f.dat").write_bytes(b"")
+    with pytest.raises(MaxlmError, match=r"f.dat: unknown file type; .* or set input.format"):
+        _read(tmp_path, "f.dat")
 
 
 def test_bad_records_are_reported_and_good_ones_kept(tmp_path):
