@@ -49,7 +49,7 @@ class StoredStep:
             ckpt_dir, step = path.parent, int(path.name)
         else:
             ckpt_dir, step = path, None
-        self.checkpoints = Checkpoints(ckpt_dir, read_only=True)
+        self.checkpoints = Checkpoints(ckpt_dir, read_only=True, process_local=True)
         self.step = self.checkpoints.latest_step() if step is None else step
         if self.step is None:
             raise MaxlmError(

@@ -57,11 +57,15 @@ def checkpoint_dir(path: str | Path) -> Path:
 class Checkpoints:
     """Save / restore training state at steps of one run."""
 
-    def __init__(self, path: str | Path, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
+    def __init__(self, path: str | Path, *, keep: int = 3, async_save: bool = True, read_only: bool = False, process_local: bool = False):
+        """process_local (with read_only): this process reads alone, with no barrier that the other
+        processes of a multi-process run would have to join (the HF export on process 0)."""
         self.directory = checkpoint_dir(path)
+        me = jax.process_index()
+        processes = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}) if process_local else ocp.options.MultiprocessingOptions()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
-            cleanup_tmp_directories=not read_only,
+            cleanup_tmp_directories=not read_only, multiprocessing_options=processes,
         )
         self._mgr = ocp.CheckpointManager(self.directory, options=options)
 

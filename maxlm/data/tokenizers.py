@@ -185,15 +185,31 @@ def train_sentencepiece(
 
 
 def ensure_tokenizer(cfg: Config) -> Tokenizer:
-    """Returns the run's tokenizer, training a sentencepiece model on data.train_files if it is missing."""
+    """Returns the run's tokenizer, training a sentencepiece model on data.train_files if it is missing.
+
+    With several processes, process 0 trains it while the others wait, then they load its file
+    (a host that does not see it, without a shared run_dir, trains the same file itself).
+    """
+    import jax
+
     path = Path(cfg.tokenizer.path or Path(cfg.run_dir) / "tokenizer.model")
-    if path.exists():
-        return load_tokenizer(path)
-    if path.suffix != ".model":
+    if not path.exists() and path.suffix != ".model":
         raise MaxlmError(
             f"tokenizer.path {path}: not found; give an existing Hugging Face tokenizer directory, "
             "or a path ending in .model to train a sentencepiece tokenizer there"
         )
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if jax.process_index() == 0 and not path.exists():
+            _train_tokenizer(cfg, path)
+        multihost_utils.sync_global_devices("maxlm: tokenizer written")
+    if not path.exists():
+        _train_tokenizer(cfg, path)
+    return load_tokenizer(path)
+
+
+def _train_tokenizer(cfg: Config, path: Path) -> None:
     sources = train_sources(cfg.data)
     if not sources:
         raise MaxlmError(f"tokenizer.path {path} does not exist and data.train_files is empty: nothing to train it on")
@@ -208,7 +224,5 @@ def ensure_tokenizer(cfg: Config) -> Tokenizer:
         texts, path, vocab_size=t.vocab_size, model_type=t.model_type,
         max_sentences=t.max_sentences, character_coverage=t.character_coverage,
     )
-    tok = load_tokenizer(path)
-    print(f"trained a {tok.vocab_size}-token {t.model_type} sentencepiece tokenizer on data.train_files: {path}",
+    print(f"trained a {load_tokenizer(path).vocab_size}-token {t.model_type} sentencepiece tokenizer on data.train_files: {path}",
           file=sys.stderr, flush=True)
-    return tok

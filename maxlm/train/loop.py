@@ -286,22 +286,29 @@ def train(cfg: Config, *, log=print) -> RunResult:
     if preemption.requested:
         log(f"SIGTERM: saved step {state.step} to {ckpts.directory} and stopped; rerun the same command to resume")
         return result
+    # The sampler is a collective: every process samples, process 0 writes.
+    result.samples = write_samples(cfg, graphdef, state.params, tokenizer, run_dir, log, write=main)
     if main:
         plot = writer.plot_loss()
         if plot:
             log(f"loss curve: {plot}")
-        result.samples = write_samples(cfg, graphdef, state.params, tokenizer, run_dir, log)
         if cfg.export.hf_dir:
             from maxlm.ckpt.hf import export_hf
 
             out = Path(cfg.export.hf_dir)
             result.hf_dir = export_hf(run_dir, out if out.is_absolute() else run_dir / out)
             log(f"Hugging Face export: {result.hf_dir}")
+    if jax.process_count() > 1:
+        # Otherwise the other processes reach JAX's shutdown barrier first, and it times out
+        # while process 0 is still exporting.
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("maxlm: end of run")
     return result
 
 
-def write_samples(cfg: Config, graphdef, params, tokenizer, run_dir: Path, log) -> list[str]:
-    """Returns the end-of-run samples (also written to run_dir/samples.txt)."""
+def write_samples(cfg: Config, graphdef, params, tokenizer, run_dir: Path, log, write: bool = True) -> list[str]:
+    """Returns the end-of-run samples (with `write`, also written to run_dir/samples.txt and logged)."""
     if not cfg.sample.prompts or cfg.task == "rm":
         return []
     from maxlm.infer.prompts import encode_prompts, until_stop
@@ -315,6 +322,7 @@ def write_samples(cfg: Config, graphdef, params, tokenizer, run_dir: Path, log) 
     )
     joint = " -> " if cfg.task != "pretrain" else ""
     texts = [p + joint + tokenizer.decode(until_stop(row, stops)) for p, row in zip(s.prompts, out[:, -s.max_new_tokens:])]
-    (run_dir / "samples.txt").write_text("\n\n".join(texts) + "\n")
-    log("samples:\n" + "\n".join(f"  > {t!r}" for t in texts))
+    if write:
+        (run_dir / "samples.txt").write_text("\n\n".join(texts) + "\n")
+        log("samples:\n" + "\n".join(f"  > {t!r}" for t in texts))
     return texts

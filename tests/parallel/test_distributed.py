@@ -1,9 +1,8 @@
-"""Two JAX processes on one machine, wired by jax.distributed from the environment: pretraining
-and GRPO train and resume, and the sampler's rows do not depend on how processes split the batch."""
+"""Two JAX processes on one machine, started by tools/launch/local.py and wired by jax.distributed
+from the environment: pretraining and GRPO train and resume (process 0 trains the tokenizer), and
+the sampler's rows do not depend on how processes split the batch."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,24 +13,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LAUNCH = REPO / "tools" / "launch" / "local.py"
 
 
-def launch_two(config: Path, *overrides: str, argv: list[str] | None = None) -> list[subprocess.CompletedProcess]:
-    """Runs `maxlm train config overrides` (or `python argv`) as two processes with 2 CPU devices each."""
-    port = free_port()
-    procs = []
-    for i in range(2):
-        env = dict(
-            os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-            MAXLM_COORDINATOR=f"127.0.0.1:{port}", MAXLM_NUM_PROCESSES="2", MAXLM_PROCESS_ID=str(i),
-        )
-        cmd = [sys.executable, *argv] if argv else [sys.executable, "-m", "maxlm.cli", "train", str(config), *overrides]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    return [subprocess.CompletedProcess(p.args, p.wait(timeout=600), p.stdout.read(), "") for p in procs]
+def launch_two(config: Path, *overrides: str, argv: list[str] | None = None) -> list[str]:
+    """Returns each process's output of `maxlm train config overrides` (or `python argv`), run by
+    tools/launch/local.py as two processes with 2 CPU devices each; asserts both succeeded."""
+    cmd = [sys.executable, *argv] if argv else [sys.executable, "-m", "maxlm.cli", "train", str(config), *overrides]
+    run = subprocess.run([sys.executable, str(LAUNCH), "-n", "2", "--cpu-devices", "2", "--", *cmd],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return ["".join(line[4:] for line in run.stdout.splitlines(True) if line.startswith(f"[{i}] ")) for i in range(2)]
 
 
 @pytest.mark.slow
@@ -43,20 +35,23 @@ def test_two_processes_train_and_resume(tmp_path, shared_data):
         "data": {"train_files": [str(shared_data / "pretrain" / "tinyshakespeare.txt")], "seq_len": 64},
         "train": {"steps": 4, "global_batch_size": 8, "log_every": 1, "warmup_steps": 1},
         "checkpoint": {"interval_steps": 2},
+        "sample": {"prompts": ["To be", "My lord"], "max_new_tokens": 4},
+        "export": {"hf_dir": "hf"},
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    # Train the tokenizer once up front so the two processes do not race to write it.
-    from maxlm.config import load_config
-    from maxlm.data.tokenizers import ensure_tokenizer
-
-    ensure_tokenizer(load_config(path))
-    for run in launch_two(path):
-        assert run.returncode == 0, run.stdout
-        assert "4 cpu devices" in run.stdout and "'data': 4" in run.stdout
-    for run in launch_two(path, "train.steps=6"):
-        assert run.returncode == 0, run.stdout
-        assert "resumed from" in run.stdout
+    first = launch_two(path)
+    for out in first:
+        assert "4 cpu devices" in out and "'data': 4" in out
+    # Process 0 trains the tokenizer; process 1 waits for it and loads the same file.
+    assert "sentencepiece tokenizer" in first[0] and "sentencepiece tokenizer" not in first[1]
+    # The end of the run: every process samples (a collective), process 0 writes and exports
+    # while the others wait for it rather than for JAX's shutdown barrier.
+    assert "samples:" in first[0] and "samples:" not in first[1] and "Hugging Face export" in first[0]
+    assert (tmp_path / "run" / "samples.txt").read_text().count("To be") == 1
+    assert json.loads((tmp_path / "run" / "hf" / "config.json").read_text())["num_hidden_layers"] > 0
+    for out in launch_two(path, "train.steps=6"):
+        assert "resumed from" in out
     steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert {p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()} >= {"4", "6"}
@@ -95,8 +90,7 @@ def test_two_processes_sample_the_rows_one_process_samples(tmp_path):
     from maxlm.models import params as params_lib
     from maxlm.parallel.mesh import make_mesh
 
-    for run in launch_two(None, argv=["-c", SAMPLE, str(tmp_path)]):
-        assert run.returncode == 0, run.stdout
+    launch_two(None, argv=["-c", SAMPLE, str(tmp_path)])
     cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, dtype="float32", max_seq_len=32)
     graphdef, _, _ = params_lib.abstract(cfg)
     params = params_lib.init(cfg, make_mesh(MeshConfig(data=4), jax.devices()[:4]), 0)
@@ -128,15 +122,9 @@ def test_two_processes_run_grpo_and_resume(tmp_path):
     }
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    from maxlm.config import load_config
-    from maxlm.data.tokenizers import ensure_tokenizer
-
-    ensure_tokenizer(load_config(path))
-    for run in launch_two(path):
-        assert run.returncode == 0, run.stdout
-    for run in launch_two(path, "train.steps=4"):
-        assert run.returncode == 0, run.stdout
-        assert "resumed from" in run.stdout
+    launch_two(path)
+    for out in launch_two(path, "train.steps=4"):
+        assert "resumed from" in out
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert all(0.0 <= r["eval_reward"] <= 1.0 for r in rows if "eval_reward" in r)
