@@ -25,8 +25,12 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     _enable_compilation_cache()
     result = train(cfg)
-    where = result.run_dir
-    print(f"run dir: {where}  (config.yaml, metrics.jsonl, tensorboard/, checkpoints/, loss.png, samples.txt)")
+    import jax
+
+    if jax.process_index() == 0:
+        names = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "loss.png", "samples.txt")
+        wrote = [n + ("/" if (result.run_dir / n).is_dir() else "") for n in names if (result.run_dir / n).exists()]
+        print(f"run dir: {result.run_dir}  ({', '.join(wrote)})")
     return 0
 
 

@@ -9,6 +9,7 @@ written when the process died is never listed, never restored.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,17 @@ class Checkpoints:
         me = jax.process_index()
         processes = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}) if process_local else ocp.options.MultiprocessingOptions()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
-            cleanup_tmp_directories=not read_only, multiprocessing_options=processes,
+            max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1, enable_async_checkpointing=async_save,
+            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only, multiprocessing_options=processes,
         )
-        self._mgr = ocp.CheckpointManager(self.directory, options=options)
+        absl = logging.getLogger("absl")
+        level = absl.level
+        if read_only:  # orbax warns that a read-only directory is read-only: noise in every export and eval
+            absl.setLevel(logging.ERROR)
+        try:
+            self._mgr = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            absl.setLevel(level)
 
     def latest_step(self) -> int | None:
         """Returns the newest committed step, or None."""
