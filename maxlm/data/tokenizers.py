@@ -198,6 +198,8 @@ def ensure_tokenizer(cfg: Config) -> Tokenizer:
             f"tokenizer.path {path}: not found; give an existing Hugging Face tokenizer directory, "
             "or a path ending in .model to train a sentencepiece tokenizer there"
         )
+    if not path.exists() and not train_sources(cfg.data):  # checked by every process, before the wait
+        raise MaxlmError(f"tokenizer.path {path} does not exist and data.train_files is empty: nothing to train it on")
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -211,8 +213,6 @@ def ensure_tokenizer(cfg: Config) -> Tokenizer:
 
 def _train_tokenizer(cfg: Config, path: Path) -> None:
     sources = train_sources(cfg.data)
-    if not sources:
-        raise MaxlmError(f"tokenizer.path {path} does not exist and data.train_files is empty: nothing to train it on")
     t = cfg.tokenizer
     if cfg.task == "pretrain":
         texts = iter_texts(sources, cfg.data.on_bad_record)
