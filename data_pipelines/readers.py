@@ -10,8 +10,6 @@ BadRecord with file:line and never stop the file: every good record around them 
 from __future__ import annotations
 
 import glob
-import gzip
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -60,19 +58,6 @@ def detect_format(path: str, configured: str) -> str:
     return fmt
 
 
-def open_binary(path: str) -> io.BufferedIOBase:
-    """Returns a binary stream of `path`, decompressing .gz and .zst/.zstd."""
-    compression = formats.compression_of(path)
-    if compression == ".gz":
-        return gzip.open(path, "rb")
-    if compression:
-        import zstandard
-
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True, read_across_frames=True))
-    return open(path, "rb")
-
-
 def read_documents(f: InputFile, cfg: InputConfig) -> Iterator[Document | BadRecord]:
     """Yields the Documents of one input file, and a BadRecord for each record that is not one."""
     fmt = detect_format(f.path, cfg.format)
@@ -115,7 +100,7 @@ def _json_problem(raw: bytes, err: Exception) -> str:
 def _read_jsonl(f: InputFile, cfg: InputConfig) -> Iterator[Document | BadRecord]:
     line = 0
     try:
-        with open_binary(f.path) as fh:
+        with formats.open_binary(f.path) as fh:
             for line, raw in enumerate(fh, 1):
                 if not raw.strip():
                     continue
@@ -147,7 +132,7 @@ def _read_parquet(f: InputFile, cfg: InputConfig) -> Iterator[Document | BadReco
 def _read_text(f: InputFile, cfg: InputConfig) -> Iterator[Document | BadRecord]:
     line = 1  # where the unread rest of the file starts
     try:
-        with open_binary(f.path) as fh:
+        with formats.open_binary(f.path) as fh:
             for doc in formats.text_documents(fh):  # the same documents `maxlm train` reads
                 line = doc.line + doc.raw.count(b"\n") + 1
                 where = f"{f.label}:{doc.line}"

@@ -145,7 +145,8 @@ def open_writer(path: str | os.PathLike, fmt: str, level: int = 3) -> JsonlZstWr
 
 def read_jsonl_zst(path: str | os.PathLike) -> Iterator[Any]:
     """Yields the JSON values of a .jsonl.zst file written by JsonlZstWriter."""
-    from data_pipelines.readers import _loads, open_binary
+    from data_pipelines.readers import _loads
+    from maxlm.data.formats import open_binary
 
     with open_binary(str(path)) as fh:
         for raw in fh:

@@ -116,8 +116,7 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str 
     files, which `tokenizer.path` then points at). Param and compute dtype are `dtype`.
     """
     hf_dir, out_dir = Path(hf_dir).resolve(), Path(out_dir).resolve()
-    # Only an existing checkpoints/ is opened: orbax warns about a missing read-only directory.
-    if (out_dir / "checkpoints").is_dir() and Checkpoints(out_dir, read_only=True).latest_step() is not None:
+    if Checkpoints(out_dir, read_only=True).latest_step() is not None:
         raise MaxlmError(f"{out_dir}: already holds checkpoints; import into a new directory")
     cfg, params = read_hf(hf_dir, dtype)
     cfg.run_dir = str(out_dir)

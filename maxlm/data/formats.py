@@ -17,6 +17,7 @@ from __future__ import annotations
 import array
 import gzip
 import hashlib
+import io
 import json
 import logging
 import mmap
@@ -345,6 +346,18 @@ def detect_format(path: str, fmt: str = "auto", setting: str = "the source's for
     return found, compression
 
 
+def open_binary(path: str) -> io.BufferedIOBase:
+    """Returns a binary stream of `path`, decompressed when it ends in .gz or .zst/.zstd (every zstd frame)."""
+    compression = compression_of(path)
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    if compression:
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True, read_across_frames=True))
+    return open(path, "rb")
+
+
 def decompressed(path: str, compression: str) -> str:
     """Returns the path of the cached decompressed copy of `path`, creating it on first use."""
     st = os.stat(path)
@@ -354,14 +367,8 @@ def decompressed(path: str, compression: str) -> str:
         return str(out)
 
     def write(f):
-        if compression == ".gz":
-            with gzip.open(path, "rb") as src:
-                shutil.copyfileobj(src, f, 1 << 22)
-        else:
-            import zstandard
-
-            with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as src:
-                shutil.copyfileobj(src, f, 1 << 22)
+        with open_binary(path) as src:
+            shutil.copyfileobj(src, f, 1 << 22)
 
     try:
         write_atomic(out, write)

@@ -60,7 +60,7 @@ def start_from_config(path: str, log=print) -> str:
     from maxlm.train.loop import train
 
     src = load_config(path)
-    done = Checkpoints(src.run_dir, read_only=True).latest_step() if (Path(src.run_dir) / "checkpoints").is_dir() else None
+    done = Checkpoints(src.run_dir, read_only=True).latest_step()
     if done is None or done < src.train.steps:
         log(f"train.init_from {path}: training the starting point into {src.run_dir} first")
         train(src, log=log)
