@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maxlm.config import ModelConfig, RopeScalingConfig, head_dim
+from maxlm.models.block_causal import block_causal_attention
 from maxlm.parallel.rules import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -112,7 +113,10 @@ class Attention(nnx.Module):
             self.v_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), cfg, init="zeros")
 
     def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None):
-        """Returns (out [B,T,D], updated cache or None); with a cache, writes T slots at `cache_index`."""
+        """Returns (out [B,T,D], updated cache or None); with a cache, writes T slots at `cache_index`.
+
+        Without a cache the mask must be causal: attention skips the key blocks above the diagonal.
+        """
         dt = x_BxTxD.dtype
         h, theta, *scaling = self.rope
         inv_freq = rope_inv_freq(h, theta, RopeScalingConfig(*scaling))
@@ -129,9 +133,10 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, axis=1)
             cache = KVCache(k, v)
             k, v = k.astype(dt), v.astype(dt)
-        out = jax.nn.dot_product_attention(
-            q, k, v, mask=mask_BxTxS[:, None, :, :], implementation=self.impl
-        )
+        if cache is None and self.impl == "xla":
+            out = block_causal_attention(q, k, v, mask_BxTxS)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask_BxTxS[:, None, :, :], implementation=self.impl)
         out = linear(out, self.o[...], n_in=2)
         return constrain(out, ("batch", "length", "act_embed")), cache
 

@@ -56,7 +56,10 @@ class Decoder(nnx.Module):
             self.score_head = param(rngs, (cfg.hidden_size,), ("embed",), cfg, init="zeros")
 
     def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None):
-        """Returns (final-normed hidden states [B, T, D], updated stacked cache or None)."""
+        """Returns (final-normed hidden states [B, T, D], updated stacked cache or None).
+
+        Without a cache, `mask_BxTxS` must be causal (as from causal_segment_mask).
+        """
         dt = DTYPES[self.dtype]
         x = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
         x = constrain(x, ("batch", "length", "act_embed"))
