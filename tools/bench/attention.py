@@ -11,9 +11,7 @@ jax.nn.dot_product_attention. The backward pass runs under remat `dots`, as in t
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 
 import jax
@@ -22,6 +20,7 @@ import numpy as np
 
 from maxlm.models.block_causal import block_causal_attention, block_count
 from maxlm.models.llama import causal_segment_mask
+from report import emit, machine  # tools/bench/report.py (scripts: their folder is on sys.path)
 
 
 def timed(fn, args, calls: int) -> float:
@@ -84,8 +83,7 @@ def main() -> None:
     ref = sides["jax_xla"][1](q, k, v)
     result = {
         "benchmark": "attention", "batch": a.batch, "seq_len": a.seq_len, "heads": a.heads, "kv_heads": a.kv_heads,
-        "head_dim": a.head_dim, "blocks": block_count(a.seq_len), "device": jax.devices()[0].device_kind,
-        "host": f"{platform.machine()} {os.cpu_count()} cores", "jax": jax.__version__,
+        "head_dim": a.head_dim, "blocks": block_count(a.seq_len), **machine(),
         "max_grad_diff_vs_jax_xla": max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(sides["maxlm_block_causal"][1](q, k, v), ref)),
     }
     runs = {name: (lambda f=f: f(q, k, v), lambda g=g: g(q, k, v)) for name, (f, g) in sides.items()}
@@ -104,11 +102,7 @@ def main() -> None:
             times[name]["forward_backward_ms"].append(timed(fwd_bwd, (), a.calls))
     for name, t in times.items():
         result[name] = {key: float(np.median(ms)) for key, ms in t.items()}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, a.out)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import tempfile
 import time
 
@@ -26,6 +24,7 @@ from maxlm.config import Config, MeshConfig, load_config
 from maxlm.infer.sampler import generate
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
+from report import emit, machine  # tools/bench/report.py (scripts: their folder is on sys.path)
 
 
 def bench_maxlm(cfg, params, graphdef, prompts, new_tokens: int, repeats: int) -> tuple[dict, np.ndarray]:
@@ -82,7 +81,7 @@ def main() -> None:
     prompts = np.random.default_rng(0).integers(1, cfg.vocab_size, (a.batch, a.prompt_len)).astype(np.int32)
     result = {
         "benchmark": "decode", "model": a.model, "batch": a.batch, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens, "dtype": a.dtype,
-        "device": jax.devices()[0].device_kind, "host": f"{platform.machine()} {os.cpu_count()} cores", "jax": jax.__version__,
+        **machine(),
     }
     with jax.set_mesh(mesh):
         result["maxlm"], ours = bench_maxlm(cfg, params, graphdef, prompts, a.new_tokens, a.repeats)
@@ -99,11 +98,7 @@ def main() -> None:
             result["transformers"], theirs = bench_transformers(str(hf_dir), prompts, a.new_tokens, a.repeats, a.dtype)
         result["speedup_vs_transformers"] = result["maxlm"]["new_tokens_per_second"] / result["transformers"]["new_tokens_per_second"]
         result["same_tokens_fraction"] = float(np.mean(ours == theirs))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, a.out)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import time
 
 import jax
@@ -24,6 +22,7 @@ from maxlm.config import MeshConfig, TrainConfig, load_config
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
 from maxlm.train import metrics, objectives, optim, steps
+from report import emit, machine  # tools/bench/report.py (scripts: their folder is on sys.path)
 
 
 def batches(vocab: int, batch: int, seq: int, n: int, seed: int = 0) -> list[np.ndarray]:
@@ -141,8 +140,7 @@ def main() -> None:
         "benchmark": "train_step",
         "model": a.model, "params_millions": metrics.param_count(cfg) / 1e6, "batch": a.batch, "seq_len": a.seq_len, "dtype": a.dtype,
         "remat": cfg.remat, "loss_chunks": a.loss_chunks, "steps_timed": a.steps, "rounds": a.rounds,
-        "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-        "host": f"{platform.machine()} {os.cpu_count()} cores", "jax": jax.__version__,
+        **machine(),
     }
     runners = {"maxlm": maxlm_runner(cfg, TrainConfig(steps=1000, warmup_steps=10, loss_chunks=a.loss_chunks))}
     if a.peer == "transformers":
@@ -158,11 +156,7 @@ def main() -> None:
 
         result["transformers"].update(torch=torch.__version__, transformers=transformers.__version__)
         result["speedup_vs_transformers"] = result["maxlm"]["tokens_per_second"] / result["transformers"]["tokens_per_second"]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, a.out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,28 @@
+"""What every benchmark's JSON starts with and how it leaves: the machine, then stdout and --out."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import jax
+
+
+def machine() -> dict:
+    """Returns the device kind and count, the host and the jax version, for a result's header."""
+    return {
+        "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+        "host": f"{platform.machine()} {os.cpu_count()} cores", "jax": jax.__version__,
+    }
+
+
+def emit(result: dict, out: str = "") -> None:
+    """Prints the result as JSON and, given a path, writes it there whole (a temporary file, then a rename)."""
+    text = json.dumps(result, indent=2) + "\n"
+    print(text, end="")
+    if out:
+        tmp = Path(out).with_name(Path(out).name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
