@@ -37,7 +37,7 @@ def test_block_count():
     assert [block_count(t) for t in (1, 63, 100, 128, 192, 256, 1024, 4096, 4100)] == [1, 1, 1, 2, 3, 4, 8, 8, 5]
 
 
-@pytest.mark.parametrize("t", [40, 128, 256, 512])
+@pytest.mark.parametrize("t", [40, 128, 320])
 def test_matches_numpy_over_packed_rows(t):
     q, k, v, seg = inputs(t)
     mask = causal_segment_mask(jnp.asarray(seg))
@@ -46,7 +46,7 @@ def test_matches_numpy_over_packed_rows(t):
 
 
 def test_gradients_match_jax_attention():
-    q, k, v, seg = inputs(256, n=6, kh=2)
+    q, k, v, seg = inputs(192, n=6, kh=2, b=2)
     mask = causal_segment_mask(jnp.asarray(seg))
     w = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape).astype(np.float32))
 
@@ -60,7 +60,7 @@ def test_gradients_match_jax_attention():
 
 
 def test_bfloat16_follows_the_float32_result():
-    q, k, v, seg = inputs(128)
+    q, k, v, seg = inputs(128, b=2)
     mask = causal_segment_mask(jnp.asarray(seg))
     as_bf16 = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
     out = jax.jit(block_causal_attention)(*as_bf16, mask)
