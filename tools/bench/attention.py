@@ -53,6 +53,8 @@ def torch_side(q, k, v, threads: int):
             return sdpa(tq, tk, tv, is_causal=True, enable_gqa=True)
 
     def fwd_bwd():
+        for t in (tq, tk, tv):  # fresh gradients each call, as jax's side returns them (no accumulation)
+            t.grad = None
         sdpa(tq, tk, tv, is_causal=True, enable_gqa=True).sum().backward()
         return tq.grad
 
