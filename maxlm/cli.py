@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from maxlm.config import SampleConfig, TokenizerConfig, flag_type
+
 
 def _enable_compilation_cache() -> None:
     # Restarts (resume after preemption, repeated quickstarts) skip recompiling the step.
@@ -178,9 +180,9 @@ def parser() -> argparse.ArgumentParser:
     tt = tok.add_parser("train", help="train a sentencepiece tokenizer on text files")
     tt.add_argument("--input", nargs="+", required=True, help="files or globs (jsonl/parquet/txt/builtin:stdlib-docs)")
     tt.add_argument("--output", required=True, help="where to write the .model file")
-    tt.add_argument("--vocab-size", type=int, default=4096)
+    tt.add_argument("--vocab-size", type=flag_type(TokenizerConfig, "vocab_size"), default=4096)
     tt.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
-    tt.add_argument("--max-sentences", type=int, default=200000)
+    tt.add_argument("--max-sentences", type=flag_type(TokenizerConfig, "max_sentences"), default=200000)
     tt.set_defaults(fn=cmd_tokenizer_train)
 
     i = sub.add_parser("import-hf", help="convert a Hugging Face Llama/Qwen2 model dir into a maxlm run dir")
@@ -197,10 +199,10 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample text from a run, checkpoint or HF dir")
     g.add_argument("path")
     g.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=flag_type(SampleConfig, "max_new_tokens"), default=64)
+    g.add_argument("--temperature", type=flag_type(SampleConfig, "temperature"), default=0.0)
+    g.add_argument("--top-k", type=flag_type(SampleConfig, "top_k"), default=0)
+    g.add_argument("--top-p", type=flag_type(SampleConfig, "top_p"), default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(fn=cmd_generate)
 
@@ -230,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     em.add_argument("path", help="run dir, checkpoint, step dir or HF dir")
     em.add_argument("--data", required=True, help="{\"prompt\", \"answer\"} or gsm8k {\"question\", \"answer\"} records (jsonl/json/parquet)")
     em.add_argument("--verifier", default="gsm8k_exact", help="exact (string equality), gsm8k_exact, arithmetic_exact or format")
-    em.add_argument("--max-new-tokens", type=int, default=256)
+    em.add_argument("--max-new-tokens", type=flag_type(SampleConfig, "max_new_tokens"), default=256)
     em.add_argument("--rows", default="", help="a slice of the records, e.g. 0:200")
     em.add_argument("--batch-size", type=int, default=16)
     em.set_defaults(fn=cmd_eval_exact_match)
@@ -247,7 +249,7 @@ def parser() -> argparse.ArgumentParser:
     ew.add_argument("--a", required=True, help="policy A (run, checkpoint, step or HF dir)")
     ew.add_argument("--b", required=True, help="policy B")
     ew.add_argument("--prompts", required=True, help="prompt records: {\"prompt\"}, gsm8k, Alpaca or hh-rlhf (jsonl/json/parquet)")
-    ew.add_argument("--max-new-tokens", type=int, default=256)
+    ew.add_argument("--max-new-tokens", type=flag_type(SampleConfig, "max_new_tokens"), default=256)
     ew.add_argument("--rows", default="", help="a slice of the records")
     ew.add_argument("--batch-size", type=int, default=16)
     ew.set_defaults(fn=cmd_eval_win_rate)

@@ -1,14 +1,16 @@
-"""Config loading: inheritance, overrides, typed values, and errors that name the key."""
+"""The one loader: inheritance, overrides, typed values, and errors that name file:line or the override and the key."""
 
+import re
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from maxlm.config import load_config
+from maxlm.config import ModelConfig, coerce, from_dict, load_config, to_dict
 from maxlm.errors import MaxlmError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(path, data):
@@ -73,7 +75,6 @@ def test_missing_base_and_cycle(tmp_path):
 
 
 def test_coerce_is_strict():
-    from maxlm.config import coerce
 
     assert coerce(None, list[str], "k", "w") == [] and coerce("a", list[str], "k", "w") == ["a"]
     assert coerce(3, float, "k", "w") == 3.0 and coerce("1e-3", float, "k", "w") == 1e-3
@@ -83,7 +84,7 @@ def test_coerce_is_strict():
         with pytest.raises(MaxlmError, match=f"w: k {message}"):
             coerce(value, t, "k", "w")
     with pytest.raises(MaxlmError, match="model.dtype must be one of"):
-        coerce("f32", str, "model.dtype", "w")
+        coerce("f32", typing.get_type_hints(ModelConfig)["dtype"], "model.dtype", "w")
 
 
 @pytest.mark.parametrize(
@@ -92,3 +93,50 @@ def test_coerce_is_strict():
 def test_every_shipped_config_loads_and_validates(path):
     cfg = load_config(REPO / "configs" / path)
     assert cfg.task in ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")
+
+
+def test_errors_name_the_file_and_line_of_the_key(tmp_path):
+    p = write(tmp_path / "exp.yaml", "run_dir: r\ntrain:\n  steps: 3\n  learning_rat: 0.1\n")
+    with pytest.raises(MaxlmError, match=rf"^{re.escape(str(p))}:4: unknown key train\.learning_rat; did you mean train\.learning_rate\?"):
+        load_config(p)
+    p = write(tmp_path / "exp.yaml", "train:\n  steps: 3\n\n  b1: 1.0\n")
+    with pytest.raises(MaxlmError, match=rf"^{re.escape(str(p))}:4: train\.b1 must be in \[0, 1\), got 1\.0$"):
+        load_config(p)
+    p = write(tmp_path / "exp.yaml", "data:\n  train_files:\n    - a.jsonl\n    - {path: b.jsonl, weight: 0}\n")
+    with pytest.raises(MaxlmError, match=rf"^{re.escape(str(p))}:4: data\.train_files\[1\]\.weight must be > 0, got 0\.0$"):
+        load_config(p)
+    p = write(tmp_path / "exp.yaml", "model:\n  remat: ful\n")
+    with pytest.raises(MaxlmError, match=rf"^{re.escape(str(p))}:2: model\.remat must be one of none, full, dots, dots_no_batch; got 'ful'; did you mean 'full'\?"):
+        load_config(p)
+
+
+def test_an_error_in_a_base_file_names_the_base_and_its_line(tmp_path):
+    write(tmp_path / "base.yaml", "train:\n  steps: 3\n  warmup_steps: -5\nmodel:\n  norm_eps: 0\n")
+    write(tmp_path / "exp.yaml", "base_config: base.yaml\nmodel:\n  norm_eps: 1.0e-6\n")
+    with pytest.raises(MaxlmError, match=rf"^{re.escape(str(tmp_path / 'base.yaml'))}:3: train\.warmup_steps must be >= 0, got -5$"):
+        load_config(tmp_path / "exp.yaml")
+    # the top file's value replaces the base's, and so does its line
+    write(tmp_path / "exp.yaml", "base_config: base.yaml\ntrain:\n  warmup_steps: 0\n  eps: -1\n")
+    with pytest.raises(MaxlmError, match=rf"^{re.escape(str(tmp_path / 'exp.yaml'))}:4: train\.eps must be > 0, got -1\.0$"):
+        load_config(tmp_path / "exp.yaml")
+    write(tmp_path / "missing.yaml", "run_dir: r\nbase_config: nope.yaml\n")
+    with pytest.raises(MaxlmError, match=rf"^{re.escape(str(tmp_path / 'missing.yaml'))}:2: base_config: .*nope\.yaml: config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_an_error_from_an_override_names_the_override(tmp_path):
+    p = write(tmp_path / "exp.yaml", "train:\n  steps: 3\n  b1: 1.5\n")
+    assert load_config(p, ["train.b1=0.5"]).train.b1 == 0.5  # an override may fix the file's value
+    with pytest.raises(MaxlmError, match=r"^override 'train\.steps=-1': train\.steps must be >= 0, got -1$"):
+        load_config(p, ["train.b1=0.5", "train.steps=-1"])
+    with pytest.raises(MaxlmError, match=r"^override 'data\.eval_files=\[\{path: x, weight: -1\}\]': data\.eval_files\[0\]\.weight must be > 0"):
+        load_config(p, ["train.b1=0.5", "data.eval_files=[{path: x, weight: -1}]"])
+
+
+def test_a_saved_config_round_trips_and_is_range_checked():
+    cfg = load_config(REPO / "configs" / "quickstart.yaml")
+    assert from_dict(to_dict(cfg)) == cfg
+    raw = to_dict(cfg)
+    raw["checkpoint"]["interval_steps"] = 0
+    with pytest.raises(MaxlmError, match=r"^ckpt/3/config: checkpoint\.interval_steps must be > 0, got 0$"):
+        from_dict(raw, where="ckpt/3/config")
