@@ -87,6 +87,15 @@ def test_coerce_is_strict():
         coerce("f32", typing.get_type_hints(ModelConfig)["dtype"], "model.dtype", "w")
 
 
+def test_coerce_checks_choices_and_mappings_nested_in_lists_and_optionals():
+    assert coerce(["a", "b"], list[typing.Literal["a", "b"]], "k", "w") == ["a", "b"]
+    assert coerce({2: 0.5}, dict[int, float] | None, "k", "w") == {2: 0.5}
+    with pytest.raises(MaxlmError, match=r"^w: k\[1\] must be one of a, b; got 'c'"):
+        coerce(["a", "c"], list[typing.Literal["a", "b"]], "k", "w")
+    with pytest.raises(MaxlmError, match=r"^w: k\.2 must be a number, got 'x'"):
+        coerce({2: "x"}, dict[int, float] | None, "k", "w")
+
+
 @pytest.mark.parametrize(
     "path", sorted(p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("curation", "synth"))
 )

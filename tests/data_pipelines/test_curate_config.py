@@ -105,8 +105,8 @@ def test_values_go_through_the_one_maxlm_loader(write_yaml):
 
 
 def test_literal_and_dict_fields_are_never_nested():
-    """maxlm's coerce passes Literal and dict through unchecked; data_pipelines checks them only
-    as a field's own type, so one nested in a list or an Optional would go unchecked."""
+    """Curation fields keep to the plain shapes: a Literal or dict field is the field's own type
+    (the one loader checks them nested too: tests/config/test_load.py)."""
     import dataclasses
     import types
     import typing
