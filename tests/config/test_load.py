@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from maxlm.config import ModelConfig, coerce, from_dict, load_config, to_dict
+from maxlm.cli import main as cli_main
 from maxlm.errors import MaxlmError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,3 +150,16 @@ def test_a_saved_config_round_trips_and_is_range_checked():
     raw["checkpoint"]["interval_steps"] = 0
     with pytest.raises(MaxlmError, match=r"^ckpt/3/config: checkpoint\.interval_steps must be > 0, got 0$"):
         from_dict(raw, where="ckpt/3/config")
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("run_dir: {run}\ncheckpoint:\n  interval_steps: 0\n", [], "{p}:3: checkpoint.interval_steps must be > 0, got 0"),
+    ("run_dir: {run}\n", ["train.learning_rate=-3e-4"], "override 'train.learning_rate=-3e-4': train.learning_rate must be >= 0, got -0.0003"),
+    ("run_dir: {run}\ntask: dpo\ndpo:\n  beta: -0.1\n", [], "{p}:4: dpo.beta must be >= 0, got -0.1"),
+])
+def test_maxlm_train_refuses_a_value_out_of_range_in_one_line_before_any_work(tmp_path, capsys, text, overrides, message):
+    run = tmp_path / "run"
+    p = write(tmp_path / "exp.yaml", text.format(run=run))
+    assert cli_main(["train", str(p), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message.format(p=p)}\n" and not run.exists()
