@@ -76,7 +76,11 @@ def read_yaml(path: Path, shown: str, what: str = "config") -> tuple[Any, Where]
     """Returns (the parsed YAML document, where each key of it is) of one file; `shown` names it in errors."""
     if not path.is_file():
         raise MaxlmError(f"{shown}: {what} file not found")
-    loader = yaml.SafeLoader(path.read_text())
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MaxlmError(f"{shown}: cannot read the {what} file: {getattr(e, 'strerror', None) or e}") from None
+    loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None

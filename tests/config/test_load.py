@@ -163,3 +163,12 @@ def test_maxlm_train_refuses_a_value_out_of_range_in_one_line_before_any_work(tm
     assert cli_main(["train", str(p), *overrides]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {message.format(p=p)}\n" and not run.exists()
+
+
+def test_a_config_that_is_a_directory_or_not_text_is_one_error(tmp_path):
+    with pytest.raises(MaxlmError, match=r"config file not found"):
+        load_config(tmp_path)
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(MaxlmError, match=rf"^{re.escape(str(p))}: cannot read the config file"):
+        load_config(p)
