@@ -16,6 +16,7 @@ from maxlm.config.schema import (
     Config,
     DataConfig,
     ExportConfig,
+    Inconsistent,
     MeshConfig,
     ModelConfig,
     PreferenceConfig,
@@ -36,7 +37,7 @@ from maxlm.config.schema import (
 )
 
 __all__ = [
-    "CONFIGS_DIR", "ChatTemplate", "CheckpointConfig", "ComputeDtype", "Config", "DataConfig", "ExportConfig",
+    "CONFIGS_DIR", "ChatTemplate", "CheckpointConfig", "ComputeDtype", "Config", "DataConfig", "ExportConfig", "Inconsistent",
     "MeshConfig", "ModelConfig", "PreferenceConfig", "RLConfig", "Range", "Remat", "RewardModelConfig",
     "RopeScalingConfig", "SampleConfig", "SourceConfig", "Task", "TokenizerConfig", "TrainConfig", "Verifier",
     "Where", "build", "check_ranges", "choices", "coerce", "dump_yaml", "field_range", "flag_type", "from_dict",

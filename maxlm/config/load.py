@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from maxlm.config.ranges import out_of_range
-from maxlm.config.schema import Config, choices, validate
+from maxlm.config.schema import Config, Inconsistent, choices, validate
 from maxlm.errors import MaxlmError
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
@@ -296,7 +296,13 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
         _set_dotted(raw, key, value)
         where = where.replaced(key, f"override {text!r}")
     cfg = build(Config, raw, "", where)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except Inconsistent as e:
+        origin = next((where.origins[key_path(k)] for k in e.keys if key_path(k) in where.origins), None)
+        if origin is None:
+            raise
+        raise MaxlmError(f"{origin}: {e}") from None
     return cfg
 
 

@@ -226,6 +226,14 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
 
 
+class Inconsistent(MaxlmError):
+    """Values of several keys that do not fit together; `keys` lets the loader name where they came from."""
+
+    def __init__(self, message: str, *keys: str):
+        super().__init__(message)
+        self.keys = keys
+
+
 def choices(t: Any) -> tuple[str, ...]:
     """Returns the names a `Literal[...]` type allows."""
     return tuple(str(c) for c in typing.get_args(t))
@@ -248,21 +256,25 @@ def validate(cfg: Config) -> None:
     check_ranges(cfg)
     m, t, d = cfg.model, cfg.train, cfg.data
     if m.num_heads % m.num_kv_heads:
-        raise MaxlmError(f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads ({m.num_kv_heads})")
+        raise Inconsistent(f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads ({m.num_kv_heads})",
+                           "model.num_kv_heads", "model.num_heads")
     if m.head_dim == 0 and m.hidden_size % m.num_heads:
-        raise MaxlmError(f"model.hidden_size ({m.hidden_size}) must divide by model.num_heads ({m.num_heads}) or set model.head_dim")
+        raise Inconsistent(f"model.hidden_size ({m.hidden_size}) must divide by model.num_heads ({m.num_heads}) or set model.head_dim",
+                           "model.hidden_size", "model.num_heads")
     if t.global_batch_size % t.grad_accum_steps:
-        raise MaxlmError(
-            f"train.global_batch_size ({t.global_batch_size}) must divide by train.grad_accum_steps ({t.grad_accum_steps})"
+        raise Inconsistent(
+            f"train.global_batch_size ({t.global_batch_size}) must divide by train.grad_accum_steps ({t.grad_accum_steps})",
+            "train.global_batch_size", "train.grad_accum_steps",
         )
     if d.seq_len > m.max_seq_len:
-        raise MaxlmError(f"data.seq_len ({d.seq_len}) exceeds model.max_seq_len ({m.max_seq_len})")
+        raise Inconsistent(f"data.seq_len ({d.seq_len}) exceeds model.max_seq_len ({m.max_seq_len})", "data.seq_len", "model.max_seq_len")
     # ipo divides by beta and the others scale the margin by it; orpo's beta only weighs a term, so 0 is allowed
     if cfg.dpo.beta == 0 and cfg.dpo.kind != "orpo":
-        raise MaxlmError(f"dpo.beta must be > 0 for dpo.kind {cfg.dpo.kind} (>= 0 only for orpo), got {cfg.dpo.beta}")
+        raise Inconsistent(f"dpo.beta must be > 0 for dpo.kind {cfg.dpo.kind} (>= 0 only for orpo), got {cfg.dpo.beta}", "dpo.beta", "dpo.kind")
     sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise MaxlmError(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}")
+        raise Inconsistent(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}",
+                           "mesh.data", "mesh.fsdp", "mesh.tensor")
     if cfg.task in ("ppo", "grpo"):
         r = cfg.rl
         for k, v in {"rl.group_size": r.group_size, "rl.epochs": r.epochs, "rl.minibatches": r.minibatches,

@@ -172,3 +172,13 @@ def test_a_config_that_is_a_directory_or_not_text_is_one_error(tmp_path):
     p.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(MaxlmError, match=rf"^{re.escape(str(p))}: cannot read the config file"):
         load_config(p)
+
+
+def test_values_that_do_not_fit_together_name_where_one_of_them_came_from(tmp_path):
+    p = write(tmp_path / "exp.yaml", "model:\n  hidden_size: 64\n  num_heads: 4\n  num_kv_heads: 3\n")
+    with pytest.raises(MaxlmError, match=rf"^{re.escape(str(p))}:4: model\.num_heads \(4\) must be a multiple of model\.num_kv_heads \(3\)$"):
+        load_config(p)
+    with pytest.raises(MaxlmError, match=r"^override 'data\.seq_len=4096': data\.seq_len \(4096\) exceeds model\.max_seq_len \(2048\)$"):
+        load_config(None, ["data.seq_len=4096"])
+    with pytest.raises(MaxlmError, match=r"^mesh: at most one axis"):  # nothing was written: no origin to name
+        from_dict({"mesh": {"data": 0}})
