@@ -155,7 +155,7 @@ class RLConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    verifier: str = "arithmetic_exact"  # a name in maxlm/train/rewards.py VERIFIERS; unused when reward_model is set
+    verifier: str = "arithmetic_exact"  # a name in maxlm/tasks/rl/verifiers.py VERIFIERS; unused when reward_model is set
     reward_model: str = ""  # a task: rm run (dir or checkpoint): its score is the reward, instead of the verifier's
     kl_coef: float = 0.04  # KL to the frozen train.init_from model; grpo: in the loss, ppo: per-token reward penalty
     kl_estimator: str = "k3"  # k1 | k3 | abs | mse
@@ -437,18 +437,6 @@ def validate(cfg: Config) -> None:
     sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise MaxlmError(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}")
-    if cfg.task in ("ppo", "grpo"):
-        r = cfg.rl
-        for k, v in {"rl.group_size": r.group_size, "rl.epochs": r.epochs, "rl.minibatches": r.minibatches,
-                     "rl.max_new_tokens": r.max_new_tokens, "rl.max_prompt_len": r.max_prompt_len}.items():
-            if v <= 0:
-                raise MaxlmError(f"{k} must be > 0, got {v}")
-        rows = t.global_batch_size * r.group_size
-        if rows % (r.minibatches * t.grad_accum_steps):
-            raise MaxlmError(
-                f"train.global_batch_size x rl.group_size = {rows} rollout rows must divide by "
-                f"rl.minibatches ({r.minibatches}) x train.grad_accum_steps ({t.grad_accum_steps})"
-            )
     for s in d.train_files + d.eval_files:
         if s.weight <= 0:
             raise MaxlmError(f"data source {s.path}: weight must be > 0, got {s.weight}")
