@@ -20,7 +20,7 @@ from maxlm.parallel.mesh import make_mesh
 from maxlm.tasks.rl.rollouts import layout
 from maxlm.tasks.rl.step import prepare_rollouts
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def log_softmax64(logits):

@@ -15,7 +15,7 @@ from maxlm.parallel.mesh import make_mesh
 from maxlm.tasks.rl.rollouts import Rollouts, layout, load_prompts
 from maxlm.train.setup import services
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
