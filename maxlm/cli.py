@@ -22,7 +22,7 @@ def _enable_compilation_cache() -> None:
 
 def cmd_train(args) -> int:
     from maxlm.config import load_config
-    from maxlm.train.loop import train
+    from maxlm.train.run import train
 
     cfg = load_config(args.config, args.overrides)
     _enable_compilation_cache()

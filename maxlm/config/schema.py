@@ -17,7 +17,7 @@ from maxlm.errors import MaxlmError
 
 Task = Literal["pretrain", "sft", "rm", "dpo", "ppo", "grpo"]
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
-Verifier = Literal["arithmetic_exact", "gsm8k_exact", "format"]  # the names of maxlm/train/rewards.py VERIFIERS
+Verifier = Literal["arithmetic_exact", "gsm8k_exact", "format"]  # the names of maxlm/tasks/rl/verifiers.py VERIFIERS
 ChatTemplate = Literal["default", "llama3", "chatml", "hf"]  # the names of maxlm/data/chat.py TEMPLATES, plus hf
 Remat = Literal["none", "full", "dots", "dots_no_batch"]  # the names of maxlm/models/llama.py REMAT_POLICIES
 
@@ -149,9 +149,9 @@ class PreferenceConfig:
 class RLConfig:
     """task: ppo | grpo: sampled rollouts, rewards, advantages, several clipped updates per rollout batch."""
 
-    group_size: int = 8  # completions per prompt; train.global_batch_size counts prompts
-    max_prompt_len: int = 128  # prompts are left-padded to this (one compile); longer ones are skipped
-    max_new_tokens: int = 32
+    group_size: int = ranged(8, gt=0)  # completions per prompt; train.global_batch_size counts prompts
+    max_prompt_len: int = ranged(128, gt=0)  # prompts are left-padded to this (one compile); longer ones are skipped
+    max_new_tokens: int = ranged(32, gt=0)
     temperature: float = ranged(1.0, ge=0)
     top_k: int = ranged(0, ge=0)
     top_p: float = ranged(1.0, gt=0, le=1)
@@ -162,8 +162,8 @@ class RLConfig:
     kl_target: float = ranged(0.0, ge=0)  # ppo, > 0: adapt kl_coef (Ziegler et al. 2019) toward this KL summed over a completion
     kl_horizon: float = ranged(10000.0, gt=0)  # ppo: the adaptive controller's horizon, in completions
     clip_eps: float = ranged(0.2, gt=0)
-    epochs: int = 1  # passes over each rollout batch
-    minibatches: int = 1  # optimizer updates per pass; the rollout rows split evenly
+    epochs: int = ranged(1, gt=0)  # passes over each rollout batch
+    minibatches: int = ranged(1, gt=0)  # optimizer updates per pass; the rollout rows split evenly
     gamma: float = ranged(1.0, ge=0, le=1)  # ppo: discount
     lam: float = ranged(0.95, ge=0, le=1)  # ppo: GAE lambda
     vf_coef: float = ranged(0.1, ge=0)  # ppo: weight of the value loss (the value head shares the policy's trunk)
@@ -275,18 +275,6 @@ def validate(cfg: Config) -> None:
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise Inconsistent(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}",
                            "mesh.data", "mesh.fsdp", "mesh.tensor")
-    if cfg.task in ("ppo", "grpo"):
-        r = cfg.rl
-        for k, v in {"rl.group_size": r.group_size, "rl.epochs": r.epochs, "rl.minibatches": r.minibatches,
-                     "rl.max_new_tokens": r.max_new_tokens, "rl.max_prompt_len": r.max_prompt_len}.items():
-            if v <= 0:
-                raise MaxlmError(f"{k} must be > 0, got {v}")
-        rows = t.global_batch_size * r.group_size
-        if rows % (r.minibatches * t.grad_accum_steps):
-            raise MaxlmError(
-                f"train.global_batch_size x rl.group_size = {rows} rollout rows must divide by "
-                f"rl.minibatches ({r.minibatches}) x train.grad_accum_steps ({t.grad_accum_steps})"
-            )
 
 
 def head_dim(m: ModelConfig) -> int:

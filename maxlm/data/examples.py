@@ -105,7 +105,7 @@ def encode_file(
         raise MaxlmError(f"{path}: rows {rows!r} selects none of its records")
     for record in tqdm(records, desc=f"encode {path}", unit="rec", leave=False, mininterval=2.0, disable=len(records) < 5000):
         try:
-            if task == "sft":
+            if isinstance(record, Chat):
                 items.append(_sft_example(tokenizer, template, record, seq_len))
             else:
                 items.append(_pair_example(tokenizer, template, record, seq_len, tokenizer.pad_id))

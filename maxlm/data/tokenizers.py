@@ -13,7 +13,7 @@ import io
 import itertools
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -184,8 +184,10 @@ def train_sentencepiece(
     return write_atomic(out_path, lambda f: f.write(model.getvalue()))
 
 
-def ensure_tokenizer(cfg: Config) -> Tokenizer:
+def ensure_tokenizer(cfg: Config, texts: Callable[[], Iterable[str]] | None = None) -> Tokenizer:
     """Returns the run's tokenizer, training a sentencepiece model on data.train_files if it is missing.
+
+    It trains on `texts()` (the task's records as text), or on the files as plain documents without it.
 
     With several processes, process 0 trains it while the others wait, then they load its file
     (a host that does not see it, without a shared run_dir, trains the same file itself).
@@ -204,22 +206,17 @@ def ensure_tokenizer(cfg: Config) -> Tokenizer:
         from jax.experimental import multihost_utils
 
         if jax.process_index() == 0 and not path.exists():
-            _train_tokenizer(cfg, path)
+            _train_tokenizer(cfg, path, texts)
         multihost_utils.sync_global_devices("maxlm: tokenizer written")
     if not path.exists():
-        _train_tokenizer(cfg, path)
+        _train_tokenizer(cfg, path, texts)
     return load_tokenizer(path)
 
 
-def _train_tokenizer(cfg: Config, path: Path) -> None:
+def _train_tokenizer(cfg: Config, path: Path, texts: Callable[[], Iterable[str]] | None) -> None:
     sources = train_sources(cfg.data)
     t = cfg.tokenizer
-    if cfg.task == "pretrain":
-        texts = iter_texts(sources, cfg.data.on_bad_record)
-    else:
-        from maxlm.data.examples import record_texts
-
-        texts = (t for s in sources for t in record_texts(s.path, cfg.task, cfg.data.on_bad_record))
+    texts = texts() if texts else iter_texts(sources, cfg.data.on_bad_record)
     train_sentencepiece(
         texts, path, vocab_size=t.vocab_size, model_type=t.model_type,
         max_sentences=t.max_sentences, character_coverage=t.character_coverage,

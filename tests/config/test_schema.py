@@ -13,9 +13,9 @@ from maxlm.config import (ChatTemplate, Config, PreferenceConfig, Remat, RLConfi
 from maxlm.data.chat import TEMPLATES
 from maxlm.errors import MaxlmError
 from maxlm.models.llama import REMAT_POLICIES
-from maxlm.train.losses import PREFERENCE_KINDS
-from maxlm.train.rewards import VERIFIERS
-from maxlm.train.rl import KL_KINDS
+from maxlm.losses.preference import PREFERENCE_KINDS
+from maxlm.tasks.rl.verifiers import VERIFIERS
+from maxlm.losses.rl import KL_KINDS
 
 # (override, the range its message states); each value flips or breaks the objective, or fails later today
 OUT_OF_RANGE = [
@@ -70,9 +70,8 @@ def test_dpo_beta_must_be_positive_except_for_orpo_whose_beta_only_weighs_a_term
 def test_every_default_lies_in_its_range_and_every_numeric_field_states_one():
     check_ranges(Config())
     validate(Config())
-    # counts, not ranges: rl's are checked for ppo / grpo only (validate), the mesh's allow -1, a seed is any int
-    unranged = {"RLConfig.group_size", "RLConfig.max_prompt_len", "RLConfig.max_new_tokens", "RLConfig.epochs",
-                "RLConfig.minibatches", "MeshConfig.data", "MeshConfig.fsdp", "MeshConfig.tensor", "TrainConfig.seed"}
+    # the mesh's axes allow -1 (the remaining devices), a seed is any int
+    unranged = {"MeshConfig.data", "MeshConfig.fsdp", "MeshConfig.tensor", "TrainConfig.seed"}
 
     def numeric_fields(cls):
         for f in dataclasses.fields(cls):

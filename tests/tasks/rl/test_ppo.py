@@ -17,10 +17,10 @@ from maxlm.config import Config, MeshConfig, ModelConfig, RLConfig
 from maxlm.models import params as params_lib
 from maxlm.models.llama import causal_segment_mask
 from maxlm.parallel.mesh import make_mesh
-from maxlm.train.rollouts import layout
-from maxlm.train.steps import prepare_rollouts
+from maxlm.tasks.rl.rollouts import layout
+from maxlm.tasks.rl.step import prepare_rollouts
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def log_softmax64(logits):
@@ -72,7 +72,7 @@ def test_prepared_rollouts_match_each_row_run_alone():
     batch = layout(rows, prompt_lens, P, [stop])
     scores = np.array([1.0, -0.5, 0.25, 2.0], np.float32)
     kl_coef = 0.3
-    got, stats = prepare_rollouts(graphdef, cfg, params, {**batch, "scores": scores}, ref, jnp.float32(kl_coef))
+    got, stats = prepare_rollouts(graphdef, cfg, True, params, {**batch, "scores": scores}, ref, jnp.float32(kl_coef))
     adv_raw, kl_all, cols_all = [], [], []
     for r in range(4):
         valid = np.flatnonzero(batch["segment_ids"][r])

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maxlm.train.losses import PREFERENCE_KINDS, preference_loss, reward_loss, sequence_logps
+from maxlm.losses.logprobs import sequence_logps
+from maxlm.losses.preference import PREFERENCE_KINDS, preference_loss, reward_loss
 
 B = 8
 BETA = 0.2

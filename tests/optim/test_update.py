@@ -7,7 +7,9 @@ import numpy as np
 from maxlm.config import MeshConfig, ModelConfig, TrainConfig
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
-from maxlm.train import objectives, optim, steps
+from maxlm.optim import optimizer as optim
+from maxlm.optim import update
+from maxlm.tasks.lm import language_model
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, dtype="float32", max_seq_len=32)
 
@@ -25,7 +27,7 @@ def test_nonfinite_step_is_skipped_and_good_step_applies():
         "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
         "loss_mask": jnp.ones((b, t), jnp.float32),
     }
-    step = jax.jit(steps.train_step(objectives.language_model(graphdef, 0.0), tx, tc))
+    step = jax.jit(update.train_step(language_model(graphdef, 0.0), tx, tc))
     poisoned = jax.tree.map(lambda x: x, params)
     poisoned["final_norm"]["scale"] = poisoned["final_norm"]["scale"].at[0].set(jnp.inf)
     new_params, new_opt, m = step(poisoned, opt_state, batch)

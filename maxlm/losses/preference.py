@@ -1,7 +1,6 @@
-"""Pure loss functions on arrays. Each returns sums and counts, never means, so that packing
-and gradient accumulation give the exact global mean.
+"""Preference (DPO family) and reward-model losses on arrays: per pair [B]; the caller sums them and counts pairs.
 
-Letters: B batch, T length, V vocab.
+Letters: B batch (pairs), T length.
 """
 
 from __future__ import annotations
@@ -11,33 +10,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-
-def next_targets(tokens_BxT: jax.Array) -> jax.Array:
-    """Returns [B, T] int targets: position t predicts token t+1; column T-1 is 0 (its weight is 0)."""
-    # Shift the targets, not the logits: slicing [B, T-1, V] would copy the largest activation.
-    return jnp.pad(tokens_BxT[:, 1:], ((0, 0), (0, 1)))
-
-
-def next_token_weights(segment_ids_BxT: jax.Array, loss_mask_BxT: jax.Array) -> jax.Array:
-    """Returns [B, T] f32 weights: position t predicts t+1 only inside one packed segment; column T-1 is 0."""
-    same = (segment_ids_BxT[:, 1:] == segment_ids_BxT[:, :-1]) & (segment_ids_BxT[:, 1:] != 0)
-    w = same.astype(jnp.float32) * loss_mask_BxT[:, 1:].astype(jnp.float32)
-    return jnp.pad(w, ((0, 0), (0, 1)))
-
-
-def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Returns (log p(target) [B, T], log Z [B, T]), both f32."""
-    # f32 here: a bf16 log-softmax loses the tail of the distribution.
-    logits = logits_BxTxV.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
-    return picked - log_z, log_z
-
-
-# ---- Preference and reward-model losses: per pair [B]; the caller sums them and counts pairs ----
-
 PREFERENCE_KINDS = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
-_NEEDS_REF = ("sigmoid", "ipo", "hinge")
+REFERENCE_KINDS = ("sigmoid", "ipo", "hinge")
 _LENGTH_NORMALIZED = ("ipo", "simpo", "orpo")
 
 
@@ -47,16 +21,6 @@ class PreferenceLoss(NamedTuple):
     loss_B: jax.Array
     chosen_rewards_B: jax.Array
     rejected_rewards_B: jax.Array
-
-
-def sequence_logps(token_logps_BxT: jax.Array, mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Returns (summed log-probs [B] f32, token counts [B] f32) over the positions where mask_BxT is 1.
-
-    Sums, not means: the caller divides where a loss is length-normalized, so that packed or
-    accumulated batches keep the exact per-sequence value.
-    """
-    w_BxT = mask_BxT.astype(jnp.float32)
-    return jnp.sum(token_logps_BxT.astype(jnp.float32) * w_BxT, axis=-1), jnp.sum(w_BxT, axis=-1)
 
 
 def _log1mexp(x: jax.Array) -> jax.Array:
@@ -108,9 +72,9 @@ def preference_loss(
     if kind not in PREFERENCE_KINDS:
         raise ValueError(f"unknown preference loss kind {kind!r}; valid kinds: {', '.join(PREFERENCE_KINDS)}")
     has_ref = ref_chosen_logps is not None and ref_rejected_logps is not None
-    if kind in _NEEDS_REF and not has_ref:
+    if kind in REFERENCE_KINDS and not has_ref:
         raise ValueError(f"preference loss {kind!r} needs ref_chosen_logps and ref_rejected_logps (reference-model log-probs)")
-    if kind not in _NEEDS_REF and (ref_chosen_logps is not None or ref_rejected_logps is not None):
+    if kind not in REFERENCE_KINDS and (ref_chosen_logps is not None or ref_rejected_logps is not None):
         raise ValueError(f"preference loss {kind!r} is reference-free; do not pass reference log-probs")
     if kind in _LENGTH_NORMALIZED and (chosen_count is None or rejected_count is None):
         raise ValueError(f"preference loss {kind!r} is length-normalized: pass chosen_count and rejected_count (token counts)")
@@ -164,3 +128,12 @@ def reward_loss(chosen_rewards, rejected_rewards, margin=None, center_coef: floa
         diff_B = diff_B - jnp.asarray(margin, jnp.float32)
     # log_sigmoid, not log(sigmoid): the latter is -inf (and its gradient nan) once diff < -90 in f32.
     return -jax.nn.log_sigmoid(diff_B) + center_coef * jnp.square(rc_B + rr_B)
+
+
+def pool_scores(scores_BxT: jax.Array, seg_BxT: jax.Array, mask_BxT: jax.Array, pooling: str) -> jax.Array:
+    """Returns one reward per right-padded row [B] f32: the head at the last real token, or its mean where mask_BxT is 1."""
+    if pooling == "mean":
+        w = mask_BxT.astype(jnp.float32) * (seg_BxT > 0)
+        return jnp.sum(scores_BxT * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+    last = jnp.maximum(jnp.sum(seg_BxT > 0, axis=-1) - 1, 0)
+    return jnp.take_along_axis(scores_BxT, last[:, None], axis=-1)[:, 0]

@@ -3,7 +3,7 @@
 One `Rollouts` per run holds the encoded prompts. Each step it samples `rl.group_size`
 completions per prompt with the one sampler (seeded by run seed and step, so a resumed run
 samples exactly what the uninterrupted one did), scores them and lays the rows out for
-`steps.rollout_step`:
+`step.rollout_step`:
   tokens, segment_ids, positions, loss_mask  [R, P + N]  (R = prompts x group_size; the prompt
       left-padded to P = rl.max_prompt_len, then N = rl.max_new_tokens completion slots;
       segment 1 on real tokens up to and including the stop token, loss_mask 1 on the completion)
@@ -26,12 +26,12 @@ from maxlm.config import Config
 from maxlm.data import chat
 from maxlm.data.pipeline import DataIterator
 from maxlm.data.records import Prompt, RecordFile
-from maxlm.data.sources import expand, row_slice
+from maxlm.data.sources import expand, row_slice, train_sources
 from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import MaxlmError
-from maxlm.infer.prompts import until_stop
-from maxlm.infer.sampler import generate
-from maxlm.train import rewards, rl
+from maxlm.losses import rl
+from maxlm.tasks.rl import verifiers
+from maxlm.tasks.task import Services
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +84,19 @@ def prompt_batches(cfg: Config, prompts: PromptSet, process_index: int, process_
 
 
 class Rollouts:
-    """Samples, scores and lays out one step's rollouts for the current params."""
+    """Samples, scores and lays out one step's rollouts for the current params.
 
-    def __init__(self, cfg: Config, tokenizer: Tokenizer, graphdef, prompts: PromptSet):
+    value_head (ppo): the batch carries the raw `scores` for GAE; else (grpo) group `advantages`.
+    """
+
+    def __init__(self, cfg: Config, tokenizer: Tokenizer, graphdef, prompts: PromptSet, services: Services, value_head: bool):
         self.cfg, self.tokenizer, self.graphdef, self.prompts = cfg, tokenizer, graphdef, prompts
+        self.generate, self.until_stop, self.value_head = services.generate, services.until_stop, value_head
         self.stops = chat.stop_ids(tokenizer, cfg.data.chat_template)
         if not self.stops:
             raise MaxlmError(f"data.chat_template {cfg.data.chat_template}: no stop token; rollouts could not end")
-        self.verify = rewards.verifier(cfg.rl.verifier)
-        self.reward_model = _reward_model(cfg.rl.reward_model) if cfg.rl.reward_model else None
+        self.verify = verifiers.verifier(cfg.rl.verifier)
+        self.reward_model = _reward_model(services, cfg.rl.reward_model) if cfg.rl.reward_model else None
         r = cfg.rl
         self.kl = rl.AdaptiveKLController(r.kl_coef, r.kl_target, r.kl_horizon) if r.kl_target > 0 else rl.FixedKLController(r.kl_coef)
         if cfg.rl.max_prompt_len + cfg.rl.max_new_tokens > cfg.model.max_seq_len:
@@ -104,12 +108,12 @@ class Rollouts:
         """Returns (token rows [R, P + N], prompt lengths [R], completion texts [R], rewards [R]), `group_size` per prompt."""
         r = self.cfg.rl
         idx = [int(i) for i in indices for _ in range(group_size)]
-        rows = generate(
+        rows = self.generate(
             self.graphdef, self.cfg.model, params, [self.prompts.ids[i] for i in idx], r.max_new_tokens,
             temperature=temperature, top_k=r.top_k, top_p=r.top_p, stop_ids=self.stops, pad_id=self.tokenizer.pad_id,
             seed=seed, pad_to=r.max_prompt_len,
         )
-        texts = [self.tokenizer.decode(until_stop(row, self.stops)) for row in rows[:, r.max_prompt_len:]]
+        texts = [self.tokenizer.decode(self.until_stop(row, self.stops)) for row in rows[:, r.max_prompt_len:]]
         if self.reward_model:
             scores, tokens = self.reward_model.reply_rewards([self.prompts.prompts[i] for i in idx], texts)
             if np.any(tokens > self.reward_model.max_len):
@@ -130,7 +134,7 @@ class Rollouts:
         rows, lens, texts, scores = self.sample(params, indices, seed, r.group_size, r.temperature)
         seconds = time.perf_counter() - t0
         batch = layout(rows, lens, r.max_prompt_len, self.stops)
-        if self.cfg.task == "ppo":
+        if self.value_head:
             batch["scores"] = scores
         else:
             batch["advantages"] = np.asarray(rl.group_advantages(scores, r.group_size), np.float32)
@@ -142,7 +146,7 @@ class Rollouts:
             "completion_tokens": tokens,
             "generate_seconds": seconds,
         }
-        if self.cfg.task == "ppo":
+        if self.value_head:
             metrics["kl_coef"] = self.kl.coef
         return batch, metrics
 
@@ -206,20 +210,16 @@ def layout(rows: np.ndarray, prompt_lens: np.ndarray, prompt_len: int, stops: li
     }
 
 
-def _reward_model(path: str):
+def _reward_model(services: Services, path: str):
     """Returns the reward model of rl.reward_model (a `task: rm` run), scoring in its own tokenizer and chat template."""
-    from maxlm.infer.replies import load_scoring_model
-
     try:
-        return load_scoring_model(path, reward=True)
+        return services.reward_model(path)
     except MaxlmError as e:
         raise MaxlmError(f"rl.reward_model {e}") from None
 
 
-def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef) -> tuple[Rollouts, DataIterator]:
+def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef, services: Services, value_head: bool) -> tuple[Rollouts, DataIterator]:
     """Returns (the run's Rollouts, the checkpointable iterator of its prompt-index batches)."""
-    from maxlm.data.sources import train_sources
-
     if jax.process_count() > 1 and cfg.rl.reward_model:
         raise MaxlmError(f"rl.reward_model runs in one process for now; use a verifier (rl.verifier) with {jax.process_count()} processes")
     if cfg.train.global_batch_size % jax.process_count():
@@ -228,11 +228,11 @@ def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef) -> tuple[Rollouts
     layout_ = {"task": cfg.task, "prompts": len(prompts), "rows": cfg.train.global_batch_size, "shuffle": cfg.data.shuffle,
                "process_index": jax.process_index(), "process_count": jax.process_count()}
     batches = prompt_batches(cfg, prompts, jax.process_index(), jax.process_count())
-    return Rollouts(cfg, tokenizer, graphdef, prompts), DataIterator(batches, [prompts], layout_)
+    return Rollouts(cfg, tokenizer, graphdef, prompts, services, value_head), DataIterator(batches, [prompts], layout_)
 
 
-def make_eval_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef) -> Rollouts | None:
+def make_eval_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef, services: Services, value_head: bool) -> Rollouts | None:
     """Returns Rollouts over data.eval_files for held-out greedy reward, or None without them."""
     if not cfg.data.eval_files:
         return None
-    return Rollouts(cfg, tokenizer, graphdef, load_prompts(cfg, tokenizer, cfg.data.eval_files))
+    return Rollouts(cfg, tokenizer, graphdef, load_prompts(cfg, tokenizer, cfg.data.eval_files), services, value_head)

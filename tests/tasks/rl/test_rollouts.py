@@ -12,9 +12,10 @@ import pytest
 from maxlm.config import Config, DataConfig, MeshConfig, ModelConfig, RLConfig, SourceConfig
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
-from maxlm.train.rollouts import Rollouts, layout, load_prompts
+from maxlm.tasks.rl.rollouts import Rollouts, layout, load_prompts
+from maxlm.train.setup import services
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +45,10 @@ def test_greedy_rollouts_are_the_argmax_of_the_training_forward(tokenizer):
         rl=RLConfig(max_prompt_len=40, max_new_tokens=8),
     )
     graphdef, _, _ = params_lib.abstract(cfg.model)
-    params = params_lib.init(cfg.model, make_mesh(MeshConfig(data=1), jax.devices()[:1]), 0)
+    mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    params = params_lib.init(cfg.model, mesh, 0)
     prompts = load_prompts(cfg, tokenizer, cfg.data.train_files)
-    rollouts = Rollouts(cfg, tokenizer, graphdef, prompts)
+    rollouts = Rollouts(cfg, tokenizer, graphdef, prompts, services(cfg, mesh, print), value_head=False)
     rows, lens, _, _ = rollouts.sample(params, range(4), 0, 1, 0.0)
     batch = layout(rows, lens, 40, rollouts.stops)
     logits = params_lib.bind(graphdef, params)(jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"]), jnp.asarray(batch["positions"]))

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from maxlm.config import TrainConfig
-from maxlm.train.optim import decay_mask, optimizer, schedule
+from maxlm.optim.optimizer import decay_mask, optimizer, schedule
 
 
 def test_cosine_warmup_and_floor():

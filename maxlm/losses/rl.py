@@ -3,7 +3,7 @@ clipped policy and value losses, entropy, group-relative advantages, KL-coeffici
 
 Letters: B batch (one row per sampled response), T response length, V vocab, G group size.
 Responses differ in length, so every per-token function takes mask_BxT (1 on response tokens).
-Losses return sums and counts, never means (see losses.py).
+Losses return sums and counts, never means (see losses/logprobs.py).
 """
 
 from __future__ import annotations

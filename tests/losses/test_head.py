@@ -10,9 +10,9 @@ from maxlm.config import MeshConfig, ModelConfig
 from maxlm.models import params as params_lib
 from maxlm.models.params import bind
 from maxlm.parallel.mesh import make_mesh
-from maxlm.train import objectives
-from maxlm.train.head_loss import chunk_count, fused_next_token_loss
-from maxlm.train.losses import next_token_weights, token_logprobs
+from maxlm.tasks.lm import language_model
+from maxlm.losses.head import chunk_count, fused_next_token_loss
+from maxlm.losses.logprobs import next_token_weights, token_logprobs
 
 
 def numpy_loss_and_grads(h, head, tokens, seg, mask, z):
@@ -104,7 +104,7 @@ def test_objective_equals_plain_logits_loss(tie):
 
     (ref_loss, _), ref_grads = jax.value_and_grad(plain, has_aux=True)(params, batch)
     for chunks in (1, 4):
-        (loss, sums), grads = jax.value_and_grad(objectives.language_model(graphdef, 1e-3, chunks), has_aux=True)(params, batch)
+        (loss, sums), grads = jax.value_and_grad(language_model(graphdef, 1e-3, chunks), has_aux=True)(params, batch)
         np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
         np.testing.assert_allclose(float(sums["loss_sum"] + sums["z_loss_sum"]), float(ref_loss), rtol=1e-5)
         assert float(sums["count"]) == 15

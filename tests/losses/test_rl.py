@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maxlm.train.rl import (
+from maxlm.losses.rl import (
     AdaptiveKLController,
     FixedKLController,
     entropy_from_logits,

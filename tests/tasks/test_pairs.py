@@ -10,7 +10,8 @@ from maxlm.config import Config, MeshConfig, ModelConfig, PreferenceConfig
 from maxlm.models import params as params_lib
 from maxlm.models.params import bind
 from maxlm.parallel.mesh import make_mesh
-from maxlm.train import objectives
+from maxlm.optim.update import report
+from maxlm.tasks import TASKS, pairs
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, dtype="float32", max_seq_len=32, scalar_head=True)
 
@@ -40,9 +41,9 @@ def setup():
 def test_completion_logps_and_rewards_match_numpy():
     graphdef, params = setup()
     batch = pair_batch(np.random.default_rng(0))
-    logps, counts = objectives.completion_logps(graphdef, params, batch)
-    rewards = objectives.pair_rewards(graphdef, params, batch)
-    mean_rewards = objectives.pair_rewards(graphdef, params, batch, "mean")
+    logps, counts = pairs.completion_logps(graphdef, params, batch)
+    rewards = pairs.pair_rewards(graphdef, params, batch)
+    mean_rewards = pairs.pair_rewards(graphdef, params, batch, "mean")
     model = bind(graphdef, params)
     for i in range(3):
         for j in range(2):
@@ -64,8 +65,8 @@ def test_dpo_against_itself_is_log2_and_padding_pairs_count_nothing():
     batch = pair_batch(np.random.default_rng(2))
     batch["pair_mask"][-1] = 0.0
     cfg = Config(task="dpo", dpo=PreferenceConfig(kind="sigmoid", beta=0.1))
-    loss, sums = objectives.for_task(graphdef, cfg)(params, batch, params)
-    m = objectives.report(sums)
+    loss, sums = TASKS[cfg.task].objective(graphdef, cfg)(params, batch, params)
+    m = report(sums)
     assert float(sums["count"]) == 2.0
     np.testing.assert_allclose(float(m["loss"]), np.log(2.0), rtol=1e-6)
     np.testing.assert_allclose(float(m["margin"]), 0.0, atol=1e-6)
@@ -75,9 +76,9 @@ def test_reward_objective_accuracy_counts_real_pairs():
     graphdef, params = setup()
     batch = pair_batch(np.random.default_rng(3), b=4)
     batch["pair_mask"][0] = 0.0
-    r = np.asarray(objectives.pair_rewards(graphdef, params, batch))
-    _, sums = objectives.reward_model(graphdef, 0.0)(params, batch)
+    r = np.asarray(pairs.pair_rewards(graphdef, params, batch))
+    _, sums = pairs.reward_model(graphdef, 0.0)(params, batch)
     want_loss = np.mean([np.log1p(np.exp(-(r[i, 0] - r[i, 1]))) for i in range(1, 4)])
-    m = objectives.report(sums)
+    m = report(sums)
     np.testing.assert_allclose(float(m["loss"]), want_loss, rtol=1e-5)
     np.testing.assert_allclose(float(m["accuracy"]), np.mean(r[1:, 0] > r[1:, 1]), rtol=1e-6)

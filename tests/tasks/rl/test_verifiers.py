@@ -6,7 +6,7 @@ import re
 import pytest
 
 from maxlm.errors import MaxlmError
-from maxlm.train.rewards import FORMAT_REWARD, VERIFIERS, arithmetic_exact, format_reward, gsm8k_exact, verifier
+from maxlm.tasks.rl.verifiers import FORMAT_REWARD, VERIFIERS, arithmetic_exact, format_reward, gsm8k_exact, verifier
 
 
 @pytest.fixture(scope="module")
