@@ -29,6 +29,7 @@ from maxlm.parallel.distributed import initialize_from_env
 from maxlm.parallel.mesh import data_parallel_size, make_mesh
 from maxlm.train import metrics as metrics_lib
 from maxlm.train import objectives, optim, rollouts as rollouts_lib, state as state_lib, steps as steps_lib
+from maxlm.train import resume as resume_lib, run_dir as run_dir_lib
 
 
 @dataclasses.dataclass
@@ -102,6 +103,12 @@ def evaluate(eval_fn, params, batches, to_global, ref_params=None) -> dict | Non
 def train(cfg: Config, *, log=print) -> RunResult:
     """Runs (or resumes) a run of any task and returns what it produced."""
     initialize_from_env()
+    with run_dir_lib.locked(cfg.run_dir, jax.process_index()):  # held through the init_from recursion too
+        return _train(cfg, log)
+
+
+def _train(cfg: Config, log) -> RunResult:
+    """The run itself, with its run dir locked."""
     if cfg.task in ("rm", "ppo") and not cfg.model.scalar_head:
         # A reward model is its scalar head; PPO's value head is one on the policy's trunk.
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scalar_head=True))
@@ -112,6 +119,7 @@ def train(cfg: Config, *, log=print) -> RunResult:
     main = jax.process_index() == 0
     tokenizer = ensure_tokenizer(cfg)
     cfg = resolve_vocab(cfg, tokenizer.vocab_size)
+    resume_lib.check_resumable(cfg)  # before config.yaml is rewritten and before any compile
     if main:
         config_lib.dump_yaml(cfg, run_dir / "config.yaml")
     graphdef, _, _ = params_lib.abstract(cfg.model)
@@ -273,10 +281,15 @@ def train(cfg: Config, *, log=print) -> RunResult:
                 finish(*pending)
                 pending = None
             if step % cfg.checkpoint.interval_steps == 0:
+                if pending:  # its metrics line is written before its checkpoint can commit
+                    finish(*pending)
+                    pending = None
+                writer.sync()
                 save(step)
         if pending:
             finish(*pending)
         if state.step != last_saved:
+            writer.sync()
             save(state.step)
         ckpts.close()
     pbar.close()

@@ -28,7 +28,7 @@ from maxlm.data.pipeline import DataIterator
 from maxlm.data.records import Prompt, RecordFile
 from maxlm.data.sources import expand, row_slice
 from maxlm.data.tokenizers import Tokenizer
-from maxlm.errors import MaxlmError
+from maxlm.errors import BadRecordError, MaxlmError
 from maxlm.infer.prompts import until_stop
 from maxlm.infer.sampler import generate
 from maxlm.train import rewards, rl
@@ -63,7 +63,7 @@ def load_prompts(cfg: Config, tokenizer: Tokenizer, sources) -> PromptSet:
             if len(p) > cfg.rl.max_prompt_len:
                 message = f"{r.where}: prompt is {len(p)} tokens, longer than rl.max_prompt_len={cfg.rl.max_prompt_len}"
                 if cfg.data.on_bad_record == "error":
-                    raise MaxlmError(message + "  (set data.on_bad_record=skip to drop such records)")
+                    raise BadRecordError(message)
                 skipped += 1
                 continue
             ids.append(p)
