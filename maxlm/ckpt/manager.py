@@ -121,7 +121,8 @@ class Checkpoints:
 
     def damaged(self, step: int, error: Exception, probe) -> MaxlmError:
         """Returns the error for a committed `step` that failed to read: the newest earlier step that `probe` reads, and how to use it."""
-        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        # tensorstore appends its whole spec to the message: the first part says what failed
+        reason = " ".join(str(error).split(" See full TensorStore details")[0].split())[:200] or "unreadable"
         intact = next((s for s in sorted((s for s in self._mgr.all_steps() if s < step), reverse=True) if _reads(probe, s)), None)
         moved = self.directory.parent / f"damaged-step-{step}"
         later = [s for s in self._mgr.all_steps() if s > step]
