@@ -40,11 +40,13 @@ def cmd_tokenizer_train(args) -> int:
     from maxlm.config import SourceConfig
     from maxlm.data.sources import iter_texts
     from maxlm.data.tokenizers import train_sentencepiece
+    from maxlm.files.writable import check_writable_file
 
+    check_writable_file(args.output, "--output")
     sources = [SourceConfig(path=p) for p in args.input]
     out = train_sentencepiece(
         iter_texts(sources), args.output, vocab_size=args.vocab_size, model_type=args.model_type,
-        max_sentences=args.max_sentences, character_coverage=0.9995,
+        max_sentences=args.max_sentences, character_coverage=0.9995, vocab_setting="--vocab-size",
     )
     print(f"tokenizer: {out}")
     return 0
@@ -267,7 +269,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI and returns the process exit code; bad input prints one line, no traceback."""
-    from maxlm.errors import MaxlmError
+    from maxlm.errors import BadRecordError, MaxlmError
+    from maxlm.files.writable import check_writable_dir, place_error
 
     argv = sys.argv[1:] if argv is None else argv
     p = parser()
@@ -278,9 +281,19 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         call = lambda: args.fn(args)
     try:
+        if args.command == "eval" and args.output:
+            check_writable_dir(args.output, "--output")  # before the evaluation, not after it
         return call()
     except MaxlmError as e:
+        if isinstance(e, BadRecordError) and hasattr(args, "on_bad_record"):
+            e = e.hinting("pass --on-bad-record skip")
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        why = place_error(e)
+        if why is None:  # not the place's fault: a bug, shown with its traceback
+            raise
+        print(f"error: {e.filename or 'writing'}: {why} ({e.strerror})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -21,7 +21,7 @@ from maxlm.data import chat
 from maxlm.data.records import Chat, Pair, RecordFile
 from maxlm.data.sources import expand, row_slice
 from maxlm.data.tokenizers import Tokenizer
-from maxlm.errors import MaxlmError
+from maxlm.errors import BadRecordError, MaxlmError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def encode_file(
         except ValueError as e:
             message = f"{record.where}: {e}"
             if on_bad_record == "error":
-                raise MaxlmError(message + "  (set data.on_bad_record=skip to drop such records)") from None
+                raise BadRecordError(message) from None
             first_bad = first_bad or message
             skipped += 1
     if first_bad:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -138,6 +139,7 @@ def train_sentencepiece(
     model_type: str = "bpe",
     max_sentences: int = 200000,
     character_coverage: float = 0.9995,
+    vocab_setting: str = "tokenizer.vocab_size",
 ) -> Path:
     """Returns `out_path` after training a sentencepiece model on the lines of `texts` there.
 
@@ -152,7 +154,7 @@ def train_sentencepiece(
     if model_type not in ("bpe", "unigram"):
         raise MaxlmError(f"tokenizer.model_type must be bpe or unigram, got {model_type!r}")
     if vocab_size < 260:
-        raise MaxlmError(f"tokenizer.vocab_size must be >= 260 (256 byte pieces + unk, bos, eos + 1), got {vocab_size}")
+        raise MaxlmError(f"{vocab_setting} must be >= 260 (256 byte pieces + unk, bos, eos + 1), got {vocab_size}")
     if max_sentences <= 0:
         raise MaxlmError(f"tokenizer.max_sentences must be > 0, got {max_sentences}")
     lines = training_lines(texts, max_sentences)
@@ -180,8 +182,21 @@ def train_sentencepiece(
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise MaxlmError(f"tokenizer training for {out_path} failed: {e} (is tokenizer.vocab_size too large for the text?)") from None
+        raise MaxlmError(f"tokenizer training for {out_path} failed: {vocab_failure(str(e), vocab_size, vocab_setting)}") from None
     return write_atomic(out_path, lambda f: f.write(model.getvalue()))
+
+
+def vocab_failure(message: str, vocab_size: int, setting: str) -> str:
+    """Returns sentencepiece's training error said in the user's terms: whether the vocab size is too small or too large."""
+    # "Vocabulary size is smaller than required_chars. 300 vs 459.": the text's characters need more pieces.
+    small = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if small:
+        return (f"{setting} {vocab_size} is too small for this text: its characters alone need {small[2]} pieces "
+                f"(with the byte and special pieces); set {setting} to at least {small[2]}")
+    large = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
+    if large:
+        return f"{setting} {vocab_size} is too large for this text, which yields at most {large[2]} pieces; set {setting} to at most {large[2]} or add text"
+    return message
 
 
 def ensure_tokenizer(cfg: Config, texts: Callable[[], Iterable[str]] | None = None) -> Tokenizer:

@@ -70,6 +70,7 @@ class Loop:
     def save(self, step: int) -> None:
         """Checkpoints `step`: params, optimizer state, config and the batches' position."""
         r = self.run
+        self.writer.sync()  # the metrics of every step up to `step` outlive a kill -9 once it commits
         r.ckpts.save(step, r.state.params, r.cfg, r.state.opt_state, r.data.train.get_state())
         self.progress.last_saved = step
 
@@ -149,6 +150,9 @@ def run_loop(loop: Loop, preemption: Preemption, log=print) -> None:
                 loop.finish(pending)
                 pending = None
             if step % cfg.checkpoint.interval_steps == 0:
+                if pending:  # its metrics line is written before its checkpoint can commit
+                    loop.finish(pending)
+                    pending = None
                 loop.save(step)
         if pending:
             loop.finish(pending)

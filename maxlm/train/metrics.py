@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 import jax
@@ -158,6 +159,16 @@ class MetricsWriter:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and v is not None:
                     self._tb.add_scalar(k, v, record["step"])
+
+    def sync(self) -> None:
+        """Forces the records written so far onto the disk (called before a checkpoint commits, so none outlives its metrics)."""
+        if not self.enabled or not self.path.exists():
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Flushes TensorBoard events."""

@@ -25,6 +25,7 @@ from maxlm.parallel.mesh import make_mesh
 from maxlm.tasks import TASKS
 from maxlm.train.loop import Preemption, make_loop, run_loop
 from maxlm.train.metrics import MetricsWriter
+from maxlm.train.run_dir import locked
 from maxlm.train.setup import Setup, check_fits, setup, with_task_head
 
 
@@ -57,6 +58,12 @@ def start_from_config(cfg: Config, log=print) -> Config:
 def train(cfg: Config, *, log=print) -> RunResult:
     """Runs (or resumes) a run of any task and returns what it produced."""
     initialize_from_env()
+    with locked(cfg.run_dir, jax.process_index()):  # held through the init_from recursion too
+        return _train(cfg, log)
+
+
+def _train(cfg: Config, log) -> RunResult:
+    """The run itself, with its run dir locked."""
     validate(cfg)  # a config built in Python has not met the loader
     task = TASKS[cfg.task]
     task.check(cfg)

@@ -31,6 +31,7 @@ from maxlm.tasks import TASKS
 from maxlm.tasks.task import Services, Task, TaskData
 from maxlm.train import metrics as metrics_lib
 from maxlm.train import state as state_lib
+from maxlm.train.resume import check_resumable
 
 
 @dataclasses.dataclass
@@ -101,6 +102,7 @@ def setup(cfg: Config, mesh, log=print) -> Setup:
     main = jax.process_index() == 0
     tokenizer = ensure_tokenizer(cfg, task.tokenizer_texts(cfg))
     cfg = resolve_vocab(cfg, tokenizer.vocab_size)
+    check_resumable(cfg)  # before config.yaml is rewritten and before any compile
     if main:
         config_lib.dump_yaml(cfg, run_dir / "config.yaml")
     graphdef, _, _ = params_lib.abstract(cfg.model)

@@ -100,7 +100,7 @@ def restore_or_init(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, c
         step = ckpts.latest_step()
         if step is not None:
             abstract_opt = abstract_like(jax.eval_shape(tx.init, shapes), o_shard)
-            restored = ckpts.restore(step, abstract_params, abstract_opt, data_state=True)
+            restored = ckpts.restore_checked(step, abstract_params, abstract_opt, data_state=True)
             return TrainState(step, restored["params"], restored["opt_state"]), restored.get("data_state"), p_shard, o_shard
         if cfg.train.init_from:
             params = load_params(cfg.train.init_from, cfg, mesh)

@@ -28,7 +28,7 @@ from maxlm.data.pipeline import DataIterator
 from maxlm.data.records import Prompt, RecordFile
 from maxlm.data.sources import expand, row_slice, train_sources
 from maxlm.data.tokenizers import Tokenizer
-from maxlm.errors import MaxlmError
+from maxlm.errors import BadRecordError, MaxlmError
 from maxlm.losses import rl
 from maxlm.tasks.rl import verifiers
 from maxlm.tasks.task import Services
@@ -63,7 +63,7 @@ def load_prompts(cfg: Config, tokenizer: Tokenizer, sources) -> PromptSet:
             if len(p) > cfg.rl.max_prompt_len:
                 message = f"{r.where}: prompt is {len(p)} tokens, longer than rl.max_prompt_len={cfg.rl.max_prompt_len}"
                 if cfg.data.on_bad_record == "error":
-                    raise MaxlmError(message + "  (set data.on_bad_record=skip to drop such records)")
+                    raise BadRecordError(message)
                 skipped += 1
                 continue
             ids.append(p)
