@@ -23,6 +23,7 @@ from maxlm.infer.sampler import generate
 from maxlm.parallel.distributed import initialize_from_env
 from maxlm.parallel.mesh import make_mesh
 from maxlm.tasks import TASKS
+from maxlm.tasks.task import Task
 from maxlm.train.loop import Preemption, make_loop, run_loop
 from maxlm.train.metrics import MetricsWriter
 from maxlm.train.run_dir import locked
@@ -58,15 +59,15 @@ def start_from_config(cfg: Config, log=print) -> Config:
 def train(cfg: Config, *, log=print) -> RunResult:
     """Runs (or resumes) a run of any task and returns what it produced."""
     initialize_from_env()
-    with locked(cfg.run_dir, jax.process_index()):  # held through the init_from recursion too
-        return _train(cfg, log)
-
-
-def _train(cfg: Config, log) -> RunResult:
-    """The run itself, with its run dir locked."""
     validate(cfg)  # a config built in Python has not met the loader
     task = TASKS[cfg.task]
-    task.check(cfg)
+    task.check(cfg)  # before the lock: a refused config leaves nothing behind
+    with locked(cfg.run_dir, jax.process_index()):  # held through the init_from recursion too
+        return _train(cfg, task, log)
+
+
+def _train(cfg: Config, task: Task, log) -> RunResult:
+    """The run itself, with its run dir locked."""
     cfg = with_task_head(cfg)
     mesh = make_mesh(cfg.mesh)
     check_fits(cfg, task, mesh)

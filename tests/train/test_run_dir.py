@@ -117,6 +117,6 @@ def test_full_disk_mid_run_is_one_line(tiny, capsys, monkeypatch):
     def fill(*_, **__):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/checkpoints/8")
 
-    monkeypatch.setattr("maxlm.train.loop.train", fill)
+    monkeypatch.setattr("maxlm.train.run.train", fill)
     assert cli_main(["train", str(tiny)]) == 2
     assert one_error_line(capsys) == "error: /runs/x/checkpoints/8: the disk is full (No space left on device)"
