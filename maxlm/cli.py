@@ -63,7 +63,7 @@ def cmd_export_hf(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     _enable_compilation_cache()
     model = from_pretrained(args.path)
@@ -76,7 +76,7 @@ def cmd_generate(args) -> int:
 
 def cmd_eval_rm(args) -> int:
     from maxlm.eval.reward import rm_accuracy
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     _enable_compilation_cache()
     result = rm_accuracy(from_pretrained(args.path), args.data, args.rows, args.batch_size, args.seq_len)
@@ -97,7 +97,7 @@ def _eval_result(result: dict, output: str | None, title: str) -> int:
 
 def cmd_eval_perplexity(args) -> int:
     from maxlm.eval.perplexity import eval_perplexity
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     _enable_compilation_cache()
     result = eval_perplexity(from_pretrained(args.path), args.data, args.task, args.rows, args.batch_tokens, args.on_bad_record)
@@ -106,7 +106,7 @@ def cmd_eval_perplexity(args) -> int:
 
 def cmd_eval_exact_match(args) -> int:
     from maxlm.eval.generation import exact_match, scorer
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     scorer(args.verifier)  # a typo is reported before the model loads
     _enable_compilation_cache()
@@ -118,7 +118,7 @@ def cmd_eval_exact_match(args) -> int:
 
 def cmd_eval_mc(args) -> int:
     from maxlm.eval.multiple_choice import multiple_choice
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     _enable_compilation_cache()
     result = multiple_choice(from_pretrained(args.path), args.data, args.rows, args.batch_tokens, args.on_bad_record)
@@ -127,7 +127,7 @@ def cmd_eval_mc(args) -> int:
 
 def cmd_eval_win_rate(args) -> int:
     from maxlm.eval.win_rate import win_rate
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     _enable_compilation_cache()
     loaded = {}  # one load per distinct path (A against itself answers once)

@@ -21,7 +21,7 @@ import numpy as np
 from maxlm.errors import MaxlmError
 from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
-from maxlm.pretrained import Pretrained
+from maxlm.infer.pretrained import Pretrained
 from maxlm.train.losses import next_targets, next_token_weights, sequence_logps, token_logprobs
 
 MIN_BUCKET = 64  # shortest padded length: shorter buckets would only add compiles
