@@ -80,3 +80,15 @@ def test_every_batch_has_one_shape_and_a_seed_from_its_filled_prompts(model):
     # A batch's seed decides its samples: the same batch with the same seed samples the same rows.
     again = generate_batched(graphdef, CFG, params, Letters(), PROMPTS[:2], 3, seed=7, temperature=1.0)
     assert again.ids == out.ids[:2]
+
+
+def test_the_pad_token_changes_nothing(model):
+    graphdef, params = model
+
+    class PadThree(Letters):
+        pad_id = 3
+
+    for temperature in (0.0, 1.0):
+        runs = [generate_batched(graphdef, CFG, params, tok, PROMPTS, NEW, batch_size=2, prompt_len=12, seed=5, temperature=temperature)
+                for tok in (Letters(), PadThree())]
+        assert runs[0].ids == runs[1].ids
