@@ -54,7 +54,7 @@ class Pretrained:
     config: Config
     params: Any
     graphdef: nnx.GraphDef
-    tokenizer_or_path: Tokenizer | str | None
+    tokenizer_or_path: Tokenizer | str | os.PathLike | None
     mesh: Mesh
     name: str = "this model"
 
@@ -71,7 +71,7 @@ class Pretrained:
                 f"{self.name}: has no tokenizer files; text in or out needs them (a maxlm run's tokenizer.path, or the "
                 "tokenizer files of a Hugging Face dir); token ids work without: call the model or generate() on ids"
             )
-        if isinstance(self.tokenizer_or_path, str):
+        if isinstance(self.tokenizer_or_path, (str, os.PathLike)):
             self.tokenizer_or_path = load_tokenizer(self.tokenizer_or_path)  # once: later uses get the object
         return self.tokenizer_or_path
 

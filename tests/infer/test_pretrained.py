@@ -74,8 +74,9 @@ def test_a_model_without_tokenizer_files_gives_one_error_at_each_text_use(run_wi
             use()
 
 
-def test_the_tokenizer_is_loaded_once_from_its_path(sp_path):
-    model = on_text(Config(), str(sp_path))
+@pytest.mark.parametrize("as_str", [True, False])
+def test_the_tokenizer_is_loaded_once_from_its_path(sp_path, as_str):
+    model = on_text(Config(), str(sp_path) if as_str else sp_path)
     first = model.tokenizer
     assert isinstance(first, SentencePieceTokenizer) and first.path == str(sp_path)
     assert model.tokenizer is first
