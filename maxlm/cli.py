@@ -67,7 +67,7 @@ def cmd_export_hf(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     _enable_compilation_cache()
     model = from_pretrained(args.path)
@@ -80,7 +80,7 @@ def cmd_generate(args) -> int:
 
 def cmd_eval_rm(args) -> int:
     from maxlm.eval.reward import rm_accuracy
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     _enable_compilation_cache()
     result = rm_accuracy(from_pretrained(args.path), args.data, args.rows, args.batch_size, args.seq_len)
@@ -101,7 +101,7 @@ def _eval_result(result: dict, output: str | None, title: str) -> int:
 
 def cmd_eval_perplexity(args) -> int:
     from maxlm.eval.perplexity import eval_perplexity
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     _enable_compilation_cache()
     result = eval_perplexity(from_pretrained(args.path), args.data, args.task, args.rows, args.batch_tokens, args.on_bad_record)
@@ -110,7 +110,7 @@ def cmd_eval_perplexity(args) -> int:
 
 def cmd_eval_exact_match(args) -> int:
     from maxlm.eval.generation import exact_match, scorer
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     scorer(args.verifier)  # a typo is reported before the model loads
     _enable_compilation_cache()
@@ -122,7 +122,7 @@ def cmd_eval_exact_match(args) -> int:
 
 def cmd_eval_mc(args) -> int:
     from maxlm.eval.multiple_choice import multiple_choice
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     _enable_compilation_cache()
     result = multiple_choice(from_pretrained(args.path), args.data, args.rows, args.batch_tokens, args.on_bad_record)
@@ -131,7 +131,7 @@ def cmd_eval_mc(args) -> int:
 
 def cmd_eval_win_rate(args) -> int:
     from maxlm.eval.win_rate import win_rate
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     _enable_compilation_cache()
     loaded = {}  # one load per distinct path (A against itself answers once)

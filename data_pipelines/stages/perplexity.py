@@ -93,7 +93,7 @@ class Perplexity(Filter):
         ids = [self._encode(d.string(self.p.field) or "") for d in docs]
         total, count = self._scorer.logprobs(ids)
         if self.p.unit == "byte":  # the bytes of exactly the scored tokens: all but the first
-            count = np.asarray([len(self._tokenizer.decode(x[1:]).encode("utf-8")) for x in ids], np.float64)
+            count = np.asarray([len(self._model.tokenizer.decode(x[1:]).encode("utf-8")) for x in ids], np.float64)
         ppl_N = perplexity(total, count)
         self._scores = {id(d): float(v) for d, v in zip(docs, ppl_N)}
         scored = ppl_N[np.isfinite(ppl_N)]
@@ -124,21 +124,16 @@ class Perplexity(Filter):
         """Loads the model and tokenizer in this process, once (a forked worker loads its own)."""
         if self._pid == os.getpid():
             return
-        from maxlm.data.tokenizers import load_tokenizer
+        from maxlm.infer.pretrained import from_pretrained
         from maxlm.infer.scoring import Scorer
-        from maxlm.pretrained import from_pretrained
 
-        model = from_pretrained(self.p.model)
-        if not model.tokenizer:
-            raise MaxlmError(f"stage perplexity: model {self.p.model} has no tokenizer files")
-        self._scorer = Scorer(model, self.p.batch_tokens)
-        self._tokenizer = load_tokenizer(model.tokenizer)
-        tok = self._tokenizer
-        self._bos = [tok.bos_id] if model.config.data.add_bos and tok.bos_id >= 0 else []
+        self._model = from_pretrained(self.p.model)
+        self._model.tokenizer  # no tokenizer files: the one error, before any document is read
+        self._scorer = Scorer(self._model, self.p.batch_tokens)
         self._max_tokens = min(self.p.max_tokens, self._scorer.max_len)
         self._pid = os.getpid()
 
     def _encode(self, text: str) -> list[int]:
         # Cut the text first: a long document need not be tokenized whole to score its start.
-        return (self._bos + self._tokenizer.encode(text[: 32 * self._max_tokens]))[: self._max_tokens]
+        return self._model.encode_text(text[: 32 * self._max_tokens])[: self._max_tokens]
 

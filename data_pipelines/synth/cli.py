@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 def _completer(args):
     """Returns a completion function that loads the model on its first call (a finished run loads nothing)."""
     from data_pipelines.synth.generate import ModelCompleter
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
 
     loaded = []
 

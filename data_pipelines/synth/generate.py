@@ -3,7 +3,7 @@ interface, so any text source (a maxlm model, a scripted list in a test) drives 
 
 A prompt is a string or a conversation (a list of `{"role", "content"}` messages).
 `ModelCompleter` wires a loaded maxlm model to it through the one sampler
-(`Pretrained.generate`): strings are raw text to continue unless a chat template is named,
+(`Pretrained.generate_batched`): strings are raw text to continue unless a chat template is named,
 conversations are rendered with `maxlm.data.chat` up to the assistant header.
 """
 
@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from maxlm.data import chat
 from maxlm.errors import MaxlmError
+
+if TYPE_CHECKING:  # jax loads with the model, not with the scripted completions of the synth pipelines
+    from maxlm.infer.pretrained import Pretrained
 
 Message = dict[str, str]
 Prompt = str | Sequence[Message]
@@ -48,7 +53,7 @@ class ModelCompleter:
 
     def __init__(
         self,
-        model,
+        model: Pretrained,
         *,
         template: str | None = None,
         max_new_tokens: int = 512,
@@ -59,11 +64,6 @@ class ModelCompleter:
         seed: int = 0,
         stop: Sequence[str] = (),
     ):
-        from maxlm.data import chat
-        from maxlm.data.tokenizers import load_tokenizer
-
-        if not model.tokenizer:
-            raise MaxlmError("the model has no tokenizer files; synth needs one to turn text into tokens")
         if batch_size < 1 or max_new_tokens < 1:
             raise MaxlmError(f"--batch-size and --max-new-tokens must be >= 1, got {batch_size} and {max_new_tokens}")
         if template is not None and template not in chat.TEMPLATE_NAMES:
@@ -71,8 +71,7 @@ class ModelCompleter:
         self.model, self.template, self.batch_size, self.seed = model, template, batch_size, seed
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
         self.max_new_tokens = max_new_tokens
-        self.tokenizer = load_tokenizer(model.tokenizer)
-        tok = self.tokenizer
+        tok = model.tokenizer
         self.stop_ids = chat.stop_ids(tok, template) if template else ([tok.eos_id] if tok.eos_id >= 0 else [])
         end = chat.TEMPLATES[template].end if template in chat.TEMPLATES else ""
         # An end-of-turn marker that is several tokens of this vocabulary can only be seen in the text.
@@ -81,28 +80,15 @@ class ModelCompleter:
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Returns the token ids the sampler continues for one prompt."""
-        from maxlm.data.chat import encode_prompt
-
         if self.template is not None:
-            return encode_prompt(self.tokenizer, self.template, prompt)
+            return chat.encode_prompt(self.model.tokenizer, self.template, prompt)
         if not isinstance(prompt, str):
             raise MaxlmError("a conversation prompt needs a chat template (--chat-template default, llama3, chatml or hf)")
-        tok = self.tokenizer
-        bos = [tok.bos_id] if self.model.config.data.add_bos and tok.bos_id >= 0 else []
-        return bos + tok.encode(prompt)
+        return self.model.encode_text(prompt)
 
     def __call__(self, prompts: list[Prompt]) -> list[Completion]:
         """Returns one completion per prompt, in order."""
         ids = [self.encode(p) for p in prompts]
-        out: list[Completion] = []
-        for i in range(0, len(ids), self.batch_size):
-            out += self._batch(ids[i : i + self.batch_size])
-        return out
-
-    def _batch(self, ids: list[list[int]]) -> list[Completion]:
-        n = len(ids)
-        # A short last batch is filled up with copies so every call has one shape (one compile).
-        ids = ids + [ids[-1]] * (self.batch_size - n)
         longest, room = max(map(len, ids)), self.model.config.model.max_seq_len
         new = min(self.max_new_tokens, room - longest)
         if new < 1:
@@ -110,15 +96,17 @@ class ModelCompleter:
                 f"a prompt of {longest} tokens leaves no room for new tokens in model.max_seq_len={room}; "
                 "shorten the prompts (self-instruct: fewer --prompt-seeds)"
             )
+        # Prompt length rounded up to a multiple of 64 (within the context): a few compiled shapes, not one per call.
+        pad_to = min(-(-longest // 64) * 64, room - new)
+        done = self.model.generate_batched(ids, new, stop_ids=self.stop_ids, batch_size=self.batch_size, prompt_len=pad_to,
+                                           seed=self._batch_seed, **self.sampling)
+        texts = []
+        for text, stopped_by_id in zip(done.texts, done.stopped):
+            text, stopped = cut_at_stops(text, self.stop)
+            texts.append(Completion(text, truncated=not stopped_by_id and not stopped))
+        return texts
+
+    def _batch_seed(self, batch: list[list[int]]) -> int:
         # The seed follows the prompts, not the call count, so a resumed run samples what an
         # uninterrupted one would have for the same batch.
-        seed = zlib.crc32(np.asarray([self.seed, *(t for row in ids for t in row)], np.int64).tobytes())
-        # Prompt length rounded up to a multiple of 64 (within the context): a few compiled shapes, not one per batch.
-        pad_to = min(-(-longest // 64) * 64, room - new)
-        rows = self.model.generate(ids, new, stop_ids=self.stop_ids, seed=seed, pad_to=pad_to, **self.sampling)[:n, -new:].tolist()
-        texts = []
-        for row in rows:
-            ended = next((k for k, t in enumerate(row) if t in self.stop_ids), -1)
-            text, stopped = cut_at_stops(self.tokenizer.decode(row if ended < 0 else row[:ended]), self.stop)
-            texts.append(Completion(text, truncated=ended < 0 and not stopped))
-        return texts
+        return zlib.crc32(np.asarray([self.seed, *(t for row in batch for t in row)], np.int64).tobytes())

@@ -33,7 +33,7 @@ from maxlm.data.examples import Examples, encode_file
 from maxlm.data.packing import PackedRows
 from maxlm.data.records import record_kind
 from maxlm.data.sources import Documents, open_source, row_slice, train_sources
-from maxlm.data.tokenizers import Tokenizer
+from maxlm.data.tokenizers import Tokenizer, encode_text
 from maxlm.errors import MaxlmError
 
 # Documents are read and tokenized inline (in the prefetch thread or worker process): the
@@ -47,12 +47,10 @@ class Tokenize(grain.transforms.Map):
     """Text -> int32 [n] ids with BOS/EOS as configured."""
 
     def __init__(self, tokenizer: Tokenizer, add_bos: bool, add_eos: bool):
-        self.tokenizer = tokenizer
-        self.prefix = [tokenizer.bos_id] if add_bos and tokenizer.bos_id >= 0 else []
-        self.suffix = [tokenizer.eos_id] if add_eos and tokenizer.eos_id >= 0 else []
+        self.tokenizer, self.add_bos, self.add_eos = tokenizer, add_bos, add_eos
 
     def map(self, text: str) -> np.ndarray:
-        return np.array(self.prefix + self.tokenizer.encode(text) + self.suffix, dtype=np.int32)
+        return np.array(encode_text(self.tokenizer, text, self.add_bos, self.add_eos), dtype=np.int32)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,6 +105,13 @@ def _id_or(value, default: int) -> int:
     return default if value is None else int(value)
 
 
+def encode_text(tokenizer: Tokenizer, text: str, add_bos: bool, add_eos: bool = False) -> list[int]:
+    """Returns the ids of plain text: BOS first when add_bos and the tokenizer has one, EOS last likewise with add_eos."""
+    bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id >= 0 else []
+    eos = [tokenizer.eos_id] if add_eos and tokenizer.eos_id >= 0 else []
+    return bos + tokenizer.encode(text) + eos
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Returns the tokenizer at `path`: a sentencepiece .model file or an HF tokenizer directory."""
     p = Path(path)

@@ -14,10 +14,8 @@ from collections.abc import Sequence
 
 from maxlm.data.records import Prompt, read_records
 from maxlm.data.sources import row_slice
-from maxlm.data.tokenizers import load_tokenizer
 from maxlm.errors import MaxlmError
-from maxlm.infer.prompts import encode_prompts, prompt_text, until_stop
-from maxlm.pretrained import Pretrained
+from maxlm.infer.pretrained import Pretrained, prompt_text
 from maxlm.tasks.rl.verifiers import VERIFIERS, verifier
 
 EXACT = "exact"  # the completion equals the gold answer, surrounding whitespace aside
@@ -42,31 +40,24 @@ def scorer(name: str):
 
 def greedy_completions(model: Pretrained, prompts: Sequence[Messages], max_new_tokens: int, batch_size: int = 16) -> list[str | None]:
     """Returns each prompt's greedy completion text, None where the prompt leaves no room for max_new_tokens."""
-    if not model.tokenizer:
-        raise MaxlmError("this model has no tokenizer files; evaluation needs one to render prompts")
     if batch_size < 1 or max_new_tokens < 1:
         raise MaxlmError(f"--batch-size and --max-new-tokens must be >= 1, got {batch_size} and {max_new_tokens}")
     room = model.config.model.max_seq_len - max_new_tokens
     if room < 1:
         limit = model.config.model.max_seq_len
         raise MaxlmError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in model.max_seq_len={limit}")
-    tokenizer = load_tokenizer(model.tokenizer)
-    ids, stops = encode_prompts(model.config, tokenizer, prompts)
+    ids, stops = model.encode_prompts(prompts)
     keep = [i for i, x in enumerate(ids) if len(x) <= room]
     out: list[str | None] = [None] * len(ids)
     if not keep:
         return out
     # One shape for every batch: prompts left-padded to the longest rounded up to a power of two,
-    # rows fixed (a short last batch is filled with copies), so the sampler compiles once.
+    # rows a power of two up to batch_size, so the sampler compiles once.
     pad_to = min(_pow2_ceil(max(len(ids[i]) for i in keep)), room)
     rows = min(batch_size, _pow2_ceil(len(keep)))
-    for start in range(0, len(keep), rows):
-        part = keep[start : start + rows]
-        batch = [ids[i] for i in part]
-        batch += [batch[-1]] * (rows - len(batch))
-        new = model.generate(batch, max_new_tokens, temperature=0.0, stop_ids=stops, pad_id=tokenizer.pad_id, pad_to=pad_to)
-        for i, row in zip(part, new[:, -max_new_tokens:]):
-            out[i] = tokenizer.decode(until_stop(row, stops))
+    done = model.generate_batched([ids[i] for i in keep], max_new_tokens, stop_ids=stops, batch_size=rows, prompt_len=pad_to)
+    for i, text in zip(keep, done.texts):
+        out[i] = text
     return out
 
 

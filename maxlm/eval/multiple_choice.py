@@ -18,10 +18,10 @@ import numpy as np
 from maxlm.data import chat, formats, records as records_lib
 from maxlm.data.formats import BadRecord
 from maxlm.data.sources import expand, row_slice
-from maxlm.data.tokenizers import Tokenizer, load_tokenizer
+from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.infer.scoring import Scorer
-from maxlm.pretrained import Pretrained
+from maxlm.infer.pretrained import Pretrained
 from maxlm.tasks import TASKS
 
 LETTERS = "ABCDEFGHIJ"
@@ -89,8 +89,7 @@ def read_questions(path: str, on_bad_record: str = "error") -> tuple[list[Questi
 def encode_choice(model: Pretrained, tokenizer: Tokenizer, question: str, choice: str) -> tuple[list[int], list[int], int]:
     """Returns (ids, mask 1 on the choice's tokens, the choice text's UTF-8 bytes) for one question and choice."""
     if not TASKS[model.config.task].chat:
-        bos = [tokenizer.bos_id] if model.config.data.add_bos and tokenizer.bos_id >= 0 else []
-        context = bos + tokenizer.encode(f"Question: {question}\nAnswer:")
+        context = model.encode_text(f"Question: {question}\nAnswer:")
         # Encoded apart so the mask falls on whole tokens; the space belongs to the continuation.
         continuation = tokenizer.encode(" " + choice)
         return context + continuation, [0] * len(context) + [1] * len(continuation), len((" " + choice).encode())
@@ -104,9 +103,7 @@ def multiple_choice(model: Pretrained, path: str, rows: str = "", batch_tokens: 
     `subjects` maps each record `subject` to its own {"acc", "acc_norm", "n"} (empty without
     subjects). Questions with a choice longer than model.max_seq_len are skipped and counted.
     """
-    if not model.tokenizer:
-        raise MaxlmError("eval mc: this model has no tokenizer files")
-    tokenizer = load_tokenizer(model.tokenizer)
+    tokenizer = model.tokenizer
     questions, bad = read_questions(path, on_bad_record)
     questions = questions[row_slice(rows, len(questions), path)]
     if not questions:

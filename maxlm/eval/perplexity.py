@@ -17,10 +17,10 @@ from maxlm.config import SourceConfig
 from maxlm.data import chat
 from maxlm.data.records import read_records
 from maxlm.data.sources import open_source, row_slice
-from maxlm.data.tokenizers import Tokenizer, load_tokenizer
+from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.infer.scoring import Scorer, perplexity
-from maxlm.pretrained import Pretrained
+from maxlm.infer.pretrained import Pretrained
 from maxlm.tasks import TASKS as TASK_TABLE
 
 TASKS = ("pretrain", "sft")  # the language-modelling tasks: plain documents, or chat records' replies
@@ -44,11 +44,9 @@ def eval_perplexity(
     """
     if task not in TASKS:
         raise MaxlmError(f"eval perplexity: --task must be one of {', '.join(TASKS)}, got {task!r}")
-    if not model.tokenizer:
-        raise MaxlmError("eval perplexity: this model has no tokenizer files")
-    tokenizer = load_tokenizer(model.tokenizer)
+    tokenizer = model.tokenizer
     if not TASK_TABLE[task].chat:
-        ids, masks, counts = _text_windows(model, tokenizer, paths, rows, on_bad_record)
+        ids, masks, counts = _text_windows(model, paths, rows, on_bad_record)
     else:
         ids, masks, counts = _reply_sequences(model, tokenizer, paths, rows, on_bad_record)
     logp, scored = Scorer(model, batch_tokens).logprobs(ids, masks)
@@ -58,18 +56,15 @@ def eval_perplexity(
     return {"perplexity": float(perplexity(total, n)), "nll": -total / n, "tokens": int(n), "task": task, **counts}
 
 
-def _text_windows(model: Pretrained, tokenizer: Tokenizer, paths: list[str], rows: str, on_bad_record: str) -> tuple[list, None, dict]:
+def _text_windows(model: Pretrained, paths: list[str], rows: str, on_bad_record: str) -> tuple[list, None, dict]:
     """Returns (the windows of every selected document, no masks, {"documents", "windows", "bad_records"})."""
     sources = [open_source(SourceConfig(path=p), on_bad_record) for p in paths]  # every file validated before any is scored
     docs = [(s, i) for s in sources for i in range(len(s))]
     docs = docs[row_slice(rows, len(docs), ", ".join(paths))]
     if not docs:
         raise MaxlmError(f"{', '.join(paths)}: rows {rows!r} selects none of its documents")
-    d = model.config.data
-    prefix = [tokenizer.bos_id] if d.add_bos and tokenizer.bos_id >= 0 else []
-    suffix = [tokenizer.eos_id] if d.add_eos and tokenizer.eos_id >= 0 else []
     length = model.config.model.max_seq_len
-    out = [w for s, i in docs for w in windows(prefix + tokenizer.encode(s[i]) + suffix, length)]
+    out = [w for s, i in docs for w in windows(model.encode_text(s[i], document=True), length)]
     return out, None, {"documents": len(docs), "windows": len(out), "bad_records": sum(s.skipped for s in sources)}
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from maxlm.data.examples import encode_file
-from maxlm.data.tokenizers import load_tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.infer.scoring import Scorer
-from maxlm.pretrained import Pretrained
+from maxlm.infer.pretrained import Pretrained
 from maxlm.tasks import has_reward_head
 
 
@@ -23,11 +22,9 @@ def rm_accuracy(model: Pretrained, path: str, rows: str = "", batch_size: int = 
     if not has_reward_head(model.config):
         raise MaxlmError("eval rm: this model has no scalar head that is a reward model's (a ppo run's is its value head); "
                          "train it with task: rm")
-    if not model.tokenizer:
-        raise MaxlmError("eval rm: this model has no tokenizer files")
     if batch_size < 1:
         raise MaxlmError(f"eval rm: --batch-size must be >= 1, got {batch_size}")
-    tokenizer = load_tokenizer(model.tokenizer)
+    tokenizer = model.tokenizer
     seq_len = seq_len or model.config.data.seq_len
     if seq_len > model.config.model.max_seq_len:
         raise MaxlmError(f"eval rm: --seq-len {seq_len} exceeds the model's model.max_seq_len={model.config.model.max_seq_len}")

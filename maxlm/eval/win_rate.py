@@ -11,12 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from maxlm.data import chat
-from maxlm.data.tokenizers import load_tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.eval.generation import EXAMPLES, greedy_completions, read_prompts
-from maxlm.infer.prompts import prompt_text
+from maxlm.infer.pretrained import Pretrained, prompt_text
 from maxlm.infer.scoring import Scorer
-from maxlm.pretrained import Pretrained
 from maxlm.tasks import has_reward_head
 
 
@@ -31,14 +29,12 @@ def win_rate(
     if not has_reward_head(rm.config):
         raise MaxlmError("eval win-rate: --rm has no scalar head that is a reward model's (a ppo run's is its value head); "
                          "train a reward model with task: rm")
-    if not rm.tokenizer:
-        raise MaxlmError("eval win-rate: --rm has no tokenizer files")
+    tokenizer, template = rm.tokenizer, rm.template  # no tokenizer files: the one error, before any answer is generated
     records, bad = read_prompts(path, rows, on_bad_record)
     prompts = [r.prompt for r in records]
     answers_a = greedy_completions(a, prompts, max_new_tokens, batch_size)
     answers_b = answers_a if b is a else greedy_completions(b, prompts, max_new_tokens, batch_size)
 
-    tokenizer, template = load_tokenizer(rm.tokenizer), rm.config.data.chat_template
     limit = rm.config.model.max_seq_len
     kept, unique = [], {}  # unique: RM input (ids, reply mask) -> index, so equal answers get one (equal) reward
     for i, (x, y) in enumerate(zip(answers_a, answers_b)):

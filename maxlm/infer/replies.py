@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from maxlm.data import chat
-from maxlm.data.tokenizers import Tokenizer, load_tokenizer
+from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import MaxlmError
+from maxlm.infer.pretrained import Pretrained, from_pretrained
 from maxlm.infer.scoring import Scorer
-from maxlm.pretrained import from_pretrained
 from maxlm.tasks import has_reward_head
 
 Message = dict[str, str]
@@ -25,12 +25,21 @@ Message = dict[str, str]
 
 @dataclass
 class ScoringModel:
-    """A loaded model with what scoring text needs; `name` is the path it came from."""
+    """A loaded model with the scorer and the chat template that scoring text uses; `name` is the path it came from."""
 
     name: str
     scorer: Scorer
-    tokenizer: Tokenizer
     template: str
+
+    @property
+    def model(self) -> Pretrained:
+        """Returns the loaded model the scorer scores with."""
+        return self.scorer.model
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """Returns the model's tokenizer."""
+        return self.model.tokenizer
 
     @property
     def max_len(self) -> int:
@@ -80,12 +89,11 @@ def load_scoring_model(path: str, template: str | None = None, batch_tokens: int
     model = from_pretrained(path, mesh=mesh)
     if reward:
         _require_reward_head(model.config, path)
-    if not model.tokenizer:
-        raise MaxlmError(f"{path}: the model has no tokenizer files; scoring text needs one")
-    template = template or model.config.data.chat_template
+    model.tokenizer  # no tokenizer files: the one error, before any scoring
+    template = template or model.template
     if template not in chat.TEMPLATE_NAMES:
         raise MaxlmError(f"chat template must be one of {', '.join(chat.TEMPLATE_NAMES)}, got {template!r}")
-    return ScoringModel(path, Scorer(model, batch_tokens), load_tokenizer(model.tokenizer), template)
+    return ScoringModel(path, Scorer(model, batch_tokens), template)
 
 
 def _require_reward_head(cfg, name: str) -> None:

@@ -23,7 +23,7 @@ from maxlm.losses.logprobs import next_targets, next_token_weights, sequence_log
 from maxlm.losses.preference import pool_scores
 from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
-from maxlm.pretrained import Pretrained
+from maxlm.infer.pretrained import Pretrained
 
 MIN_BUCKET = 64  # shortest padded length: shorter buckets would only add compiles
 

@@ -78,8 +78,8 @@ class DataBatches:
 class Services:
     """What a task's batches may use from the layers above it (the run builds it; tasks sit below infer).
 
-    reference(): the frozen reference model's params; generate: the one sampler
-    (`maxlm.infer.sampler.generate`); until_stop: its stop rule (`maxlm.infer.prompts.until_stop`);
+    reference(): the frozen reference model's params; generate: the one batched generation
+    (`maxlm.infer.generate.generate_batched`, rows cut at the stop ids and decoded);
     reward_model(path): a loaded `task: rm` model that scores replies.
     """
 
@@ -87,7 +87,6 @@ class Services:
     log: Callable[[str], None]
     reference: Callable[[], Any]
     generate: Callable
-    until_stop: Callable
     reward_model: Callable[[str], Any]
 
 

@@ -18,8 +18,7 @@ from jax.experimental import multihost_utils
 from maxlm.ckpt.hf import export_hf
 from maxlm.ckpt.manager import Checkpoints
 from maxlm.config import Config, load_config, validate
-from maxlm.infer.prompts import encode_prompts, until_stop
-from maxlm.infer.sampler import generate
+from maxlm.infer.pretrained import Pretrained
 from maxlm.parallel.distributed import initialize_from_env
 from maxlm.parallel.mesh import make_mesh
 from maxlm.tasks import TASKS
@@ -107,17 +106,14 @@ def finish_run(run: Setup, writer: MetricsWriter, result: RunResult, log) -> Non
 
 def write_samples(run: Setup, log, write: bool = True) -> list[str]:
     """Returns the end-of-run samples (with `write`, also written to run_dir/samples.txt and logged)."""
-    cfg, tokenizer = run.cfg, run.tokenizer
-    if not cfg.sample.prompts or not run.task.samples:
+    cfg, s = run.cfg, run.cfg.sample
+    if not s.prompts or not run.task.samples:
         return []
-    s = cfg.sample
-    prompts, stops = encode_prompts(cfg, tokenizer, s.prompts)
-    out = generate(
-        run.graphdef, cfg.model, run.state.params, prompts, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-        stop_ids=stops, seed=cfg.train.seed,
-    )
+    model = Pretrained(cfg, run.state.params, run.graphdef, run.tokenizer, run.mesh)
+    ids, stops = model.encode_prompts(s.prompts)
+    out = model.generate_batched(ids, s.max_new_tokens, stop_ids=stops, seed=cfg.train.seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
     joint = " -> " if run.task.chat else ""
-    texts = [p + joint + tokenizer.decode(until_stop(row, stops)) for p, row in zip(s.prompts, out[:, -s.max_new_tokens:])]
+    texts = [p + joint + text for p, text in zip(s.prompts, out.texts)]
     if write:
         (run.run_dir / "samples.txt").write_text("\n\n".join(texts) + "\n")
         log("samples:\n" + "\n".join(f"  > {t!r}" for t in texts))

@@ -20,13 +20,12 @@ from maxlm.ckpt.manager import Checkpoints
 from maxlm.config import Config
 from maxlm.data.tokenizers import Tokenizer, ensure_tokenizer
 from maxlm.errors import MaxlmError
-from maxlm.infer.prompts import until_stop
+from maxlm.infer.generate import generate_batched
 from maxlm.infer.replies import load_scoring_model
-from maxlm.infer.sampler import generate
 from maxlm.models import params as params_lib
 from maxlm.optim import optimizer
 from maxlm.optim.update import eval_step
-from maxlm.parallel.mesh import data_parallel_size, make_mesh
+from maxlm.parallel.mesh import data_parallel_size
 from maxlm.tasks import TASKS
 from maxlm.tasks.task import Services, Task, TaskData
 from maxlm.train import metrics as metrics_lib
@@ -89,7 +88,7 @@ def with_task_head(cfg: Config) -> Config:
 def services(cfg: Config, mesh, log) -> Services:
     """Returns what the task's batches may use from the layers above the tasks."""
     return Services(
-        mesh=mesh, log=log, reference=lambda: state_lib.reference_params(cfg, mesh), generate=generate, until_stop=until_stop,
+        mesh=mesh, log=log, reference=lambda: state_lib.reference_params(cfg, mesh), generate=generate_batched,
         reward_model=lambda path: load_scoring_model(path, reward=True),
     )
 

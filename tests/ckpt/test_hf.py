@@ -108,7 +108,7 @@ def test_imported_run_layout(llama):
     _, _, run = llama
     assert (run / "config.yaml").is_file() and Checkpoints(run, read_only=True).latest_step() == 0
     assert (run / "tokenizer" / "tokenizer.json").is_file()
-    assert maxlm.from_pretrained(run).tokenizer == str(run / "tokenizer")
+    assert maxlm.from_pretrained(run).tokenizer.path == str(run / "tokenizer")
 
 
 @pytest.mark.parametrize("which", ["llama", "qwen2"])

@@ -73,12 +73,12 @@ def pipeline(write_yaml, run_dir: Path, **params) -> Path:
 
 
 def test_gibberish_scores_higher_and_is_what_the_stage_drops(run_dir, corpus, write_yaml, tmp_path, monkeypatch):
-    import maxlm.pretrained
+    import maxlm.infer.pretrained
 
     path, texts = corpus
     loads = []
-    real = maxlm.pretrained.from_pretrained
-    monkeypatch.setattr(maxlm.pretrained, "from_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = maxlm.infer.pretrained.from_pretrained
+    monkeypatch.setattr(maxlm.infer.pretrained, "from_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k))
     natural = sum(k.startswith("nat") for k in texts)
     # Every document in one batch: the batch's quantile at the last natural rank splits off the rest.
     cfg = load_pipeline(pipeline(write_yaml, run_dir, max_tokens=128, high_quantile=(natural - 1) / (len(texts) - 1)))

@@ -438,7 +438,7 @@ def test_constitutional_end_to_end_on_a_model(tiny_run, tmp_path, capsys, monkey
     assert len(read_records(str(sft), "sft")[0]) == len(read_records(str(pairs), "dpo")[0]) == len(sft_rows)
     # A rerun finds everything done, samples nothing and loads no model.
     capsys.readouterr()
-    monkeypatch.setattr("maxlm.pretrained.from_pretrained", lambda *a, **k: pytest.fail("loaded a model with nothing to do"))
+    monkeypatch.setattr("maxlm.infer.pretrained.from_pretrained", lambda *a, **k: pytest.fail("loaded a model with nothing to do"))
     assert main(args) == 0
     assert "resuming: 4 of 4 prompts already done" in capsys.readouterr().err
     assert len(sft.read_text().splitlines()) == len(sft_rows)

@@ -20,7 +20,7 @@ def test_unwritable_output_is_refused_before_the_evaluation(runs, write_jsonl, t
         raise AssertionError("the evaluation ran before --output was checked")
 
     monkeypatch.setattr("maxlm.eval.perplexity.eval_perplexity", evaluated)
-    monkeypatch.setattr("maxlm.pretrained.from_pretrained", evaluated)
+    monkeypatch.setattr("maxlm.infer.pretrained.from_pretrained", evaluated)
     a_file = tmp_path / "results"
     a_file.write_text("")
     output = {"read-only": "/sys/maxlm-results", "a file": str(a_file)}[bad]

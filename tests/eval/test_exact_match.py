@@ -8,7 +8,6 @@ import pytest
 
 from maxlm.cli import main as cli_main
 from maxlm.data import chat
-from maxlm.data.tokenizers import load_tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.eval.generation import exact, exact_match, scorer
 
@@ -17,7 +16,7 @@ N = 8
 
 def greedy_reply(model, prompt: str) -> str:
     """Returns the model's greedy reply to one user message, sampled on its own (no padding, no batch mates)."""
-    tok = load_tokenizer(model.tokenizer)
+    tok = model.tokenizer
     stops = chat.stop_ids(tok, "default")
     row = model.generate([chat.encode_prompt(tok, "default", prompt)], N, stop_ids=stops)[0, -N:].tolist()
     return tok.decode(row[: min([row.index(t) for t in stops if t in row], default=N)])

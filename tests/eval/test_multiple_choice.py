@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from maxlm.cli import main as cli_main
-from maxlm.data.tokenizers import load_tokenizer
 from maxlm.eval.multiple_choice import multiple_choice
 
 QUESTIONS = [
@@ -20,7 +19,7 @@ QUESTIONS = [
 
 def choice_logps(model) -> list[np.ndarray]:
     """Returns each question's summed log p of ` choice` after `Question: ...\\nAnswer:` (BOS first), from the logits."""
-    tok = load_tokenizer(model.tokenizer)
+    tok = model.tokenizer
     seqs = []  # (ids, where the continuation starts)
     for question, choices, _ in QUESTIONS:
         context = [tok.bos_id] + tok.encode(f"Question: {question}\nAnswer:")

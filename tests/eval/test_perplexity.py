@@ -9,7 +9,6 @@ import pytest
 
 from maxlm.cli import main as cli_main
 from maxlm.data import chat
-from maxlm.data.tokenizers import load_tokenizer
 from maxlm.eval.perplexity import eval_perplexity, windows
 
 LONG = ("Text wrapping and filling: the module provides functions that reformat paragraphs so that each line "
@@ -39,7 +38,7 @@ def test_windows_score_every_token_once():
 
 def test_text_perplexity_is_exp_of_numpy_nll(models, runs, write_jsonl, tmp_path, capsys):
     model = models["pretrain"]
-    tok = load_tokenizer(model.tokenizer)
+    tok = model.tokenizer
     texts = [LONG, "A short paragraph.", "Another one, to be left out by --rows."]
     path = write_jsonl("held_out.jsonl", [{"text": t} for t in texts])
     result = eval_perplexity(model, [path], rows=":2")
@@ -67,7 +66,7 @@ def test_text_perplexity_is_exp_of_numpy_nll(models, runs, write_jsonl, tmp_path
 
 def test_sft_perplexity_scores_the_replies_only(models, write_jsonl):
     model = models["sft"]
-    tok = load_tokenizer(model.tokenizer)
+    tok = model.tokenizer
     records = [{"prompt": "Wrap this text.", "response": "The lines are filled to the width."},
                {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
                              {"role": "user", "content": "Dedent it"}, {"role": "assistant", "content": "Common leading whitespace is removed."}]},

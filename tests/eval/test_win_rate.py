@@ -10,7 +10,6 @@ import pytest
 
 from maxlm.cli import main as cli_main
 from maxlm.data import chat
-from maxlm.data.tokenizers import load_tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.eval.win_rate import win_rate
 from maxlm.infer.scoring import Scorer
@@ -32,7 +31,7 @@ def test_rewards_are_the_rms_scores_of_each_answer(models, write_jsonl):
     rm, a, b = models["rm"], models["sft"], models["pretrain"]  # B is prompted with plain text
     result = win_rate(rm, a, b, write_jsonl("prompts.jsonl", PROMPTS), max_new_tokens=8, rows="1:")
     assert result["n"] == 3 and result["wins"] + result["ties"] + result["losses"] == 3
-    tok = load_tokenizer(rm.tokenizer)
+    tok = rm.tokenizer
     ex = result["examples"]
     prompts = [[{"role": "user", "content": "Fill the paragraph please"}], [{"role": "user", "content": "What is 2 + 3?"}],
                PROMPTS[3]["prompt"]]

@@ -18,7 +18,7 @@ from maxlm.infer.scoring import Scorer, bucket_length, length_batches, perplexit
 from maxlm.models import params as params_lib
 from maxlm.models.llama import causal_segment_mask
 from maxlm.parallel.mesh import make_mesh
-from maxlm.pretrained import Pretrained
+from maxlm.infer.pretrained import Pretrained
 
 REPO = Path(__file__).resolve().parents[2]
 V = 97

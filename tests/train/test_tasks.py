@@ -106,10 +106,9 @@ def test_ppo_rewards_come_from_the_reward_model(tmp_path, sft_config, rm_run, hh
 
     from maxlm.config import load_config
     from maxlm.data import chat
-    from maxlm.data.tokenizers import load_tokenizer
     from maxlm.models.llama import causal_segment_mask
     from maxlm.models.params import bind
-    from maxlm.pretrained import from_pretrained
+    from maxlm.infer.pretrained import from_pretrained
     from maxlm.tasks.rl.rollouts import Rollouts, load_prompts
     from maxlm.train.setup import services
 
@@ -124,11 +123,11 @@ def test_ppo_rewards_come_from_the_reward_model(tmp_path, sft_config, rm_run, hh
     # rendered in the RM's own template, recomputed here on each sequence alone.
     cfg = load_config(str(tmp_path / "ppo" / "config.yaml"))
     policy = from_pretrained(tmp_path / "ppo")
-    tok = load_tokenizer(policy.tokenizer)
+    tok = policy.tokenizer
     roll = Rollouts(cfg, tok, policy.graphdef, load_prompts(cfg, tok, cfg.data.train_files), services(cfg, policy.mesh, print), value_head=True)
     _, _, texts, scores = roll.sample(policy.params, [0, 1, 2], 7, 2, 1.0)
     rm = from_pretrained(rm_run)
-    rm_tok = load_tokenizer(rm.tokenizer)
+    rm_tok = rm.tokenizer
     for i, (text, score) in enumerate(zip(texts, scores)):
         ids = chat.encode_completion(rm_tok, rm.config.data.chat_template, roll.prompts.prompts[i // 2], text)[0]
         model = bind(rm.graphdef, rm.params)

@@ -91,7 +91,7 @@ class Rollouts:
 
     def __init__(self, cfg: Config, tokenizer: Tokenizer, graphdef, prompts: PromptSet, services: Services, value_head: bool):
         self.cfg, self.tokenizer, self.graphdef, self.prompts = cfg, tokenizer, graphdef, prompts
-        self.generate, self.until_stop, self.value_head = services.generate, services.until_stop, value_head
+        self.generate, self.value_head = services.generate, value_head
         self.stops = chat.stop_ids(tokenizer, cfg.data.chat_template)
         if not self.stops:
             raise MaxlmError(f"data.chat_template {cfg.data.chat_template}: no stop token; rollouts could not end")
@@ -108,12 +108,11 @@ class Rollouts:
         """Returns (token rows [R, P + N], prompt lengths [R], completion texts [R], rewards [R]), `group_size` per prompt."""
         r = self.cfg.rl
         idx = [int(i) for i in indices for _ in range(group_size)]
-        rows = self.generate(
-            self.graphdef, self.cfg.model, params, [self.prompts.ids[i] for i in idx], r.max_new_tokens,
-            temperature=temperature, top_k=r.top_k, top_p=r.top_p, stop_ids=self.stops, pad_id=self.tokenizer.pad_id,
-            seed=seed, pad_to=r.max_prompt_len,
+        out = self.generate(
+            self.graphdef, self.cfg.model, params, self.tokenizer, [self.prompts.ids[i] for i in idx], r.max_new_tokens,
+            stop_ids=self.stops, prompt_len=r.max_prompt_len, seed=seed, temperature=temperature, top_k=r.top_k, top_p=r.top_p,
         )
-        texts = [self.tokenizer.decode(self.until_stop(row, self.stops)) for row in rows[:, r.max_prompt_len:]]
+        rows, texts = out.rows_NxTM, out.texts
         if self.reward_model:
             scores, tokens = self.reward_model.reply_rewards([self.prompts.prompts[i] for i in idx], texts)
             if np.any(tokens > self.reward_model.max_len):

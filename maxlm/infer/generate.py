@@ -1,0 +1,82 @@
+"""The one batched generation: prompt ids through the sampler in fixed-shape batches, each row cut at its first stop and decoded.
+
+Every batch of a call has one shape, so the sampler compiles once per call: `batch_size` rows
+(a short last batch is filled with copies of its last prompt, whose rows are dropped) and
+every prompt left-padded to max(prompt_len, the longest prompt). Used by `maxlm generate`, the
+exact-match and win-rate evals, synth (self-instruct, constitutional), the end-of-run samples
+and RL rollouts.
+Letters: N prompts, T padded prompt length, M new tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from maxlm.config import ModelConfig
+from maxlm.data.tokenizers import Tokenizer
+from maxlm.infer import sampler
+
+Seed = int | Callable[[list[list[int]]], int]  # one seed for every batch, or a batch's seed from its (filled) prompts
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """A batched generation, one entry per prompt in order."""
+
+    rows_NxTM: np.ndarray  # int32 [N, T + M]: the left-padded prompt, then the sampler's M new tokens
+    prompt_len: int  # T
+    ids: list[list[int]]  # each row's new tokens before its first stop id
+    texts: list[str]  # `ids` decoded
+    stopped: list[bool]  # a stop id ended the row (False: it ran out of new tokens)
+
+
+def until_stop(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
+    """Returns the ids before the first stop id (all of them when none occurs)."""
+    ids = [int(t) for t in ids]
+    return ids[: min([ids.index(t) for t in stops if t in ids], default=len(ids))]
+
+
+def generate_batched(
+    graphdef: nnx.GraphDef,
+    model_cfg: ModelConfig,
+    params: Any,
+    tokenizer: Tokenizer,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    stop_ids: Sequence[int] = (),
+    batch_size: int | None = None,
+    prompt_len: int = 0,
+    seed: Seed = 0,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Generation:
+    """Returns the Generation of `prompts` (token ids), `batch_size` rows a batch (None: all in one batch).
+
+    Call it under the params' mesh. Greedy rows do not depend on the batching: a prompt gives
+    what it gives alone.
+    """
+    if not prompts:
+        raise ValueError("no prompts to generate from")
+    prompts = [[int(t) for t in p] for p in prompts]
+    t = max(prompt_len, max(map(len, prompts)))
+    rows = batch_size or len(prompts)
+    parts = []
+    for start in range(0, len(prompts), rows):
+        part = prompts[start : start + rows]
+        batch = part + [part[-1]] * (rows - len(part))
+        out = sampler.generate(
+            graphdef, model_cfg, params, batch, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            stop_ids=stop_ids, pad_id=tokenizer.pad_id, seed=seed(batch) if callable(seed) else seed, pad_to=t,
+        )
+        parts.append(out[: len(part)])
+    rows_NxTM = np.concatenate(parts)
+    ids = [until_stop(row, stop_ids) for row in rows_NxTM[:, t:]]
+    # A row without a stop keeps all M tokens: it stopped exactly when it is shorter.
+    return Generation(rows_NxTM, t, ids, [tokenizer.decode(x) for x in ids], [len(x) < max_new_tokens for x in ids])
