@@ -33,11 +33,3 @@ class Document:
 def utf8_size(text: str) -> int:
     """Returns the UTF-8 byte length of `text` without encoding ASCII text."""
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-@dataclass(slots=True)
-class BadRecord:
-    """An input record that could not become a Document: where it is and what was wrong."""
-
-    where: str
-    problem: str

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.atomic import atomic_path, write_json, write_text
+from maxlm.files.atomic import atomic_path, write_json, write_text
 from data_pipelines.config import PipelineConfig
 from data_pipelines.readers import InputFile
 from data_pipelines.run.layout import Layout

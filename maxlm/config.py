@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from maxlm.errors import MaxlmError
+from maxlm.files import atomic
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -474,7 +475,4 @@ def from_dict(raw: dict, where: str = "config") -> Config:
 def dump_yaml(cfg: Config, path: str | os.PathLike) -> None:
     """Writes the resolved config as YAML, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    atomic.write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from data_pipelines.atomic import atomic_path
+from maxlm.files.atomic import atomic_path
 
 BYTES_PER_ENTRY = 16 * 4  # key + index, and the sort's temporary copies
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.atomic import write_json
+from maxlm.files.atomic import write_json
 from data_pipelines.dedup.buckets import Run, candidate_pairs, run_paths
 from data_pipelines.dedup.components import UnionFind
 from data_pipelines.run.layout import Layout
-from data_pipelines.writers import JsonlZstWriter, read_jsonl_zst
+from maxlm.files.readers import iter_records
+from maxlm.files.writers import JsonlZstWriter
 
 
 def resolve_group(
@@ -73,7 +74,7 @@ def _ids_of(id_files: list[Path], offsets: np.ndarray, wanted: np.ndarray) -> di
             continue
         need_set = set(need.tolist())
         last = int(need.max())
-        for li, doc_id in enumerate(read_jsonl_zst(path)):
+        for li, (_, doc_id) in enumerate(iter_records(path, strict=True)):
             if li in need_set:
                 out[int(lo) + li] = doc_id
             if li >= last:

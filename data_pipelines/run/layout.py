@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipelines.writers import SUFFIX
+from maxlm.files.writers import SUFFIX
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from data_pipelines.atomic import remove_stale_tmp, write_json, write_text
+from maxlm.files.atomic import remove_stale_tmp, write_json, write_text
 from data_pipelines.config import PipelineConfig
 from data_pipelines.dedup.resolve import resolve_group
 from data_pipelines.readers import InputFile, list_inputs

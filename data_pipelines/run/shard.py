@@ -14,16 +14,18 @@ from typing import Iterator
 
 import numpy as np
 
-from data_pipelines.atomic import write_json
+from maxlm.files.atomic import write_json
 from data_pipelines.config import PipelineConfig
 from data_pipelines.dedup.buckets import write_run
-from data_pipelines.document import BadRecord, Document, utf8_size
+from data_pipelines.document import Document, utf8_size
+from maxlm.files.formats import BadRecord
 from data_pipelines.readers import InputFile, read_documents
 from data_pipelines.run.layout import Layout
 from data_pipelines.run.plan import Phase
 from data_pipelines.stages import build_stage
 from data_pipelines.stats import StageStats
-from data_pipelines.writers import JsonlZstWriter, open_writer, read_jsonl_zst
+from maxlm.files.readers import iter_records
+from maxlm.files.writers import JsonlZstWriter, open_writer
 
 MAX_BAD_EXAMPLES = 100  # per shard, in the marker; every bad record is in removed/
 INTERMEDIATE_LEVEL = 1  # zstd level for _work files: written once, read once, deleted
@@ -58,7 +60,7 @@ def _batches(it: Iterator, n: int) -> Iterator[list]:
 
 def _intermediate(path: Path, removals: dict[int, tuple[int, object]]) -> Iterator[tuple[Document, tuple | None]]:
     """Yields (document, (group stage, duplicate_of) or None) from a previous phase's shard."""
-    for i, (doc_id, where, text_key, text, meta) in enumerate(read_jsonl_zst(path)):
+    for i, (_, (doc_id, where, text_key, text, meta)) in enumerate(iter_records(path, strict=True)):
         yield Document(doc_id, text, meta, text_key, where), removals.get(i)
 
 
@@ -200,4 +202,4 @@ def _apply(stage, label: str, docs: list[Document], st: StageStats, removed: _Re
 
 def _load_removals(path: Path) -> dict[int, tuple[int, object]]:
     """Returns {local index: (group stage, duplicate_of id)} written by the dedup resolve."""
-    return {int(i): (int(j), dup) for i, j, dup in read_jsonl_zst(path)} if path.exists() else {}
+    return {int(i): (int(j), dup) for _, (i, j, dup) in iter_records(path, strict=True)} if path.exists() else {}

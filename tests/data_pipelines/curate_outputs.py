@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def read_output(out_dir: Path) -> list[dict]:
     """Returns every record of a run's output shards (jsonl.zst or parquet), in shard order."""
-    from data_pipelines.writers import read_jsonl_zst
+    from maxlm.files.readers import iter_records
 
     recs = []
     for p in sorted(glob.glob(str(out_dir / "shard-*"))):
@@ -19,12 +19,12 @@ def read_output(out_dir: Path) -> list[dict]:
 
             recs += pq.read_table(p).to_pylist()
         else:
-            recs += list(read_jsonl_zst(p))
+            recs += [r for _, r in iter_records(p, strict=True)]
     return recs
 
 
 def read_removed(out_dir: Path) -> list[dict]:
     """Returns every removed-document record of a run."""
-    from data_pipelines.writers import read_jsonl_zst
+    from maxlm.files.readers import iter_records
 
-    return [r for p in sorted(glob.glob(str(out_dir / "removed" / "*.jsonl.zst"))) for r in read_jsonl_zst(p)]
+    return [r for p in sorted(glob.glob(str(out_dir / "removed" / "*.jsonl.zst"))) for _, r in iter_records(p, strict=True)]

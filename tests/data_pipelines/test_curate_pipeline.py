@@ -153,7 +153,7 @@ def test_arrayrecord_output_is_what_maxlm_train_reads(tmp_path, write_yaml):
 
 
 def test_arrayrecord_writer_is_atomic(tmp_path):
-    from data_pipelines.writers import open_writer
+    from maxlm.files.writers import open_writer
 
     with pytest.raises(RuntimeError):
         with open_writer(tmp_path / "s.arrayrecord", "arrayrecord") as w:

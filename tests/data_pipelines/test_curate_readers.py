@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 import zstandard
 
 from data_pipelines.config import InputConfig
-from data_pipelines.document import BadRecord, Document
+from data_pipelines.document import Document
+from maxlm.files.formats import BadRecord
 from data_pipelines.readers import list_inputs, read_documents
-from maxlm.data.formats import open_file
+from maxlm.files.readers import open_file
 from maxlm.errors import MaxlmError
 
 GOOD = [{"text": "first document", "url": "http://a", "n": 1}, {"id": "x7", "text": "second", "tags": ["a", "b"]}]
@@ -43,7 +44,7 @@ def test_jsonl_plain_gz_zst_agree(tmp_path):
 
 
 def test_curation_and_training_accept_the_same_files(tmp_path):
-    # Extensions are detected by maxlm.data.formats for both; a .zst of two frames is read whole.
+    # Extensions are detected by maxlm.files.formats for both; a .zst of two frames is read whole.
     lines = [json.dumps(r).encode() for r in GOOD]
     two_frames = zstandard.ZstdCompressor().compress(lines[0] + b"\n") + zstandard.ZstdCompressor().compress(lines[1] + b"\n")
     for name in ("a.ndjson", "b.json", "c.jsonl.zstd", "d.jsonl.zst"):

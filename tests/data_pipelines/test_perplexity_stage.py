@@ -17,7 +17,7 @@ from data_pipelines.document import Document
 from data_pipelines.run.pipeline import curate
 from data_pipelines.stages import build_stage
 from data_pipelines.stats import StageStats
-from data_pipelines.writers import read_jsonl_zst
+from maxlm.files.readers import iter_records
 from maxlm.errors import MaxlmError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def test_gibberish_scores_higher_and_is_what_the_stage_drops(run_dir, corpus, wr
     # Every document in one batch: the batch's quantile at the last natural rank splits off the rest.
     cfg = load_pipeline(pipeline(write_yaml, run_dir, max_tokens=128, high_quantile=(natural - 1) / (len(texts) - 1)))
     report = curate(cfg, str(path), tmp_path / "out", workers=1)
-    kept = [r for p in sorted(glob.glob(str(tmp_path / "out" / "*.jsonl.zst"))) for r in read_jsonl_zst(p)]
+    kept = [r for p in sorted(glob.glob(str(tmp_path / "out" / "*.jsonl.zst"))) for _, r in iter_records(p, strict=True)]
     assert sorted(r["id"] for r in kept) == sorted(k for k in texts if k.startswith("nat"))
     assert all(r["perplexity"] > 1 for r in kept)
     (st,) = report["stages"]

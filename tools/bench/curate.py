@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from data_pipelines.config import load_pipeline  # noqa: E402
 from data_pipelines.run.pipeline import curate  # noqa: E402
-from data_pipelines.writers import read_jsonl_zst  # noqa: E402
+from maxlm.files.readers import iter_records  # noqa: E402
 
 PIPELINE = REPO / "configs" / "curation" / "english_web.yaml"
 
@@ -52,7 +52,7 @@ def run_ours(in_dir: Path, out_dir: Path, workers: int) -> tuple[float, list[dic
     cfg = load_pipeline(PIPELINE)
     report = curate(cfg, str(in_dir / "*.jsonl"), out_dir, "local", workers)
     wall = time.perf_counter() - t0
-    kept = [r for p in sorted(glob.glob(str(out_dir / "*.jsonl.zst"))) for r in read_jsonl_zst(p)]
+    kept = [r for p in sorted(glob.glob(str(out_dir / "*.jsonl.zst"))) for _, r in iter_records(p, strict=True)]
     return wall, kept, report
 
 

@@ -1,24 +1,32 @@
-"""Output shards: jsonl.zst, parquet or ArrayRecord, each written to a temporary file and renamed when complete."""
+"""Writers of data files: output shards (jsonl.zst, parquet, ArrayRecord), whole jsonl files,
+and durable appends to a jsonl file that a crashed run resumes.
+
+Shards and whole files appear atomically (`atomic`): written under a temporary name, renamed
+when complete. An append is one write, then flush and fsync, so a crash loses at most the
+batch in flight; `cut_torn_tail` removes the torn last line such a crash leaves.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from data_pipelines.atomic import TMP_MARK, atomic_path
+from maxlm.files.atomic import atomic_path, temp_beside
 
 try:
     import orjson
 
-    def _dumps(rec: Any) -> bytes:
+    def dumps(rec: Any) -> bytes:
+        """Returns one record as compact JSON bytes (numpy scalars and unknown types allowed)."""
         # OPT_SERIALIZE_NUMPY: stages may put numpy scalars into metadata
         return orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
 
 except ImportError:  # pragma: no cover - exercised only without orjson
 
-    def _dumps(rec: Any) -> bytes:
+    def dumps(rec: Any) -> bytes:
+        """Returns one record as compact JSON bytes (unknown types as str)."""
         return json.dumps(rec, ensure_ascii=False, default=str).encode("utf-8")
 
 
@@ -32,15 +40,14 @@ class JsonlZstWriter:
         import zstandard
 
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f"{self.path.name}{TMP_MARK}{os.getpid()}")
+        self._tmp = temp_beside(self.path)
         self._raw = open(self._tmp, "wb")
         self._z = zstandard.ZstdCompressor(level=level).stream_writer(self._raw, closefd=False)
         self.count = 0
 
     def write(self, rec: Any) -> None:
         """Appends one record."""
-        self._z.write(_dumps(rec) + b"\n")
+        self._z.write(dumps(rec) + b"\n")
         self.count += 1
 
     def close(self, ok: bool = True) -> None:
@@ -88,7 +95,7 @@ class ParquetWriter:
                     cols[k] = pa.array(values)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
                     # mixed types in one field (int here, str there): keep each value as JSON text
-                    cols[k] = pa.array([None if v is None else _dumps(v).decode() for v in values])
+                    cols[k] = pa.array([None if v is None else dumps(v).decode() for v in values])
             with atomic_path(self.path) as tmp:
                 pq.write_table(pa.table(cols), tmp)
         self.rows = []
@@ -107,8 +114,7 @@ class ArrayRecordWriter:
         from array_record.python.array_record_module import ArrayRecordWriter as _Writer
 
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f"{self.path.name}{TMP_MARK}{os.getpid()}")
+        self._tmp = temp_beside(self.path)
         # group_size:1 compresses each record alone: training reads them in shuffled order,
         # and a larger group would inflate the whole group to read one record
         self._w = _Writer(str(self._tmp), "group_size:1")
@@ -116,7 +122,7 @@ class ArrayRecordWriter:
 
     def write(self, rec: Any) -> None:
         """Appends one record."""
-        self._w.write(_dumps(rec))
+        self._w.write(dumps(rec))
         self.count += 1
 
     def close(self, ok: bool = True) -> None:
@@ -143,11 +149,54 @@ def open_writer(path: str | os.PathLike, fmt: str, level: int = 3) -> JsonlZstWr
     return JsonlZstWriter(path, level)
 
 
-def read_jsonl_zst(path: str | os.PathLike) -> Iterator[Any]:
-    """Yields the JSON values of a .jsonl.zst file written by JsonlZstWriter."""
-    from data_pipelines.readers import _loads
-    from maxlm.data.formats import open_binary
+def jsonl_line(rec: Any) -> str:
+    """Returns one record as a jsonl line (the stdlib's spacing, non-ASCII kept), newline included."""
+    return json.dumps(rec, ensure_ascii=False) + "\n"
 
-    with open_binary(str(path)) as fh:
-        for raw in fh:
-            yield _loads(raw)
+
+def write_jsonl(path: str | os.PathLike, records) -> None:
+    """Writes one JSON object a line to `path`, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(jsonl_line(rec))
+
+
+def append_jsonl(path: str | os.PathLike, records: list) -> None:
+    """Appends `records` to a jsonl file durably: one write, flush, fsync."""
+    if not records:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(jsonl_line(r) for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def cut_torn_tail(path: str | os.PathLike) -> int:
+    """Cuts a jsonl file after its last complete line; returns how many bytes of a torn last line it removed.
+
+    Only the last write of `append_jsonl` can be torn, and it is the batch that never finished.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        end = _last_newline_end(f, size)
+        if end < size:
+            f.truncate(end)
+    return size - end
+
+
+def _last_newline_end(f, size: int) -> int:
+    """Returns the offset just past the last newline of an open file of `size` bytes (0 when none)."""
+    pos = size
+    while pos > 0:
+        step = min(pos, 1 << 16)
+        f.seek(pos - step)
+        chunk = f.read(step)
+        at = chunk.rfind(b"\n")
+        if at >= 0:
+            return pos - step + at + 1
+        pos -= step
+    return 0

@@ -9,9 +9,7 @@ import pickle
 
 import pytest
 
-from maxlm.config import SourceConfig
-from maxlm.data.formats import open_file, text_documents
-from maxlm.data.sources import expand, iter_texts, open_source
+from maxlm.files.readers import open_file, text_documents
 from maxlm.errors import MaxlmError
 
 TEXTS = ["first document", "second one,\nwith two lines", "third: ünïcödé ✓"]
@@ -67,34 +65,6 @@ def test_compressed_files_are_cached_decompressed(tmp_path, data_cache):
     assert reader.name.endswith("cached.jsonl.gz")  # messages name the file the user wrote
 
 
-def test_format_and_text_key_override(tmp_path):
-    path = tmp_path / "data.dat"
-    path.write_text(json.dumps({"body": "hello"}) + "\n")
-    docs = open_source(SourceConfig(path=str(path), format="jsonl", text_key="body"))
-    assert [docs[0]] == ["hello"]
-    with pytest.raises(MaxlmError, match="unknown file type"):
-        open_source(SourceConfig(path=str(path)))
-
-
-def test_glob_expands_sorted_across_files(tmp_path):
-    for name in ["b.jsonl", "a.jsonl", "c.txt"]:
-        _write(tmp_path, name)
-    assert expand(str(tmp_path / "*.jsonl")) == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
-    docs = open_source(SourceConfig(path=str(tmp_path / "[ab].jsonl")))
-    assert len(docs) == 6 and [docs[i] for i in (0, 3, 5)] == [TEXTS[0], TEXTS[0], TEXTS[2]]
-
-
-def test_missing_inputs_are_named(tmp_path):
-    with pytest.raises(MaxlmError, match=r"nope\.jsonl: file not found"):
-        open_source(SourceConfig(path=str(tmp_path / "nope.jsonl")))
-    with pytest.raises(MaxlmError, match=r"\*\.parquet: no file matches"):
-        open_source(SourceConfig(path=str(tmp_path / "*.parquet")))
-    with pytest.raises(MaxlmError, match="is a directory"):
-        open_source(SourceConfig(path=str(tmp_path)))
-    with pytest.raises(MaxlmError, match="unknown builtin corpus"):
-        open_source(SourceConfig(path="builtin:nope"))
-
-
 BAD_LINES = [
     (b"{not json}", "invalid JSON"),
     (b"[1, 2]", "expected a JSON object, got list"),
@@ -104,10 +74,28 @@ BAD_LINES = [
 ]
 
 
-def test_json_array_file_is_named_as_one(tmp_path):
+def test_json_array_file_is_read_as_its_elements(tmp_path):
+    # The one rule for .json: a file starting with "[" is an array of records, for every reader.
     path = tmp_path / "arr.json"
+    path.write_text('\ufeff[\n  {"text": "a"},\n  {"text": "b"}\n]\n', encoding="utf-8")
+    assert list(open_file(str(path))) == ["a", "b"]
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert list(open_file(str(lines))) == ["a", "b"]
+
+
+def test_json_array_bad_element_is_named_by_its_line(tmp_path):
+    path = tmp_path / "arr.json"
+    path.write_text('[\n  {"text": "a"},\n  {"body": "b"}\n]\n')
+    with pytest.raises(MaxlmError, match=r"arr.json:3: missing key 'text'"):
+        open_file(str(path))
+    assert list(open_file(str(path), on_bad_record="skip")) == ["a"]
+
+
+def test_json_array_in_a_jsonl_file_is_named_as_one(tmp_path):
+    path = tmp_path / "arr.jsonl"
     path.write_text('[\n  {"text": "a"}\n]\n')
-    with pytest.raises(MaxlmError, match=r"arr.json:1: invalid JSON: .*a JSON array file\? expected one JSON object a line"):
+    with pytest.raises(MaxlmError, match=r"arr.jsonl:1: invalid JSON: .*a JSON array file\? expected one JSON object a line"):
         open_file(str(path))
 
 
@@ -124,11 +112,11 @@ def test_skip_mode_counts_bad_records_and_keeps_the_rest(tmp_path):
     path = tmp_path / "bad.jsonl"
     good = [json.dumps({"text": f"good {i}"}).encode() for i in range(3)]
     path.write_bytes(b"\n".join([good[0], *[b for b, _ in BAD_LINES], good[1], good[2]]) + b"\n")
-    docs = open_source(SourceConfig(path=str(path)), on_bad_record="skip")
+    docs = open_file(str(path), on_bad_record="skip")
     assert docs.skipped == len(BAD_LINES)
     assert [docs[i] for i in range(len(docs))] == ["good 0", "good 1", "good 2"]
     with pytest.raises(MaxlmError, match=r"bad\.jsonl:2: invalid JSON"):
-        open_source(SourceConfig(path=str(path)))
+        open_file(str(path))
 
 
 def test_bad_text_and_parquet_records(tmp_path):
@@ -170,9 +158,3 @@ def test_corrupt_compressed_file_is_named(tmp_path):
     path.write_bytes(gzip.compress(_lines(TEXTS))[:-12])
     with pytest.raises(MaxlmError, match=r"broken\.jsonl\.gz: cannot decompress"):
         open_file(str(path))
-
-
-def test_iter_texts_interleaves_sources(tmp_path, write_jsonl):
-    a = write_jsonl(tmp_path / "a.jsonl", ["a0", "a1", "a2"])
-    b = write_jsonl(tmp_path / "b.jsonl", ["b0"])
-    assert list(iter_texts([SourceConfig(path=str(a)), SourceConfig(path=str(b))])) == ["a0", "b0", "a1", "a2"]

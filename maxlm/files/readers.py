@@ -1,79 +1,43 @@
-"""One reader per file format, each a random-access list of document texts.
+"""Readers of data files: random-access readers of document texts for training, and the one
+streaming reader, `iter_records`, that curation, post-training records, select and synth use.
 
-Every record is validated when the reader is built, so bad data fails (or is counted and
-dropped) before any model compiles; afterwards `reader[i]` only seeks and decodes.
+Random-access readers validate every record when they are built, so bad data fails (or is
+counted and dropped) before any model compiles; afterwards `reader[i]` only seeks and decodes.
 Bad records are named `file:line` (1-based; the row number for parquet and ArrayRecord; a
-text document's first line).
+text document's first line; the line an element starts on in a JSON array).
 
 Compressed jsonl/text (.gz, .zst) is decompressed once into the on-disk cache
 (`cache.cache_dir("decompressed")`) and memory-mapped from there: random access into a
 compressed stream would mean re-inflating it on every read, and a cache shared by every
 worker process costs no extra memory. Parquet's text column is decoded into memory, once
-per process; ArrayRecord is read record by record, so it suits corpora larger than memory.
+per process; ArrayRecord is read record by record, so it suits corpora larger than memory;
+a JSON array is parsed whole (such files are small), so its texts are held in memory.
 """
 
 from __future__ import annotations
 
 import array
-import gzip
-import hashlib
-import io
 import json
 import logging
 import mmap
 import os
-import shutil
+import re
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from maxlm.data.cache import cache_dir, write_atomic
 from maxlm.errors import MaxlmError
+from maxlm.files.cache import decompressed
+from maxlm.files.formats import (
+    UTF8_BOM, BadRecord, detect_format, json_text, json_value, may_be_json_array, open_binary, record_text, starts_json_array,
+)
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("jsonl", "parquet", "arrayrecord", "text")
-EXTENSIONS = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrayrecord": "arrayrecord", ".array_record": "arrayrecord",
-    ".txt": "text", ".text": "text", ".md": "text",
-}
-COMPRESSIONS = (".gz", ".zst", ".zstd")
-UTF8_BOM = b"\xef\xbb\xbf"  # some editors start a UTF-8 file with it; it is not text
 
-
-class BadRecord(ValueError):
-    """What is wrong with one record; the reader adds file:line."""
-
-
-def json_value(raw: bytes) -> object:
-    """Returns the JSON value of one jsonl line, or raises BadRecord."""
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise BadRecord(f"invalid UTF-8 at byte {e.start}: {e.reason}") from None
-    except json.JSONDecodeError as e:
-        hint = "; a JSON array file? expected one JSON object a line (jsonl)" if raw.strip() == b"[" else ""
-        raise BadRecord(f"invalid JSON: {e.msg} (column {e.colno}){hint}") from None
-
-
-def json_text(raw: bytes, text_key: str) -> str:
-    """Returns the `text_key` string of one JSON-object record, or raises BadRecord."""
-    record = json_value(raw)
-    if not isinstance(record, dict):
-        raise BadRecord(f"expected a JSON object, got {type(record).__name__}")
-    if text_key not in record:
-        keys = ", ".join(map(repr, list(record)[:8])) or "none"
-        raise BadRecord(f"missing key {text_key!r} (keys: {keys})")
-    text = record[text_key]
-    if not isinstance(text, str):
-        raise BadRecord(f"{text_key!r} must be a string, got {type(text).__name__}")
-    return text
-
-
-class _Reader:
-    """Shared bookkeeping: the name in messages, the bad-record policy and its count."""
+class Reader:
+    """Shared bookkeeping of every reader: the name in messages, the bad-record policy and its count."""
 
     def __init__(self, name: str, on_bad_record: str):
         if on_bad_record not in ("error", "skip"):
@@ -98,7 +62,7 @@ class _Reader:
         self.__dict__.update(state)
 
 
-class _LineIndexed(_Reader):
+class _LineIndexed(Reader):
     """A file whose documents are byte spans; read through a lazily opened mmap."""
 
     def __init__(self, path: str, name: str, on_bad_record: str):
@@ -144,6 +108,26 @@ class JsonlFile(_LineIndexed):
 
     def __getitem__(self, i: int) -> str:
         return json.loads(self._bytes(i))[self.text_key]
+
+
+class JsonArrayFile(Reader):
+    """Texts of a .json file holding one JSON array of objects."""
+
+    def __init__(self, path: str, text_key: str = "text", on_bad_record: str = "error", name: str | None = None):
+        super().__init__(name or path, on_bad_record)
+        self.text_key = text_key
+        self.texts: list[str] = []
+        for line, value in json_array(path, self.name):
+            try:
+                self.texts.append(record_text(value, text_key))
+            except BadRecord as e:
+                self._bad(line, str(e))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> str:
+        return self.texts[i]
 
 
 class TextFile(_LineIndexed):
@@ -212,7 +196,7 @@ def text_documents(lines: Iterable[bytes]) -> Iterator[TextDocument]:
         yield TextDocument(first, start, b"".join(parts).rstrip(b"\r\n"))
 
 
-class ParquetFile(_Reader):
+class ParquetFile(Reader):
     """Texts of one string column of a parquet file (memory-mapped, read lazily per process)."""
 
     def __init__(self, path: str, text_key: str = "text", on_bad_record: str = "error"):
@@ -278,7 +262,7 @@ def _parquet_columns(path: str) -> list[str] | None:
         return None
 
 
-class ArrayRecordFile(_Reader):
+class ArrayRecordFile(Reader):
     """Texts of an ArrayRecord file whose records are UTF-8 JSON objects, as in jsonl."""
 
     def __init__(self, path: str, text_key: str = "text", on_bad_record: str = "error"):
@@ -322,71 +306,14 @@ def _array_record_reader(path: str, options: str):
         raise MaxlmError(f"{path}: cannot open ArrayRecord file: {e}") from None
 
 
-def compression_of(path: str) -> str:
-    """Returns the compression suffix of `path` (one of COMPRESSIONS), or ""."""
-    return next((c for c in COMPRESSIONS if path.lower().endswith(c)), "")
-
-
-def detect_format(path: str, fmt: str = "auto", setting: str = "the source's format") -> tuple[str, str]:
-    """Returns (format, compression suffix or "") of `path`; `fmt` other than auto wins. `setting` names where to set one."""
-    name = path.lower()
-    compression = compression_of(path)
-    stem = name[: len(name) - len(compression)]
-    if fmt != "auto":
-        if fmt not in FORMATS:
-            raise MaxlmError(f"{path}: format must be auto or one of {', '.join(FORMATS)}; got {fmt!r}")
-        found = fmt
-    else:
-        found = next((f for ext, f in EXTENSIONS.items() if stem.endswith(ext)), "")
-        if not found:
-            known = ", ".join(list(EXTENSIONS) + [f".jsonl{c}" for c in COMPRESSIONS])
-            raise MaxlmError(f"{path}: unknown file type; expected one of {known}, or set {setting}")
-    if compression and found not in ("jsonl", "text"):
-        raise MaxlmError(f"{path}: {compression} compression is supported for jsonl and text, not {found}")
-    return found, compression
-
-
-def open_binary(path: str) -> io.BufferedIOBase:
-    """Returns a binary stream of `path`, decompressed when it ends in .gz or .zst/.zstd (every zstd frame)."""
-    compression = compression_of(path)
-    if compression == ".gz":
-        return gzip.open(path, "rb")
-    if compression:
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True, read_across_frames=True))
-    return open(path, "rb")
-
-
-def decompressed(path: str, compression: str) -> str:
-    """Returns the path of the cached decompressed copy of `path`, creating it on first use."""
-    st = os.stat(path)
-    key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = cache_dir("decompressed") / f"{key}-{Path(path).name[: -len(compression)]}"
-    if out.exists():
-        return str(out)
-
-    def write(f):
-        with open_binary(path) as src:
-            shutil.copyfileobj(src, f, 1 << 22)
-
-    try:
-        write_atomic(out, write)
-    except (OSError, EOFError, ValueError) as e:
-        raise MaxlmError(f"{path}: cannot decompress {compression} file: {e}") from None
-    except Exception as e:  # zstandard.ZstdError
-        if type(e).__module__.startswith("zstandard"):
-            raise MaxlmError(f"{path}: cannot decompress {compression} file: {e}") from None
-        raise
-    return str(out)
-
-
 def open_file(path: str, fmt: str = "auto", text_key: str = "text", on_bad_record: str = "error"):
     """Returns the validated random-access reader of one file's texts."""
     if not os.path.isfile(path):
         raise MaxlmError(f"{path}: file not found")
     found, compression = detect_format(path, fmt)
     local = decompressed(path, compression) if compression else path
+    if found == "jsonl" and is_json_array(path):
+        return JsonArrayFile(path, text_key, on_bad_record)
     if found == "jsonl":
         return JsonlFile(local, text_key, on_bad_record, name=path)
     if found == "text":
@@ -394,3 +321,143 @@ def open_file(path: str, fmt: str = "auto", text_key: str = "text", on_bad_recor
     if found == "parquet":
         return ParquetFile(path, text_key, on_bad_record)
     return ArrayRecordFile(path, text_key, on_bad_record)
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def is_json_array(path: str) -> bool:
+    """Returns whether `path` is a .json file (compressed or not) holding a JSON array: the one rule for .json."""
+    if not may_be_json_array(path):
+        return False
+    try:
+        with open_binary(path) as f:
+            return starts_json_array(f.read(4096))
+    except (OSError, EOFError, ValueError):
+        return False  # an unreadable stream is reported by the line reader, with its line
+
+
+_SPACE = re.compile(r"[ \t\r\n]*")
+
+
+def json_array(path: str, name: str | None = None) -> Iterator[tuple[int, object]]:
+    """Yields (line each element starts on, element) of a JSON array file; a broken array raises MaxlmError.
+
+    One broken element breaks the array: nothing after it can be found, so it is never skipped.
+    """
+    name = name or path
+    with open_binary(path) as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise MaxlmError(f"{name}: invalid UTF-8 at byte {e.start}: {e.reason}") from None
+    pos = _SPACE.match(text).end() + 1  # past the "["
+    decoder, line, counted = json.JSONDecoder(), 1, 0
+    pos = _SPACE.match(text, pos).end()
+    while not text.startswith("]", pos):
+        line, counted = line + text.count("\n", counted, pos), pos
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise MaxlmError(f"{name}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+        yield line, value
+        pos = _SPACE.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos = _SPACE.match(text, pos + 1).end()
+        elif not text.startswith("]", pos):
+            at = text.count("\n", 0, pos) + 1
+            raise MaxlmError(f"{name}:{at}: invalid JSON array: expected ',' or ']' after an element")
+
+
+def iter_records(path: str, fmt: str = "auto", name: str | None = None, strict: bool = False,
+                 setting: str = "the source's format") -> Iterator[tuple[int, object]]:
+    """Yields (line, record) of one file, in order, reading it once as a stream.
+
+    A record is a parsed JSON value (jsonl, a .json array, ArrayRecord), a row dict (parquet) or
+    a document's text (text). A record that cannot be read is yielded as a `BadRecord` whose
+    `where` is `name:line` (name defaults to the path), and reading goes on; a stream that
+    breaks off (a truncated .gz/.zst, a corrupt parquet) ends with one such BadRecord. With
+    `strict`, the first bad record raises MaxlmError instead: for files this project wrote.
+    """
+    name = name or str(path)
+    found, _ = detect_format(str(path), fmt, setting)
+    if found == "jsonl" and is_json_array(path):
+        items = json_array(str(path), name)
+    else:
+        items = _READ[found](str(path), name)
+    for line, value in items:
+        if strict and isinstance(value, BadRecord):
+            raise MaxlmError(f"{value.where}: {value.problem}")
+        yield line, value
+
+
+def _broken_stream(e: BaseException) -> bool:
+    """Returns whether `e` is how a decompressor or file says the rest of a stream is unreadable."""
+    return isinstance(e, (OSError, EOFError, ValueError)) or type(e).__module__.startswith("zstandard")
+
+
+def _jsonl(path: str, name: str) -> Iterator[tuple[int, object]]:
+    line = 0
+    try:
+        with open_binary(path) as fh:
+            for line, raw in enumerate(fh, 1):
+                if line == 1 and raw.startswith(UTF8_BOM):
+                    raw = raw[len(UTF8_BOM):]
+                if not raw.strip():
+                    continue
+                try:
+                    yield line, json_value(raw)
+                except BadRecord as e:
+                    yield line, BadRecord(e.problem, f"{name}:{line}")
+    except Exception as e:
+        if not _broken_stream(e):
+            raise
+        # zstd/gzip raise these on a truncated or corrupt stream; the lines before it stand
+        yield line + 1, BadRecord(f"unreadable from here on: {type(e).__name__}: {e}", f"{name}:{line + 1}")
+
+
+def _text(path: str, name: str) -> Iterator[tuple[int, object]]:
+    line = 1  # where the unread rest of the file starts
+    try:
+        with open_binary(path) as fh:
+            for doc in text_documents(fh):
+                line = doc.line + doc.raw.count(b"\n") + 1
+                try:
+                    yield doc.line, doc.decode()
+                except BadRecord as e:  # one bad byte costs only its own document
+                    yield doc.line, BadRecord(e.problem, f"{name}:{doc.line}")
+    except Exception as e:
+        if not _broken_stream(e):
+            raise
+        yield line, BadRecord(f"unreadable from here on: {type(e).__name__}: {e}", f"{name}:{line}")
+
+
+def _parquet(path: str, name: str) -> Iterator[tuple[int, object]]:
+    import pyarrow.parquet as pq
+
+    row = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for rec in batch.to_pylist():
+                row += 1
+                yield row, rec
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for corrupt files
+        yield row + 1, BadRecord(f"unreadable parquet from here on: {type(e).__name__}: {e}", f"{name}:{row + 1}")
+
+
+def _arrayrecord(path: str, name: str) -> Iterator[tuple[int, object]]:
+    reader = _array_record_reader(path, "readahead_buffer_size:16777216")
+    try:
+        total = reader.num_records()
+        for start in range(0, total, 4096):
+            for row, raw in enumerate(reader.read(start, min(start + 4096, total)), start + 1):
+                try:
+                    yield row, json_value(raw)
+                except BadRecord as e:
+                    yield row, BadRecord(e.problem, f"{name}:{row}")
+    finally:
+        reader.close()
+
+
+_READ = {"jsonl": _jsonl, "text": _text, "parquet": _parquet, "arrayrecord": _arrayrecord}
