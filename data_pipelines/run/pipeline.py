@@ -23,6 +23,7 @@ from data_pipelines.run.plan import plan_phases
 from data_pipelines.run.ray_exec import RayExecutor
 from data_pipelines.run.shard import ShardTask, run_shard, stages_for
 from maxlm.errors import MaxlmError
+from maxlm.files.outputs import check_output_dir
 
 
 def _check_manifest(layout: Layout, cfg: PipelineConfig, inputs: list[InputFile]) -> bool:
@@ -39,8 +40,7 @@ def _check_manifest(layout: Layout, cfg: PipelineConfig, inputs: list[InputFile]
                 "choose another --output or delete it"
             )
         return True
-    if layout.root.exists() and any(layout.root.iterdir()):
-        raise MaxlmError(f"{layout.root}: exists and is not empty, and is not a curation run; choose another --output")
+    check_output_dir(layout.root, "--output", None, what=", and is not a curation run")
     write_json(layout.manifest, {**want, "pipeline": cfg.path})
     return False
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,11 +86,14 @@ def replace_dir(tmp: str | os.PathLike, out_dir: str | os.PathLike, stale: tuple
     tmp.rmdir()
 
 
+_TEMP_NAME = re.compile(rf".+{re.escape(TMP_MARK)}[a-z0-9_]{{8}}")  # what temp_beside's mkstemp names look like
+
+
 def remove_stale_tmp(root: str | os.PathLike) -> int:
-    """Removes temporary files that a crashed run left under `root`; returns how many."""
+    """Removes temporary files that a crashed run (of `temp_beside`) left under `root`; returns how many."""
     n = 0
     for p in Path(root).rglob(f"*{TMP_MARK}*"):
-        if p.is_file():
+        if p.is_file() and _TEMP_NAME.fullmatch(p.name):
             p.unlink()
             n += 1
     return n

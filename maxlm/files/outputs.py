@@ -23,8 +23,12 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def check_output(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str, str | os.PathLike] | None = None,
-                 overwrite: bool = False) -> None:
-    """Raises MaxlmError when an output (flag -> path) is a directory, another output, or (without `overwrite`) an input."""
+                 overwrite: bool | None = False) -> None:
+    """Raises MaxlmError when an output (flag -> path) is a directory, another output, or (without `overwrite`) an input.
+
+    `overwrite=None` says the command has no --overwrite (its outputs are appended to and resumed), so an
+    output that is an input is always refused.
+    """
     named = [(flag, path) for flag, path in outputs.items() if path]
     for i, (flag, path) in enumerate(named):
         if Path(path).is_dir():
@@ -34,19 +38,20 @@ def check_output(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str, 
                 raise MaxlmError(f"{flag} and {other} are one file ({path}); they hold different records, give each its own path")
         for in_flag, in_path in (inputs or {}).items():
             if in_path and not overwrite and same_file(path, in_path):
-                raise MaxlmError(
-                    f"{flag} {path}: is also the input ({in_flag}) and would replace it; "
-                    "choose another path, or pass --overwrite to replace the input"
-                )
+                hint = "" if overwrite is None else ", or pass --overwrite to replace the input"
+                raise MaxlmError(f"{flag} {path}: is also the input ({in_flag}) and would replace it; choose another path{hint}")
 
 
-def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool = False, ours: bool = False) -> None:
-    """Raises MaxlmError when `path` is a file, or a non-empty directory that is not `ours` and `overwrite` is not given."""
+def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool | None = False, ours: bool = False,
+                     what: str = "") -> None:
+    """Raises MaxlmError when `path` is a file, or a non-empty directory that is not `ours` and `overwrite` is not given.
+
+    `ours` says the directory holds this command's own earlier output (a run to resume); `overwrite=None`
+    says the command has no --overwrite.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MaxlmError(f"{flag} {path}: is a file; expected a directory")
     if path.is_dir() and not ours and not overwrite and any(path.iterdir()):
-        raise MaxlmError(
-            f"{flag} {path}: exists and is not empty; choose another directory, or pass --overwrite "
-            "(which replaces only the files this command writes)"
-        )
+        hint = "" if overwrite is None else ", or pass --overwrite (which replaces only the files this command writes)"
+        raise MaxlmError(f"{flag} {path}: exists and is not empty{what}; choose another directory{hint}")

@@ -296,7 +296,7 @@ def train(cfg: Config, *, log=print) -> RunResult:
             from maxlm.ckpt.hf import export_hf
 
             out = Path(cfg.export.hf_dir)
-            result.hf_dir = export_hf(run_dir, out if out.is_absolute() else run_dir / out)
+            result.hf_dir = export_hf(run_dir, out if out.is_absolute() else run_dir / out, overwrite=True)
             log(f"Hugging Face export: {result.hf_dir}")
     if jax.process_count() > 1:
         # Otherwise the other processes reach JAX's shutdown barrier first, and it times out

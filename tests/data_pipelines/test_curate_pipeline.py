@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from curate_outputs import REPO, read_output, read_removed
+from data_pipelines.cli import main as cli_main
 from data_pipelines.config import load_pipeline
 from data_pipelines.run import pipeline as pipeline_mod
 from data_pipelines.run.pipeline import curate
@@ -249,3 +250,16 @@ def test_shards_that_end_up_empty(tmp_path, write_yaml):
     report = run(tmp_path, write_yaml, glob=str(d / "*.jsonl"))
     assert report["totals"]["docs_out"] == 5 and report["totals"]["bad_records"] == 2
     assert len(read_output(tmp_path / "out")) == 5
+
+
+def test_cli_output_onto_a_dir_with_unrelated_files_is_refused_and_keeps_them(tmp_path, write_yaml, capsys):
+    pattern, _ = make_input(tmp_path)
+    yaml_path = write_yaml(PIPELINE % {"fmt": "jsonl.zst"})
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("years of work")
+    (busy / "draft.tmp-1").write_text("a file whose name looks like a temporary one")
+    assert cli_main(["curate", str(yaml_path), "--input", pattern, "--output", str(busy), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output") and "is not empty" in err
+    assert sorted(os.listdir(busy)) == ["draft.tmp-1", "thesis.tex"]
