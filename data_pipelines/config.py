@@ -181,9 +181,8 @@ def _stage(item: Any, i: int, where: _Where, registry: dict[str, type]) -> tuple
     return name, build(params_cls, raw, prefix, where)  # the prefix is the YAML path itself
 
 
-def load_pipeline(path: str | Path) -> PipelineConfig:
-    """Returns the validated PipelineConfig of a curation YAML file."""
-    from data_pipelines.stages import STAGES  # the registry imports every stage module
+def load_pipeline(path: str | Path, stages: dict[str, type]) -> PipelineConfig:
+    """Returns the validated PipelineConfig of a curation YAML file; `stages` is the stage table (curate.stages.STAGES)."""
 
     path = Path(path)
     if not path.is_file():
@@ -205,7 +204,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     cfg = build(PipelineConfig, raw, "", where)
     seen: dict[str, int] = {}
     for i, item in enumerate(stages_raw):
-        name, params = _stage(item, i, where, STAGES)
+        name, params = _stage(item, i, where, stages)
         seen[name] = seen.get(name, 0) + 1
         label = name if seen[name] == 1 else f"{name}#{seen[name]}"
         cfg.stages.append(StageSpec(name, label, params, where("stages", i)))

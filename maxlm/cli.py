@@ -145,7 +145,7 @@ def cmd_eval_win_rate(args) -> int:
 
 
 def cmd_curate(args, rest: list[str]) -> int:
-    from data_pipelines.cli import main as curate_main
+    from data_pipelines.curate.cli import main as curate_main
 
     return curate_main(["curate", *rest])
 

@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from data_pipelines.cli import run_command
+from data_pipelines.command import run_command
 from maxlm.errors import MaxlmError
 from maxlm.files.outputs import check_output, check_output_dir
 

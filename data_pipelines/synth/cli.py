@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from data_pipelines.cli import run_command
+from data_pipelines.command import run_command
 from data_pipelines.synth.outputs import progress_path
 from maxlm.files.outputs import check_output
 
