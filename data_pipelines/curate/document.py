@@ -15,11 +15,20 @@ class Document:
     meta: dict[str, Any] = field(default_factory=dict)
     text_key: str = "text"  # the input field the text came from; it is written back there
     where: str = ""  # "file:line" of the source record, for reports
+    # With a messages list under text_key (kept whole in meta): the index of the message whose
+    # content is the text. None: the text is the string value of text_key.
+    turn: int | None = None
 
     def to_record(self) -> dict[str, Any]:
-        """Returns the output record: id, the text under its own key, then the metadata."""
-        rec = {"id": self.id, self.text_key: self.text}
-        rec.update(self.meta)
+        """Returns the output record: id, the text under its own key (or in its message), then the metadata."""
+        if self.turn is None:
+            rec = {"id": self.id, self.text_key: self.text}
+            rec.update(self.meta)
+            return rec
+        rec = {"id": self.id, **self.meta}
+        messages = list(rec[self.text_key])
+        messages[self.turn] = {**messages[self.turn], "content": self.text}
+        rec[self.text_key] = messages
         return rec
 
     def string(self, name: str) -> str | None:

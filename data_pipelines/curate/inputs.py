@@ -62,6 +62,12 @@ def read_documents(f: InputFile, cfg: InputConfig) -> Iterator[Document | BadRec
             yield to_document(rec, f, line, cfg)
 
 
+def first_user_turn(messages: list) -> int | None:
+    """Returns the index of the first {"role": "user", "content": str} message of a messages list, or None."""
+    return next((i for i, m in enumerate(messages)
+                 if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)), None)
+
+
 def to_document(rec, f: InputFile, line: int, cfg: InputConfig) -> Document | BadRecord:
     """Returns the Document of one parsed record, or a BadRecord saying what is missing."""
     where = f"{f.label}:{line}"
@@ -71,12 +77,16 @@ def to_document(rec, f: InputFile, line: int, cfg: InputConfig) -> Document | Ba
         text = rec.get(key)
         if text is None:
             continue
-        if not isinstance(text, str):
-            return BadRecord(f"{key!r} must be a string, got {type(text).__name__}", where)
+        turn = first_user_turn(text) if isinstance(text, list) else None
+        if turn is not None:
+            text = text[turn]["content"]
+        elif not isinstance(text, str):
+            return BadRecord(f"{key!r} must be a string or a list of messages with a user turn, got {type(text).__name__}", where)
         meta = dict(rec)
-        del meta[key]
+        if turn is None:  # a messages list stays whole in meta; its user turn's text is written back into it
+            del meta[key]
         doc_id = meta.pop(cfg.id_key, None)
         if doc_id is None:
             doc_id = where  # stable across runs: same file, same line
-        return Document(doc_id, text, meta, key, where)
+        return Document(doc_id, text, meta, key, where, turn)
     return BadRecord(f"missing text: none of {cfg.text_key} present (keys: {sorted(rec)[:8]})", where)

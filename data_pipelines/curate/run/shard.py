@@ -60,8 +60,8 @@ def _batches(it: Iterator, n: int) -> Iterator[list]:
 
 def _intermediate(path: Path, removals: dict[int, tuple[int, object]]) -> Iterator[tuple[Document, tuple | None]]:
     """Yields (document, (group stage, duplicate_of) or None) from a previous phase's shard."""
-    for i, (_, (doc_id, where, text_key, text, meta)) in enumerate(iter_records(path, strict=True)):
-        yield Document(doc_id, text, meta, text_key, where), removals.get(i)
+    for i, (_, (doc_id, where, text_key, text, meta, turn)) in enumerate(iter_records(path, strict=True)):
+        yield Document(doc_id, text, meta, text_key, where, turn), removals.get(i)
 
 
 class _Removed:
@@ -114,7 +114,7 @@ def run_shard(task: ShardTask) -> dict:
                     keys[j].append(stages[spec.label].keys(docs))
                     stats[spec.label].seconds += time.perf_counter() - t0
                 for d in docs:
-                    out.write([d.id, d.where, d.text_key, d.text, d.meta])
+                    out.write([d.id, d.where, d.text_key, d.text, d.meta, d.turn])
                     ids.write(d.id)
             else:
                 for d in docs:

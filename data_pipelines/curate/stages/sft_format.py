@@ -1,33 +1,50 @@
-"""Format checks for instruction (SFT) records: {"prompt","response"} or {"instruction","input","output"}."""
+"""Format checks for instruction (SFT) records, read by the adapters `maxlm train` uses
+(`maxlm.data.records.normalize`): `messages`, `prompt`/`response`, gsm8k `question`/`answer`,
+Alpaca `instruction`/`input`/`output` and hh-rlhf `chosen`/`rejected` (its chosen dialogue),
+so a set that trains is a set that curates.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from data_pipelines.curate.document import Document
 from data_pipelines.curate.stage import Filter, check_order, check_positive
 from data_pipelines.curate.stats import StageStats
+from maxlm.data.records import normalize
+from maxlm.errors import MaxlmError
+
+_MISSING_KEY = re.compile(r"missing key '(\w+)'")
 
 
-def sft_parts(doc: Document) -> tuple[str | None, str | None, str]:
-    """Returns (prompt, response, problem) of an SFT record in either schema; problem "" when well-formed."""
-    has_prompt = doc.text_key == "prompt" or "prompt" in doc.meta
-    p_key, r_key = ("prompt", "response") if has_prompt else ("instruction", "output")
-    prompt = doc.text if doc.text_key == p_key else doc.meta.get(p_key)
-    response = doc.meta.get(r_key)
-    if prompt is None:
-        return None, None, "missing_prompt"
-    if response is None:
-        return None, None, f"missing_{r_key}"
-    if not isinstance(prompt, str) or not isinstance(response, str):
-        return None, None, "not_a_string"
-    if not has_prompt:
-        extra = doc.meta.get("input", "")
-        if not isinstance(extra, str):
-            return None, None, "not_a_string"
-        if extra.strip():
-            prompt = f"{prompt}\n\n{extra}"
-    return prompt, response, ""
+def sft_parts(doc: Document) -> list[tuple[str, str]] | str:
+    """Returns the (prompt, response) texts of an SFT record, one per conversation, or the reason it is not one.
+
+    The prompt is its messages before the reply, joined by blank lines (an Alpaca instruction
+    and its input read as `maxlm train` renders them, `instruction\n\ninput`).
+    """
+    try:
+        chats = normalize("sft", doc.to_record(), doc.where)
+    except MaxlmError as e:
+        return _reason(str(e))
+    return [("\n\n".join(m["content"] for m in c.messages[:-1]), c.messages[-1]["content"]) for c in chats]
+
+
+def _reason(problem: str) -> str:
+    """Returns the short removal reason (a report key) for an adapter's message about a record."""
+    missing = _MISSING_KEY.search(problem)
+    if missing:
+        return f"missing_{missing.group(1)}"
+    if "expected 'messages', or 'prompt' and 'response'" in problem:
+        return "missing_response"
+    if "must be a string" in problem:
+        return "not_a_string"
+    if "empty prompt" in problem:
+        return "prompt_too_short"
+    if "empty response" in problem:
+        return "response_too_short"
+    return "malformed"
 
 
 @dataclass
@@ -56,10 +73,18 @@ class SftFormat(Filter):
     Params = SftFormatParams
 
     def process(self, doc: Document, stats: StageStats) -> str | None:
+        parts = sft_parts(doc)
+        if isinstance(parts, str):
+            return parts
+        for prompt, response in parts:
+            reason = self._check(prompt, response, stats)
+            if reason:
+                return reason
+        return None
+
+    def _check(self, prompt: str, response: str, stats: StageStats) -> str | None:
+        """Returns why one (prompt, response) is removed, or None."""
         p = self.p
-        prompt, response, problem = sft_parts(doc)
-        if problem:
-            return problem
         pl, rl = len(prompt.strip()), len(response.strip())
         stats.value("prompt_chars", pl)
         stats.value("response_chars", rl)

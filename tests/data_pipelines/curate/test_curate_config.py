@@ -18,8 +18,8 @@ def test_shipped_pipelines_load():
     mh = web.stages[-1].params
     assert (mh.ngram, mh.bands, mh.rows) == (5, 14, 8)
     sft = load_pipeline(REPO / "configs/curation/instructions.yaml", STAGES)
-    assert sft.input.text_key == ["prompt", "instruction"]
-    assert sft.stages[2].params.fields == ["prompt", "instruction", "input"]
+    assert sft.input.text_key == ["prompt", "instruction", "question", "messages", "chosen"]
+    assert sft.stages[2].params.fields == ["prompt", "instruction", "question", "messages", "chosen", "input"]
 
 
 def test_unknown_stage_names_line_and_nearest(write_yaml):
