@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from maxlm.errors import MaxlmError
 
-REPO_ROOT = str(Path(__file__).resolve().parents[2])
+REPO_ROOT = str(Path(__file__).resolve().parents[3])  # the checkout holding data_pipelines
 
 
 def import_ray():
