@@ -132,3 +132,12 @@ def test_glob_labels_are_relative(tmp_path):
     (tmp_path / "y.jsonl").write_text('{"text": "b"}\n')
     files = list_inputs(str(tmp_path / "**" / "*.jsonl"))
     assert [f.label for f in files] == ["sub/x.jsonl", "y.jsonl"]
+
+
+def test_json_array_is_read_by_the_one_rule(tmp_path):
+    # The rule maxlm train uses: a .json file starting with "[" is an array, elements named by their first line.
+    (tmp_path / "set.json").write_text('[\n {"text": "a"},\n {"body": "b"},\n {"text": "c"}\n]\n')
+    items = _read(tmp_path, "set.json")
+    assert [(type(i).__name__, i.where) for i in items] == [("Document", "set.json:2"), ("BadRecord", "set.json:3"), ("Document", "set.json:4")]
+    (tmp_path / "lines.json").write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert [d.text for d in _read(tmp_path, "lines.json")] == ["a", "b"]
