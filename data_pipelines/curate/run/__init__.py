@@ -1,1 +1,1 @@
-"""Running a pipeline: plan phases, process shards with an executor, resolve dedup, resume."""
+"""Running a pipeline's machinery: plan phases, process shards with an executor, resolve dedup, the work directory."""
