@@ -1,1 +1,1 @@
-"""Curation half of maxlm: raw documents in, filtered and deduplicated shards plus a report out."""
+"""The data half of maxlm: curation (curate/), data selection (select/) and synthetic data (synth/)."""

@@ -2,6 +2,6 @@
 
 import sys
 
-from data_pipelines.cli import main
+from data_pipelines.curate.cli import main
 
 sys.exit(main(sys.argv[1:]))

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from data_pipelines.stages import STAGES
 from maxlm.config import Where, build, ranged, read_yaml, suggest
 from maxlm.errors import MaxlmError
 
@@ -74,7 +73,7 @@ class PipelineConfig:
 # ---------------------------------------------------------------- loading
 
 
-def _stage(item: Any, i: int, where: Where) -> tuple[str, Any]:
+def _stage(item: Any, i: int, where: Where, stages: dict[str, type]) -> tuple[str, Any]:
     """Returns (name, Params) of one `stages:` entry: `name`, or `{name: {param: value}}`."""
     if isinstance(item, str):
         name, raw = item, {}
@@ -83,16 +82,16 @@ def _stage(item: Any, i: int, where: Where) -> tuple[str, Any]:
         raw = raw or {}
     else:
         raise MaxlmError(f"{where(f'stages[{i}]')}: stages[{i}] must be a stage name or {{name: {{params}}}}, got {item!r}")
-    if name not in STAGES:
-        raise MaxlmError(f"{where(f'stages[{i}]')}: stages[{i}]: unknown stage {name!r}{suggest(str(name), sorted(STAGES))}")
+    if name not in stages:
+        raise MaxlmError(f"{where(f'stages[{i}]')}: stages[{i}]: unknown stage {name!r}{suggest(str(name), sorted(stages))}")
     prefix = f"stages[{i}].{name}"  # the YAML path itself, so that errors find their line
     if not isinstance(raw, dict):
         raise MaxlmError(f"{where(prefix)}: {prefix} must be a mapping of parameters, got {raw!r}")
-    return name, build(STAGES[name].Params, raw, prefix + ".", where)
+    return name, build(stages[name].Params, raw, prefix + ".", where)
 
 
-def load_pipeline(path: str | Path) -> PipelineConfig:
-    """Returns the validated PipelineConfig of a curation YAML file."""
+def load_pipeline(path: str | Path, stages: dict[str, type]) -> PipelineConfig:
+    """Returns the validated PipelineConfig of a curation YAML file; `stages` is the stage table (curate.stages.STAGES)."""
     raw, where = read_yaml(Path(path), str(path), what="pipeline")
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
@@ -103,7 +102,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     cfg = build(PipelineConfig, raw, "", where)
     seen: dict[str, int] = {}
     for i, item in enumerate(stages_raw):
-        name, params = _stage(item, i, where)
+        name, params = _stage(item, i, where, stages)
         seen[name] = seen.get(name, 0) + 1
         label = name if seen[name] == 1 else f"{name}#{seen[name]}"
         cfg.stages.append(StageSpec(name, label, params, where(f"stages[{i}]")))

@@ -62,7 +62,7 @@ def cmd_import_hf(args) -> int:
 def cmd_export_hf(args) -> int:
     from maxlm.ckpt.hf import export_hf
 
-    print(f"exported: {export_hf(args.path, args.out)}")
+    print(f"exported: {export_hf(args.path, args.out, overwrite=args.overwrite)}")
     return 0
 
 
@@ -149,7 +149,7 @@ def cmd_eval_win_rate(args) -> int:
 
 
 def cmd_curate(args, rest: list[str]) -> int:
-    from data_pipelines.cli import main as curate_main
+    from data_pipelines.curate.cli import main as curate_main
 
     return curate_main(["curate", *rest])
 
@@ -196,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export-hf", help="write a maxlm run or checkpoint as a Hugging Face model dir")
     e.add_argument("path", help="run dir, its checkpoints/ dir, or one step dir")
     e.add_argument("out")
+    e.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT (replaces only the files an export writes)")
     e.set_defaults(fn=cmd_export_hf)
 
     g = sub.add_parser("generate", help="sample text from a run, checkpoint or HF dir")

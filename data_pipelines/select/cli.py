@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-from data_pipelines.cli import run_command
+from data_pipelines.command import run_command
 from maxlm.errors import MaxlmError
 from maxlm.files.writable import check_writable_dir, check_writable_file
+from maxlm.files.outputs import check_output, check_output_dir
 
 METHODS = ("kcenter", "perplexity", "ifd", "disagreement", "rm_filter")
 
@@ -25,6 +27,7 @@ def _common(p: argparse.ArgumentParser, models: str) -> None:
     p.add_argument("--model", action="append", default=[], help=models)
     p.add_argument("--chat-template", help="render records with this template (default: each model's run's data.chat_template)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per scoring batch")
+    p.add_argument("--overwrite", action="store_true", help="allow --output to be the --input file (replaced by the selection)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
@@ -58,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--k", type=int, required=True)
     f.add_argument("--output-dir", required=True)
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--overwrite", action="store_true", help="write into a non-empty --output-dir (replaces only fold files)")
     f.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -77,8 +81,9 @@ def _models(args, want: int | None, log, reward: bool = False) -> list:
 
 
 def _select(args, log) -> dict:
-    from data_pipelines.select.io import budget_for, read_pool, write_selection
+    from data_pipelines.select.io import budget_for, read_pool, summary_path, write_selection
 
+    check_output({"--output": args.output, "the summary file": summary_path(args.output)}, {"--input": args.input}, args.overwrite)
     t0 = time.perf_counter()
     pool = read_pool(args.input)
     n = budget_for(pool, args.budget, args.fraction)
@@ -129,13 +134,21 @@ def _run(args: argparse.Namespace, log) -> str:
         from data_pipelines.select.io import read_pool
 
         check_writable_dir(args.output_dir, "--output-dir")
-
+        _check_folds_output(args)
         s = write_folds(read_pool(args.input), args.k, args.output_dir, args.seed)
         return f"folds: {s['k']} folds of {s['pool']} records -> {args.output_dir}/train_i.jsonl, heldout_i.jsonl"
     check_writable_file(args.output, "--output")
     s = _select(args, log)
     note = f"; {s['ids_assigned']} records got their index as id" if s["ids_assigned"] else ""
     return f"{s['method']}: selected {s['selected']} of {s['pool']} in {s['seconds']:.1f} s -> {args.output}{note}"
+
+
+def _check_folds_output(args) -> None:
+    """Raises MaxlmError when the folds would land in a foreign non-empty directory or on the input."""
+    out = Path(args.output_dir)
+    check_output_dir(out, "--output-dir", args.overwrite, ours=(out / "folds.json").is_file())
+    names = ["folds.json"] + [f"{kind}_{i}.jsonl" for i in range(max(args.k, 0)) for kind in ("train", "heldout")]
+    check_output({f"--output-dir file {n}": out / n for n in names}, {"--input": args.input}, args.overwrite)
 
 
 def main(argv: list[str]) -> int:

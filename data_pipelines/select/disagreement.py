@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.atomic import write_json
+from maxlm.files.atomic import write_json
 from data_pipelines.select.io import Pool, Selection, top_n, write_jsonl
 from maxlm.infer.replies import ScoringModel
 from maxlm.errors import MaxlmError

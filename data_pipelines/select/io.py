@@ -11,7 +11,6 @@ rank, score and the method's own numbers), and `<output stem>.summary.json` besi
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.atomic import atomic_path, write_json
-from maxlm.data import formats, records as records_lib
-from maxlm.data.formats import BadRecord
+from maxlm.files.atomic import write_json
+from maxlm.files.writers import write_jsonl
+from maxlm.data import records as records_lib
+from maxlm.files.formats import BadRecord, as_record
 from maxlm.errors import MaxlmError
 
 Message = dict[str, str]
@@ -77,7 +77,7 @@ def read_pool(path: str | os.PathLike) -> Pool:
     for index, (lineno, raw) in enumerate(records_lib.raw_records(path)):
         where = f"{path}:{lineno}"
         try:
-            record = formats.json_value(raw) if isinstance(raw, bytes) else raw
+            record = as_record(raw)
         except BadRecord as e:
             raise MaxlmError(f"{where}: {e}") from None
         chats = records_lib.normalize("sft", record, where)
@@ -123,13 +123,6 @@ def summary_path(output: str | os.PathLike) -> Path:
     out = Path(output)
     stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
     return out.with_name(stem + ".summary.json")
-
-
-def write_jsonl(path: str | os.PathLike, records) -> None:
-    """Writes one JSON object a line to `path`, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
 def write_selection(output: str | os.PathLike, pool: Pool, method: str, sel: Selection, summary: dict) -> dict:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-from data_pipelines.cli import run_command
+from data_pipelines.command import run_command
+from data_pipelines.synth.outputs import progress_path
 from maxlm.config import SampleConfig, flag_type
+from maxlm.files.outputs import check_output
 
 
 def _sampling(p: argparse.ArgumentParser, temperature: float, max_new_tokens: int, template: str | None) -> None:
@@ -74,6 +76,7 @@ def _self_instruct(args, log) -> dict:
         num_tasks=args.num_tasks, prompts_per_batch=args.batch_size, seed=args.seed, rouge_threshold=args.rouge_threshold,
         prompt_seeds=args.prompt_seeds, prompt_machine=args.prompt_machine, patience=args.patience,
     )
+    check_output({"--output": args.output, "its progress file": progress_path(args.output)}, {"--seeds": args.seeds}, None)
     seeds = load_seeds(args.seeds)
     rouge_tokenizer()  # a missing extra is reported before the model loads
     return self_instruct(seeds, _completer(args), args.output, cfg, log)
@@ -82,6 +85,11 @@ def _self_instruct(args, log) -> dict:
 def _constitutional(args, log) -> dict:
     from data_pipelines.synth.constitutional import constitutional, load_principles, read_prompts
 
+    check_output(
+        {"--sft-output": args.sft_output, "--pairs-output": args.pairs_output,
+         "the --sft-output progress file": progress_path(args.sft_output), "the --pairs-output progress file": progress_path(args.pairs_output)},
+        {"--prompts": args.prompts, "--principles": args.principles}, None,
+    )
     principles = load_principles(args.principles)
     prompts = read_prompts(args.prompts)
     return constitutional(prompts, principles, _completer(args), args.sft_output, args.pairs_output,

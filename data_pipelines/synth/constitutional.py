@@ -22,6 +22,7 @@ import yaml
 
 from data_pipelines.synth.generate import Complete, Message, was_truncated
 from data_pipelines.synth.outputs import JsonlOutput, read_progress, write_progress
+from maxlm.data.records import read_records
 from maxlm.errors import MaxlmError
 
 
@@ -71,8 +72,6 @@ def prompt_id(messages: list[Message]) -> str:
 
 def read_prompts(path: str) -> list[list[Message]]:
     """Returns the prompts of a file of prompt records (`{"prompt"}`, gsm8k, Alpaca, hh-rlhf), as conversations."""
-    from maxlm.data.records import read_records
-
     records, _ = read_records(path, "ppo")
     return [r.prompt for r in records]
 

@@ -11,8 +11,11 @@ import json
 import os
 from pathlib import Path
 
-from data_pipelines.atomic import write_json
 from maxlm.errors import MaxlmError
+from maxlm.files.atomic import write_json
+from maxlm.files.formats import BadRecord
+from maxlm.files.readers import iter_records
+from maxlm.files.writers import append_jsonl, cut_torn_tail
 
 
 class JsonlOutput:
@@ -25,33 +28,19 @@ class JsonlOutput:
             self._read_existing(log)
 
     def _read_existing(self, log) -> None:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            # Only the last write can be torn, and it is the batch that never finished.
-            log(f"{self.path}: dropping an incomplete last line ({len(data) - end} bytes) left by an interrupted run")
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-        for lineno, line in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MaxlmError(f"{self.path}:{lineno}: invalid JSON in an earlier run's output: {e.msg}") from None
+        cut = cut_torn_tail(self.path)
+        if cut:
+            log(f"{self.path}: dropping an incomplete last line ({cut} bytes) left by an interrupted run")
+        for lineno, record in iter_records(str(self.path), "jsonl"):
+            if isinstance(record, BadRecord):
+                raise MaxlmError(f"{self.path}:{lineno}: {record.problem} in an earlier run's output")
             if not isinstance(record, dict):
                 raise MaxlmError(f"{self.path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             self.records.append(record)
 
     def append(self, records: list[dict]) -> None:
         """Appends `records` durably: one write, flush, fsync."""
-        if not records:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path, records)
         self.records.extend(records)
 
 

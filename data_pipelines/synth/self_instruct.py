@@ -12,7 +12,6 @@ Output records are Alpaca-shaped, `{"id", "instruction", "input", "output", "mos
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections import Counter
@@ -25,6 +24,7 @@ from data_pipelines.synth.generate import Complete, was_truncated
 from data_pipelines.synth.outputs import JsonlOutput, read_progress, write_progress
 from data_pipelines.synth.rouge import RougePool
 from maxlm.errors import MaxlmError
+from maxlm.files.readers import iter_records
 
 NO_INPUT = "<noinput>"
 
@@ -63,20 +63,14 @@ def load_seeds(path: str | Path) -> list[Task]:
     if not path.is_file():
         raise MaxlmError(f"{path}: seed file not found")
     tasks = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                tasks.append(_seed_task(line, f"{path}:{lineno}"))
+    for lineno, record in iter_records(str(path), "jsonl", strict=True):
+        tasks.append(_seed_task(record, f"{path}:{lineno}"))
     if not tasks:
         raise MaxlmError(f"{path}: no seed tasks")
     return tasks
 
 
-def _seed_task(line: str, where: str) -> Task:
-    try:
-        r = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise MaxlmError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+def _seed_task(r: object, where: str) -> Task:
     if not isinstance(r, dict):
         raise MaxlmError(f"{where}: expected a JSON object with 'instruction', got {type(r).__name__}")
     # Seed tasks list instances; the first is the one shown, as in Self-Instruct.

@@ -35,6 +35,8 @@ from maxlm.ckpt.hf_weights import (
 from maxlm.ckpt.manager import Checkpoints
 from maxlm.config import Config, MeshConfig, ModelConfig, dump_yaml, validate
 from maxlm.errors import MaxlmError
+from maxlm.files import atomic
+from maxlm.files.outputs import check_output_dir
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
 from maxlm.tasks import has_reward_head
@@ -136,13 +138,15 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str 
 # ---------------------------------------------------------------- export
 
 
-def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_bytes: int = MAX_SHARD_BYTES,
+              overwrite: bool = False) -> Path:
     """Returns `out_dir`, an HF model dir written from a maxlm run dir, its checkpoints/ dir or one step dir.
 
     Llama runs become LlamaForCausalLM, Qwen2 runs Qwen2ForCausalLM; a run with a scalar head
     becomes the family's ForSequenceClassification (num_labels=1, `score.weight` [1, D]; no LM head).
     Weights keep their stored dtype; shards hold whole layers, up to `max_shard_bytes` each.
-    An existing `out_dir` is replaced only if it is empty or an HF model dir.
+    A non-empty `out_dir` is refused unless `overwrite`; then only the files an export writes are
+    replaced (and an earlier export's surplus shards removed): nothing else there is deleted.
     """
     stored = StoredStep(path)
     m = stored.config.model
@@ -152,8 +156,7 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
             "(ForSequenceClassification reads the last token); use it with maxlm eval / rl.reward_model"
         )
     out_dir = Path(out_dir).resolve()
-    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / "config.json").is_file())):
-        raise MaxlmError(f"{out_dir}: exists and is not a Hugging Face model dir; refusing to replace it")
+    check_output_dir(out_dir, "export-hf OUT", overwrite)
     _check_stored_shapes(stored)
     dtype = stored.dtype("embed").name
     tok_src = stored.tokenizer_path()
@@ -183,7 +186,7 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
                 print(f"warning: {out_dir}: AutoTokenizer loads every qwen2 model's tokenizer as Qwen2Tokenizer (byte-level BPE), "
                       "which does not reproduce this sentencepiece tokenizer; load it with transformers.PreTrainedTokenizerFast",
                       file=sys.stderr, flush=True)
-        _replace_dir(tmp, out_dir)
+        atomic.replace_dir(tmp, out_dir, stale=_exported_shards(out_dir))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -265,12 +268,10 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Moves the finished `tmp` to `out_dir`, swapping out an earlier export if there is one."""
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+def _exported_shards(out_dir: Path) -> tuple[str, ...]:
+    """Returns the weight files an earlier export into `out_dir` listed in its index (none if there is none)."""
+    try:
+        index = json.loads((out_dir / "model.safetensors.index.json").read_text())
+        return tuple(sorted(set(index["weight_map"].values())))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ()

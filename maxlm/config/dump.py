@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from maxlm.config.schema import Config
+from maxlm.files import atomic
 
 
 def to_dict(cfg: Any) -> dict:
@@ -19,8 +19,4 @@ def to_dict(cfg: Any) -> dict:
 
 def dump_yaml(cfg: Config, path: str | os.PathLike) -> None:
     """Writes the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    atomic.write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -12,7 +12,8 @@ import hashlib
 import json
 import random
 
-from maxlm.data.cache import cache_dir, write_atomic
+from maxlm.files.atomic import write_atomic
+from maxlm.files.cache import cache_dir
 
 NAMES = {"builtin:arithmetic": "train", "builtin:arithmetic@eval": "eval"}
 VERSION = 1

@@ -18,7 +18,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from maxlm.data.cache import cache_dir, write_atomic
+from maxlm.files.atomic import write_atomic
+from maxlm.files.cache import cache_dir
 from maxlm.errors import MaxlmError
 
 SPLITS = {"builtin:stdlib-docs": "train", "builtin:stdlib-docs@eval": "eval"}

@@ -16,17 +16,16 @@ stopping and skipping with a count.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-from maxlm.data import formats
-from maxlm.data.formats import BadRecord
 from maxlm.data.sources import expand
 from maxlm.errors import MaxlmError
+from maxlm.files import formats
+from maxlm.files.formats import BadRecord, as_record
+from maxlm.files.readers import Reader, iter_records
 
 TASKS = ("sft", "rm", "dpo", "ppo", "grpo")
 ADAPTERS = ("auto", "native", "gsm8k", "alpaca", "hh_rlhf")
@@ -314,7 +313,7 @@ ADAPT = {"gsm8k": _gsm8k, "alpaca": _alpaca, "hh_rlhf": _hh_rlhf}
 # ---------------------------------------------------------------- files
 
 
-class RecordFile(formats._Reader):
+class RecordFile(Reader):
     """The normalized records of one file; bad ones stop the read or are counted (`skipped`)."""
 
     def __init__(self, path: str, task: str, on_bad_record: str = "error", adapter: str = "auto"):
@@ -323,7 +322,7 @@ class RecordFile(formats._Reader):
         self.records: list[Record] = []
         for lineno, raw in raw_records(path):
             try:
-                record = formats.json_value(raw) if isinstance(raw, bytes) else raw
+                record = as_record(raw)
                 self.records.extend(_normalize(task, record, adapter, f"{path}:{lineno}"))
             except BadRecord as e:
                 self._bad(lineno, str(e))
@@ -349,64 +348,8 @@ def read_records(path: str, task: str, on_bad_record: str = "error", adapter: st
 
 
 def raw_records(path: str) -> Iterator[tuple[int, object]]:
-    """Returns (line, raw record) pairs: bytes of a jsonl line, or a value already parsed."""
-    if path.lower().endswith(".json"):
-        yield from _json_file(path)
-        return
-    fmt, compression = formats.detect_format(path)
-    if fmt == "parquet":
-        yield from _parquet_rows(path)
-    elif fmt == "jsonl":
-        yield from _jsonl_lines(formats.decompressed(path, compression) if compression else path)
-    else:
+    """Returns (line, record) pairs of one file (`maxlm.files.readers.iter_records`); a bad one is a BadRecord."""
+    fmt, _ = formats.detect_format(path)
+    if fmt not in ("jsonl", "parquet"):
         raise MaxlmError(f"{path}: post-training records are read from jsonl (.gz, .zst), json or parquet, not {fmt}")
-
-
-def _jsonl_lines(path: str) -> Iterator[tuple[int, bytes]]:
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
-                line = line[3:]
-            if line.strip():
-                yield lineno, line
-
-
-_SPACE = re.compile(r"[ \t\r\n]*")
-
-
-def _json_file(path: str) -> Iterator[tuple[int, object]]:
-    """Returns the elements of a JSON array file with the line each starts on; jsonl if no array."""
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise MaxlmError(f"{path}: invalid UTF-8 at byte {e.start}: {e.reason}") from None
-    pos = _SPACE.match(text).end()
-    if not text.startswith("[", pos):  # a .json file of one object a line
-        yield from _jsonl_lines(path)
-        return
-    decoder, line, counted = json.JSONDecoder(), 1, 0
-    pos = _SPACE.match(text, pos + 1).end()
-    while not text.startswith("]", pos):
-        line, counted = line + text.count("\n", counted, pos), pos
-        try:
-            value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            # One broken element breaks the array: nothing after it can be found, so never skipped.
-            raise MaxlmError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-        yield line, value
-        pos = _SPACE.match(text, pos).end()
-        if text.startswith(",", pos):
-            pos = _SPACE.match(text, pos + 1).end()
-        elif not text.startswith("]", pos):
-            at = text.count("\n", 0, pos) + 1
-            raise MaxlmError(f"{path}:{at}: invalid JSON array: expected ',' or ']' after an element")
-
-
-def _parquet_rows(path: str) -> Iterator[tuple[int, dict]]:
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow raises several types for a bad file
-        raise MaxlmError(f"{path}: cannot read parquet: {e}") from None
-    yield from enumerate(rows, 1)
+    return iter_records(path, fmt)

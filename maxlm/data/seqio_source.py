@@ -12,7 +12,8 @@ import json
 import re
 import sys
 
-from maxlm.data.cache import cache_dir, write_atomic
+from maxlm.files.atomic import write_atomic
+from maxlm.files.cache import cache_dir
 from maxlm.errors import MaxlmError
 
 TEXT_FEATURES = ("text", "targets_pretokenized", "targets")  # first present wins

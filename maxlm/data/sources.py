@@ -9,8 +9,9 @@ import os
 from collections.abc import Iterator, Sequence
 
 from maxlm.config import DataConfig, SourceConfig
-from maxlm.data import builtin, formats
+from maxlm.data import builtin
 from maxlm.errors import MaxlmError
+from maxlm.files.readers import open_file
 
 SEQIO_PREFIX = "seqio:"
 
@@ -68,7 +69,7 @@ def open_source(src: SourceConfig, on_bad_record: str = "error") -> Documents:
     """Returns the validated texts of one source; raises MaxlmError if it has none."""
     if not src.path:
         raise MaxlmError("data source with an empty path; expected a file, a glob, builtin:stdlib-docs or seqio:<task>")
-    readers = [formats.open_file(f, src.format, src.text_key, on_bad_record) for f in expand(src.path)]
+    readers = [open_file(f, src.format, src.text_key, on_bad_record) for f in expand(src.path)]
     docs = Documents(src.path, readers)
     if len(docs) == 0:
         raise MaxlmError(f"{src.path}: no documents" + (f" ({docs.skipped} bad records skipped)" if docs.skipped else ""))

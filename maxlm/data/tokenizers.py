@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from maxlm.config import Config
-from maxlm.data.cache import write_atomic
+from maxlm.files.atomic import write_atomic
 from maxlm.data.sources import iter_texts, train_sources
 from maxlm.errors import MaxlmError
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maxlm.data import chat, formats, records as records_lib
-from maxlm.data.formats import BadRecord
+from maxlm.data import chat, records as records_lib
+from maxlm.files.formats import BadRecord, as_record
 from maxlm.data.sources import expand, row_slice
 from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import MaxlmError
@@ -73,7 +73,7 @@ def read_questions(path: str, on_bad_record: str = "error") -> tuple[list[Questi
         # The post-training reader's raw records: the same formats, BOM handling and line numbers.
         for lineno, raw in records_lib.raw_records(f):
             try:
-                record = formats.json_value(raw) if isinstance(raw, bytes) else raw
+                record = as_record(raw)
                 q = parse_question(record)
             except BadRecord as e:
                 if on_bad_record == "error":

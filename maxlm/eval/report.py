@@ -7,10 +7,10 @@ markdown puts the scalars in one table, each group dict and example list in a ta
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from maxlm.errors import MaxlmError
+from maxlm.files import atomic
 
 CELL_CHARS = 160  # example texts are cut here in the table; results.json keeps them whole
 
@@ -20,8 +20,8 @@ def write_report(result: dict, output: str | Path, title: str) -> Path:
     out = Path(output)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        (out / "results.md").write_text(markdown(result, title))
+        atomic.write_json(out / "results.json", result, indent=2, ensure_ascii=False)
+        atomic.write_text(out / "results.md", markdown(result, title))
     except OSError as e:
         raise MaxlmError(f"--output {output}: cannot write the results: {e.strerror or e}") from None
     return out

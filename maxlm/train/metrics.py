@@ -14,6 +14,7 @@ import numpy as np
 
 from maxlm.config import ModelConfig, head_dim
 from maxlm.errors import MaxlmError
+from maxlm.files import atomic
 
 # Dense bf16 peak FLOP/s per device, from vendor datasheets; unknown devices report no MFU.
 PEAK_FLOPS = {
@@ -137,7 +138,7 @@ class MetricsWriter:
         if not self.enabled or not self.path.exists():
             return
         keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-        self.path.write_text("".join(l + "\n" for l in keep))
+        atomic.write_text(self.path, "".join(l + "\n" for l in keep))
 
     def last_value(self, key: str, default: float) -> float:
         """Returns `key` of the last record holding it (a resumed run continues its running totals)."""

@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from maxlm.ckpt.hf import export_hf
 from maxlm.ckpt.manager import Checkpoints
 from maxlm.config import Config, load_config, validate
+from maxlm.files import atomic
 from maxlm.infer.pretrained import Pretrained
 from maxlm.parallel.distributed import initialize_from_env
 from maxlm.parallel.mesh import make_mesh
@@ -96,7 +97,7 @@ def finish_run(run: Setup, writer: MetricsWriter, result: RunResult, log) -> Non
             log(f"loss curve: {plot}")
         if run.cfg.export.hf_dir:
             out = Path(run.cfg.export.hf_dir)
-            result.hf_dir = export_hf(run.run_dir, out if out.is_absolute() else run.run_dir / out)
+            result.hf_dir = export_hf(run.run_dir, out if out.is_absolute() else run.run_dir / out, overwrite=True)  # the run's own export dir
             log(f"Hugging Face export: {result.hf_dir}")
     if jax.process_count() > 1:
         # Otherwise the other processes reach JAX's shutdown barrier first, and it times out
@@ -115,6 +116,6 @@ def write_samples(run: Setup, log, write: bool = True) -> list[str]:
     joint = " -> " if run.task.chat else ""
     texts = [p + joint + text for p, text in zip(s.prompts, out.texts)]
     if write:
-        (run.run_dir / "samples.txt").write_text("\n\n".join(texts) + "\n")
+        atomic.write_text(run.run_dir / "samples.txt", "\n\n".join(texts) + "\n")
         log("samples:\n" + "\n".join(f"  > {t!r}" for t in texts))
     return texts

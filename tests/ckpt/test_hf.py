@@ -20,6 +20,7 @@ import maxlm  # noqa: E402
 from maxlm.ckpt import hf_stored  # noqa: E402
 from maxlm.ckpt.hf import export_hf, import_hf  # noqa: E402
 from maxlm.ckpt.manager import Checkpoints  # noqa: E402
+from maxlm.cli import main as cli_main  # noqa: E402
 from maxlm.config import Config, MeshConfig, ModelConfig, TokenizerConfig  # noqa: E402
 from maxlm.data.tokenizers import load_tokenizer, train_sentencepiece  # noqa: E402
 from maxlm.errors import MaxlmError  # noqa: E402
@@ -230,15 +231,36 @@ def test_crashed_export_leaves_no_partial_dir(llama, tmp_path, monkeypatch):
     calls.clear()
     monkeypatch.setattr(hf_stored.StoredStep, "read", crash_midway)
     with pytest.raises(RuntimeError):
-        export_hf(run, out)
+        export_hf(run, out, overwrite=True)
     assert os.listdir(tmp_path) == ["hf"] and sorted(os.listdir(out)) == before
 
 
 def test_export_refuses_to_replace_a_non_hf_dir(llama, tmp_path):
     _, _, run = llama
     (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(MaxlmError, match="not a Hugging Face model dir"):
+    with pytest.raises(MaxlmError, match="exists and is not empty"):
         export_hf(run, tmp_path)
+
+
+def test_export_cli_never_deletes_files_it_did_not_write(llama, tmp_path, capsys):
+    _, _, run = llama
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    assert cli_main(["export-hf", str(run), str(out)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert os.listdir(out) == ["README.md"]
+    # --overwrite writes the export beside the user's file, and a later export with fewer
+    # shards removes the earlier export's surplus shards, nothing else.
+    export_hf(run, out, max_shard_bytes=60_000, overwrite=True)
+    many = {p for p in os.listdir(out) if p.endswith(".safetensors")}
+    assert len(many) > 1
+    assert cli_main(["export-hf", str(run), str(out)]) == 2  # an earlier export is a non-empty directory too
+    assert cli_main(["export-hf", str(run), str(out), "--overwrite"]) == 0
+    after = set(os.listdir(out))
+    assert (out / "README.md").read_text() == "my notes"
+    assert {p for p in after if p.endswith(".safetensors")} == {"model-00001-of-00001.safetensors"}
+    assert transformers.AutoModelForCausalLM.from_pretrained(out) is not None
 
 
 def test_bfloat16_import_and_export(llama, tmp_path):

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-# labelled_corpus and curate_outputs live beside the tests; the repo root holds data_pipelines
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the repo root holds data_pipelines
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -244,3 +245,30 @@ def test_model_errors_are_one_line(runs, small_pool, tmp_path, capsys):
     base = ["select", "perplexity", "--input", str(small_pool), "--budget", "1", "--output", str(tmp_path / "o.jsonl")]
     assert maxlm_main(base) == 2 and "needs exactly 1 --model, got 0" in capsys.readouterr().err
     assert maxlm_main(base + ["--model", str(tmp_path / "nope")]) == 2 and "no such maxlm run" in capsys.readouterr().err
+
+
+def test_output_equal_to_input_is_refused_unless_overwrite(small_pool, tmp_path, capsys):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_bytes(small_pool.read_bytes())
+    base = ["select", "kcenter", "--input", str(pool), "--budget", "2", "-q"]
+    assert maxlm_main(base + ["--output", str(pool)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output") and "is also the input (--input)" in err and "--overwrite" in err
+    assert pool.read_bytes() == small_pool.read_bytes()
+    # The same file by another name is the same file.
+    assert maxlm_main(base + ["--output", str(tmp_path / "." / "pool.jsonl")]) == 2
+    assert maxlm_main(base + ["--output", str(pool), "--overwrite"]) == 0
+    assert len(pool.read_text().splitlines()) == 2
+
+
+def test_folds_refuse_a_foreign_non_empty_dir_and_the_input(small_pool, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    base = ["select", "folds", "--input", str(small_pool), "--k", "2", "--output-dir", str(tmp_path)]
+    assert maxlm_main(base) == 2 and "exists and is not empty" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+    assert maxlm_main(base + ["--overwrite"]) == 0
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert maxlm_main(base) == 0  # its own earlier folds are rewritten without --overwrite
+    inside = tmp_path / "train_0.jsonl"
+    assert maxlm_main(["select", "folds", "--input", str(inside), "--k", "2", "--output-dir", str(tmp_path)]) == 2
+    assert "is also the input" in capsys.readouterr().err

@@ -447,3 +447,23 @@ def test_constitutional_end_to_end_on_a_model(tiny_run, tmp_path, capsys, monkey
 def test_cut_at_stops():
     assert cut_at_stops("abc###def\n\nHuman: x", ["\n\nHuman:", "###"]) == ("abc", True)
     assert cut_at_stops("abc", ["", "zz"]) == ("abc", False)
+
+
+def test_outputs_that_would_mix_or_replace_records_are_refused(tmp_path, capsys):
+    # Refused before any model loads: --model names nothing.
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Say hi."}) + "\n")
+    one = tmp_path / "out.jsonl"
+    base = ["constitutional", "--prompts", str(prompts), "--model", str(tmp_path / "no-model"), "-q"]
+    assert synth_cli.main(base + ["--sft-output", str(one), "--pairs-output", str(one)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --pairs-output and --sft-output are one file") and not one.exists()
+    assert synth_cli.main(base + ["--sft-output", str(prompts), "--pairs-output", str(one)]) == 2
+    assert "is also the input (--prompts)" in capsys.readouterr().err
+    assert prompts.read_text() == json.dumps({"prompt": "Say hi."}) + "\n"
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"instruction": "Name a color.", "instances": [{"input": "", "output": "Red."}]}) + "\n")
+    before = seeds.read_bytes()
+    args = ["self-instruct", "--seeds", str(seeds), "--model", str(tmp_path / "no-model"), "--num-tasks", "2", "--output", str(seeds), "-q"]
+    assert synth_cli.main(args) == 2 and "is also the input (--seeds)" in capsys.readouterr().err
+    assert seeds.read_bytes() == before

@@ -10,7 +10,7 @@ MinHash (5-grams, 14 bands x 8 rows). Our pipeline also runs exact dedup first; 
 relies on MinHash alone for exact copies (one stage less for it). Datatrove's PII formatter
 covers emails and IPs only. Datatrove is a peer here, never a dependency:
     pip install datatrove spacy orjson zstandard regex tokenizers "xxhash<4"
-Quality comes from the corpus labels (tests/data_pipelines/labelled_corpus.py); wall time
+Quality comes from the corpus labels (tests/data_pipelines/curate/labelled_corpus.py); wall time
 includes process start-up for both. Prints and writes one JSON object.
 """
 
@@ -32,14 +32,15 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from data_pipelines.config import load_pipeline  # noqa: E402
-from data_pipelines.run.pipeline import curate  # noqa: E402
-from data_pipelines.writers import read_jsonl_zst  # noqa: E402
+from data_pipelines.curate.stages import STAGES  # noqa: E402
+from data_pipelines.curate.pipeline import curate  # noqa: E402
+from maxlm.files.readers import iter_records  # noqa: E402
 
 PIPELINE = REPO / "configs" / "curation" / "english_web.yaml"
 
 
 def _corpus_module():
-    path = REPO / "tests" / "data_pipelines" / "labelled_corpus.py"
+    path = REPO / "tests" / "data_pipelines" / "curate" / "labelled_corpus.py"
     spec = importlib.util.spec_from_file_location("labelled_corpus", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -49,10 +50,10 @@ def _corpus_module():
 def run_ours(in_dir: Path, out_dir: Path, workers: int) -> tuple[float, list[dict], dict]:
     """Returns (wall seconds, kept records, report) of our english_web pipeline."""
     t0 = time.perf_counter()
-    cfg = load_pipeline(PIPELINE)
+    cfg = load_pipeline(PIPELINE, STAGES)
     report = curate(cfg, str(in_dir / "*.jsonl"), out_dir, "local", workers)
     wall = time.perf_counter() - t0
-    kept = [r for p in sorted(glob.glob(str(out_dir / "*.jsonl.zst"))) for r in read_jsonl_zst(p)]
+    kept = [r for p in sorted(glob.glob(str(out_dir / "*.jsonl.zst"))) for _, r in iter_records(p, strict=True)]
     return wall, kept, report
 
 
@@ -61,7 +62,7 @@ def run_ours(in_dir: Path, out_dir: Path, workers: int) -> tuple[float, list[dic
 
 def _langid_filter(doc, keep: tuple, min_score: float, max_chars: int) -> bool:
     """py3langid with our parameters, as a datatrove LambdaFilter (its LanguageFilter needs a download)."""
-    from data_pipelines.stages.langid import identifier
+    from data_pipelines.curate.stages.langid import identifier
 
     lang, score = identifier().classify(doc.text[:max_chars])
     doc.metadata["lang"], doc.metadata["lang_score"] = lang, float(score)
@@ -175,7 +176,7 @@ def main(argv: list[str]) -> int:
                           "kept": len(kept), "quality": corpus.score(recs, kept),
                           "stage_seconds": {st["label"]: st["seconds"] for st in report["stages"]}}
         if not args.skip_datatrove:
-            params = {sp.name: sp.params for sp in load_pipeline(PIPELINE).stages}
+            params = {sp.name: sp.params for sp in load_pipeline(PIPELINE, STAGES).stages}
             wall, kept, times = run_datatrove(tmp / "in", tmp / "datatrove", args.workers, args.shards, params)
             result["datatrove"] = {"wall_seconds": round(wall, 3), "docs_per_second": round(len(recs) / wall, 1),
                                    "kept": len(kept), "quality": corpus.score(recs, kept), "step_seconds": times}

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from maxlm.config import Config, DataConfig, SourceConfig, TrainConfig  # noqa: E402
-from maxlm.data.cache import cache_dir  # noqa: E402
+from maxlm.files.cache import cache_dir  # noqa: E402
 from maxlm.data.pipeline import make_train_iterator  # noqa: E402
 from maxlm.data.sources import iter_texts  # noqa: E402
 from maxlm.data.tokenizers import load_tokenizer, train_sentencepiece  # noqa: E402

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-from pathlib import Path
 
 import jax
+
+from maxlm.files import atomic
 
 
 def machine() -> dict:
@@ -23,6 +24,4 @@ def emit(result: dict, out: str = "") -> None:
     text = json.dumps(result, indent=2) + "\n"
     print(text, end="")
     if out:
-        tmp = Path(out).with_name(Path(out).name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        atomic.write_text(out, text)

@@ -1,0 +1,171 @@
+"""The run report: per-stage documents and bytes in/out, removal reasons with examples,
+histograms of key statistics (PNG), throughput, and bad input records with file:line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from maxlm.files.atomic import atomic_path, write_json, write_text
+from data_pipelines.config import PipelineConfig
+from data_pipelines.curate.inputs import InputFile
+from data_pipelines.curate.run.workdir import Workdir
+from data_pipelines.curate.run.plan import Phase
+from data_pipelines.curate.stats import StageStats
+
+MAX_BAD_LISTED = 1000
+HIST_BINS = 30
+
+
+def _gather(layout: Workdir, phases: tuple[Phase, ...], shards: list[str]) -> tuple[dict, dict, dict, int]:
+    """Returns (stats by label, read totals, bad records, documents written) from the markers."""
+    by_label: dict[str, StageStats] = {}
+    read = {"docs": 0, "bytes": 0}
+    bad = {"count": 0, "examples": []}
+    written = 0
+    for k in range(len(phases)):
+        for s in shards:
+            m = json.loads(layout.shard_done(k, s).read_text())
+            for label, raw in m["stages"].items():
+                by_label.setdefault(label, StageStats()).merge(StageStats.from_dict(raw))
+            if k == 0:
+                read["docs"] += m["read"]["docs"]
+                read["bytes"] += m["read"]["bytes"]
+                bad["count"] += m["bad"]["count"]
+                bad["examples"].extend(m["bad"]["examples"][: MAX_BAD_LISTED - len(bad["examples"])])
+            if k == len(phases) - 1:
+                written += m["kept"]
+    return by_label, read, bad, written
+
+
+def _histogram(values: list[float], png: Path, title: str) -> dict:
+    """Returns {edges, counts, png} for `values` and draws them into `png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; set before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    counts, edges = np.histogram(np.asarray(values, dtype=float), bins=HIST_BINS)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.stairs(counts, edges, fill=True, color="#4878a8")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("documents (sampled)", fontsize=8)
+    fig.subplots_adjust(left=0.14, bottom=0.12, right=0.97, top=0.9)  # tight_layout costs as much as drawing
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist(), "png": str(png.relative_to(png.parent.parent))}
+
+
+def write_report(layout: Workdir, cfg: PipelineConfig, inputs: list[InputFile], phases: tuple[Phase, ...], shards: list[str], run: dict) -> dict:
+    """Writes DIR/report.json, DIR/report.md and DIR/report/*.png; returns the report."""
+    by_label, read, bad, written = _gather(layout, phases, shards)
+    resolves = {}
+    for k, phase in enumerate(phases):
+        if phase.group and layout.resolve_done(k).exists():
+            resolves.update(json.loads(layout.resolve_done(k).read_text())["stages"])
+    stages_out = []
+    for spec in cfg.stages:
+        st = by_label.get(spec.label, StageStats())
+        extra = resolves.get(spec.label)
+        if extra:
+            st.seconds += extra["seconds"]
+        hists = {}
+        for stat, values in sorted(st.samples.items()):
+            if values:
+                png = layout.report_dir / f"{spec.label.replace('#', '_')}.{stat}.png"
+                hists[stat] = _histogram(values, png, f"{spec.label}: {stat}")
+        stages_out.append({
+            "label": spec.label,
+            "stage": spec.name,
+            "docs_in": st.docs_in,
+            "docs_out": st.docs_out,
+            "docs_removed": st.docs_in - st.docs_out,
+            "bytes_in": st.bytes_in,
+            "bytes_out": st.bytes_out,
+            "seconds": round(st.seconds, 3),
+            # summed over workers: what one core does in this stage
+            "docs_per_second": round(st.docs_in / st.seconds, 1) if st.seconds > 0 else None,
+            "removed": dict(sorted(st.removed.items(), key=lambda kv: -kv[1])),
+            "examples": st.examples,
+            "counters": dict(sorted(st.counters.items())),
+            "histograms": hists,
+            **({"dedup": {k: v for k, v in extra.items() if k != "seconds"}} if extra else {}),
+        })
+    last = [s for s in stages_out if s["docs_in"] or s["docs_out"]]
+    bytes_out = last[-1]["bytes_out"] if last else read["bytes"]
+    wall = run["wall_seconds"]
+    report = {
+        "pipeline": cfg.path,
+        "output": str(layout.root),
+        "output_format": cfg.output.format,
+        "run": {**run, "wall_seconds": round(wall, 3)},
+        "inputs": [{"shard": s, "file": f.path} for s, f in zip(shards, inputs)],
+        "totals": {
+            "docs_in": read["docs"] + bad["count"],
+            "good_docs_in": read["docs"],
+            "bytes_in": read["bytes"],
+            "docs_out": written,
+            "bytes_out": bytes_out,
+            "bad_records": bad["count"],
+            "docs_per_second_wall": round(read["docs"] / wall, 1) if wall > 0 else None,
+        },
+        "bad_records": bad,
+        "stages": stages_out,
+    }
+    write_json(layout.root / "report.json", report)
+    write_text(layout.root / "report.md", render_markdown(report))
+    return report
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def render_markdown(r: dict) -> str:
+    """Returns the report as Markdown: totals, a stage table, reasons, examples, histograms, bad input."""
+    t = r["totals"]
+    out = [
+        f"# Curation report: {r['pipeline']}",
+        "",
+        f"- output: `{r['output']}` ({r['output_format']}); executor {r['run']['executor']} x {r['run']['workers']}",
+        f"- wall time: {r['run']['wall_seconds']:.1f} s ({t['docs_per_second_wall']} docs/s)"
+        + (" (resumed run)" if r["run"].get("resumed") else ""),
+        f"- documents: {t['docs_in']} in ({t['bad_records']} bad input records), {t['docs_out']} out",
+        f"- text: {_mb(t['bytes_in'])} in, {_mb(t['bytes_out'])} out",
+        "",
+        "| stage | docs in | docs out | removed | bytes in | bytes out | docs/s per core |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in r["stages"]:
+        out.append(
+            f"| {s['label']} | {s['docs_in']} | {s['docs_out']} | {s['docs_removed']} | {_mb(s['bytes_in'])} "
+            f"| {_mb(s['bytes_out'])} | {s['docs_per_second'] or '-'} |"
+        )
+    for s in r["stages"]:
+        out += ["", f"## {s['label']}", ""]
+        if s["removed"]:
+            out.append("Removal reasons: " + ", ".join(f"`{k}` {v}" for k, v in s["removed"].items()))
+        if s["counters"]:
+            out.append("")
+            out.append("Counters: " + ", ".join(f"`{k}` {v}" for k, v in s["counters"].items()))
+        if s.get("dedup"):
+            out.append("")
+            out.append("Dedup: " + ", ".join(f"{k} {v}" for k, v in s["dedup"].items()))
+        for reason, exs in s["examples"].items():
+            out += ["", f"Examples removed for `{reason}`:", ""]
+            for ex in exs[:3]:
+                snippet = " ".join(ex["text"].split())[:160].replace("|", "\\|")
+                dup = f" (duplicate of `{ex['duplicate_of']}`)" if "duplicate_of" in ex else ""
+                out.append(f"- `{ex['where']}`{dup}: {snippet}")
+        for stat, h in s["histograms"].items():
+            out += ["", f"![{s['label']} {stat}]({h['png']})"]
+    bad = r["bad_records"]
+    if bad["count"]:
+        out += ["", f"## Bad input records ({bad['count']})", "", "Skipped and counted; every other record was kept.", ""]
+        out += [f"- {e}" for e in bad["examples"][:20]]
+        if bad["count"] > 20:
+            out.append(f"- ... {bad['count'] - 20} more in report.json and removed/*.jsonl.zst")
+    return "\n".join(out) + "\n"

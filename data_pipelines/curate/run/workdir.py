@@ -1,0 +1,71 @@
+"""The work directory of a curation run: where each of its files lives under --output DIR."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from maxlm.files.writers import SUFFIX
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """Paths under DIR: final shards at the top, removed/ records, _work/ for resumable state."""
+
+    root: Path
+
+    @property
+    def work(self) -> Path:
+        """Returns DIR/_work: resumable state, markers and intermediate shards."""
+        return self.root / "_work"
+
+    @property
+    def manifest(self) -> Path:
+        """Returns the file naming the pipeline fingerprint and inputs this DIR belongs to."""
+        return self.work / "manifest.json"
+
+    def phase_dir(self, phase: int) -> Path:
+        """Returns the directory of one phase's markers, intermediate docs and spilled keys."""
+        return self.work / f"p{phase}"
+
+    def shard_done(self, phase: int, shard: str) -> Path:
+        """Returns the marker written (atomically, last) when a shard finished a phase."""
+        return self.phase_dir(phase) / f"{shard}.done.json"
+
+    def docs(self, phase: int, shard: str) -> Path:
+        """Returns the intermediate documents a phase hands to the next one."""
+        return self.phase_dir(phase) / f"{shard}.docs.jsonl.zst"
+
+    def ids(self, phase: int, shard: str) -> Path:
+        """Returns the ids of the intermediate documents, in order (read to name duplicate_of)."""
+        return self.phase_dir(phase) / f"{shard}.ids.jsonl.zst"
+
+    def resolve_dir(self, phase: int) -> Path:
+        """Returns the directory of the dedup decisions made after `phase`."""
+        return self.work / f"r{phase}"
+
+    def resolve_done(self, phase: int) -> Path:
+        """Returns the marker written when the dedup after `phase` is resolved."""
+        return self.resolve_dir(phase) / "done.json"
+
+    def removals(self, phase: int, shard: str) -> Path:
+        """Returns the dedup decisions for one shard: [local index, group stage, duplicate_of]."""
+        return self.resolve_dir(phase) / f"{shard}.removed.jsonl.zst"
+
+    def output(self, shard: str, fmt: str) -> Path:
+        """Returns the final curated shard file."""
+        return self.root / f"{shard}{SUFFIX[fmt]}"
+
+    def removed(self, phase: int, shard: str) -> Path:
+        """Returns the removed-docs file of one shard's phase: id, stage, reason, duplicate_of."""
+        return self.root / "removed" / f"{shard}.p{phase}.jsonl.zst"
+
+    @property
+    def report_dir(self) -> Path:
+        """Returns the directory of the report's histogram PNGs."""
+        return self.root / "report"
+
+
+def shard_name(index: int) -> str:
+    """Returns the name of input shard `index`: shard-00003."""
+    return f"shard-{index:05d}"

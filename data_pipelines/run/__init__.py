@@ -1,1 +1,0 @@
-"""Running a pipeline: plan phases, process shards with an executor, resolve dedup, resume."""

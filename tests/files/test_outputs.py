@@ -1,0 +1,38 @@
+"""The shared output check: no output replaces an input, another output or a foreign directory."""
+
+from __future__ import annotations
+
+import pytest
+
+from maxlm.errors import MaxlmError
+from maxlm.files.outputs import check_output, check_output_dir
+
+
+def test_output_that_is_an_input_needs_overwrite(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("{}\n")
+    with pytest.raises(MaxlmError, match=r"--output .*in.jsonl: is also the input \(--input\).*--overwrite"):
+        check_output({"--output": tmp_path / "x" / ".." / "in.jsonl"}, {"--input": src})
+    check_output({"--output": src}, {"--input": src}, overwrite=True)
+    with pytest.raises(MaxlmError, match=r"is also the input \(--input\) and would replace it; choose another path$"):
+        check_output({"--output": src}, {"--input": src}, overwrite=None)  # a command without --overwrite
+    check_output({"--output": tmp_path / "new.jsonl"}, {"--input": src})
+
+
+def test_two_outputs_may_not_be_one_file_and_no_output_is_a_dir(tmp_path):
+    with pytest.raises(MaxlmError, match="--b and --a are one file"):
+        check_output({"--a": tmp_path / "o.jsonl", "--b": tmp_path / "o.jsonl"}, overwrite=True)
+    with pytest.raises(MaxlmError, match="is a directory"):
+        check_output({"--a": tmp_path})
+
+
+def test_output_dir_must_be_empty_ours_or_overwritten(tmp_path):
+    check_output_dir(tmp_path / "new", "--out")
+    check_output_dir(tmp_path, "--out")  # empty
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(MaxlmError, match=r"--out .*: exists and is not empty; .*--overwrite"):
+        check_output_dir(tmp_path, "--out")
+    check_output_dir(tmp_path, "--out", overwrite=True)
+    check_output_dir(tmp_path, "--out", ours=True)
+    with pytest.raises(MaxlmError, match="is a file"):
+        check_output_dir(tmp_path / "f", "--out", overwrite=True)
