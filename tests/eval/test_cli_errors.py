@@ -44,7 +44,7 @@ def test_bad_record_names_the_flag_not_the_config_key(runs, tmp_path, capsys, co
 
 
 def test_bad_record_of_a_training_run_still_names_the_config_key(tmp_path):
-    from maxlm.data.formats import JsonlFile
+    from maxlm.files.readers import JsonlFile
     from maxlm.errors import MaxlmError
 
     bad = tmp_path / "bad.jsonl"

@@ -44,7 +44,7 @@ def load_callable(path: str) -> Callable[[str], float]:
 class ToxicityParams:
     """Word list and classifier settings; min_hits 1 follows C4's bad-words rule (Raffel et al. 2020)."""
 
-    words_file: str = ""  # "": the shipped list data_pipelines/stages/toxicity_words.txt
+    words_file: str = ""  # "": the shipped list data_pipelines/curate/stages/toxicity_words.txt
     min_hits: int = 1  # remove when this many listed words occur
     classifier: str = ""  # optional "module:function" taking text, returning a score in [0, 1]
     classifier_threshold: float = 0.5  # remove when the score is at least this
