@@ -73,20 +73,6 @@ def _pair_example(tokenizer: Tokenizer, template: str, record: Pair, seq_len: in
     return out
 
 
-def record_texts(path: str, task: str, on_bad_record: str) -> list[str]:
-    """Returns every message and completion text of the records `path` names (tokenizer training)."""
-    texts = []
-    for f in expand(path):
-        for r in RecordFile(f, task, on_bad_record).records:
-            if isinstance(r, Chat):
-                texts += [m["content"] for m in r.messages]
-            elif isinstance(r, Pair):
-                texts += [m["content"] for m in r.prompt] + [r.chosen, r.rejected]
-            else:
-                texts += [m["content"] for m in r.prompt] + ([r.answer] if r.answer else [])
-    return texts
-
-
 def encode_file(
     path: str, task: str, tokenizer: Tokenizer, template: str, seq_len: int, on_bad_record: str, rows: str = ""
 ) -> Examples:

@@ -1,5 +1,6 @@
 """Tokenizers: sentencepiece `.model` files (trained here or Llama 2's) and Hugging Face
-tokenizer directories, behind one small interface; plus sentencepiece training.
+tokenizer directories, behind one small interface; plus sentencepiece training, on plain
+text or on the texts of a task's records.
 
 `encode` never adds BOS/EOS: the pipeline adds them per `data.add_bos` / `data.add_eos`.
 Ids that a tokenizer lacks are -1, except `pad_id`, which is always a valid id (0 when
@@ -19,7 +20,8 @@ from typing import Protocol, runtime_checkable
 
 from maxlm.config import Config
 from maxlm.data.cache import write_atomic
-from maxlm.data.sources import iter_texts, train_sources
+from maxlm.data.records import Chat, Pair, RecordFile
+from maxlm.data.sources import expand, iter_texts, train_sources
 from maxlm.errors import MaxlmError
 
 MAX_TRAINING_LINE = 8192  # bytes; sentencepiece silently drops longer sentences
@@ -217,8 +219,6 @@ def _train_tokenizer(cfg: Config, path: Path) -> None:
     if cfg.task == "pretrain":
         texts = iter_texts(sources, cfg.data.on_bad_record)
     else:
-        from maxlm.data.examples import record_texts
-
         texts = (t for s in sources for t in record_texts(s.path, cfg.task, cfg.data.on_bad_record))
     train_sentencepiece(
         texts, path, vocab_size=t.vocab_size, model_type=t.model_type,
@@ -226,3 +226,17 @@ def _train_tokenizer(cfg: Config, path: Path) -> None:
     )
     print(f"trained a {load_tokenizer(path).vocab_size}-token {t.model_type} sentencepiece tokenizer on data.train_files: {path}",
           file=sys.stderr, flush=True)
+
+
+def record_texts(path: str, task: str, on_bad_record: str) -> list[str]:
+    """Returns every message and completion text of the records `path` names (tokenizer training)."""
+    texts = []
+    for f in expand(path):
+        for r in RecordFile(f, task, on_bad_record).records:
+            if isinstance(r, Chat):
+                texts += [m["content"] for m in r.messages]
+            elif isinstance(r, Pair):
+                texts += [m["content"] for m in r.prompt] + [r.chosen, r.rejected]
+            else:
+                texts += [m["content"] for m in r.prompt] + ([r.answer] if r.answer else [])
+    return texts

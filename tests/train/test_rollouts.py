@@ -20,8 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     """A sentencepiece tokenizer trained on the arithmetic records (byte fallback: any text encodes)."""
-    from maxlm.data.examples import record_texts
-    from maxlm.data.tokenizers import load_tokenizer, train_sentencepiece
+    from maxlm.data.tokenizers import load_tokenizer, record_texts, train_sentencepiece
 
     path = train_sentencepiece(record_texts("builtin:arithmetic", "grpo", "error"), tmp_path_factory.mktemp("tok") / "t.model", vocab_size=280)
     return load_tokenizer(path)
