@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from maxlm.errors import MaxlmError
+from maxlm.files.writable import check_writable_dir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +52,7 @@ def _curate(args: argparse.Namespace, log) -> str:
 
     if args.workers is not None and args.workers < 1:
         raise MaxlmError(f"--workers must be >= 1, got {args.workers}")
+    check_writable_dir(args.output, "--output")
     report = curate(load_pipeline(args.pipeline), args.input, args.output, args.executor, args.workers, log)
     t = report["totals"]
     return (

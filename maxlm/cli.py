@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from maxlm.config import SampleConfig, TokenizerConfig, flag_type
+
 
 def _enable_compilation_cache() -> None:
     # Restarts (resume after preemption, repeated quickstarts) skip recompiling the step.
@@ -20,7 +22,7 @@ def _enable_compilation_cache() -> None:
 
 def cmd_train(args) -> int:
     from maxlm.config import load_config
-    from maxlm.train.loop import train
+    from maxlm.train.run import train
 
     cfg = load_config(args.config, args.overrides)
     _enable_compilation_cache()
@@ -38,11 +40,13 @@ def cmd_tokenizer_train(args) -> int:
     from maxlm.config import SourceConfig
     from maxlm.data.sources import iter_texts
     from maxlm.data.tokenizers import train_sentencepiece
+    from maxlm.files.writable import check_writable_file
 
+    check_writable_file(args.output, "--output")
     sources = [SourceConfig(path=p) for p in args.input]
     out = train_sentencepiece(
         iter_texts(sources), args.output, vocab_size=args.vocab_size, model_type=args.model_type,
-        max_sentences=args.max_sentences, character_coverage=0.9995,
+        max_sentences=args.max_sentences, character_coverage=0.9995, vocab_setting="--vocab-size",
     )
     print(f"tokenizer: {out}")
     return 0
@@ -178,9 +182,9 @@ def parser() -> argparse.ArgumentParser:
     tt = tok.add_parser("train", help="train a sentencepiece tokenizer on text files")
     tt.add_argument("--input", nargs="+", required=True, help="files or globs (jsonl/parquet/txt/builtin:stdlib-docs)")
     tt.add_argument("--output", required=True, help="where to write the .model file")
-    tt.add_argument("--vocab-size", type=int, default=4096)
+    tt.add_argument("--vocab-size", type=flag_type(TokenizerConfig, "vocab_size"), default=4096)
     tt.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
-    tt.add_argument("--max-sentences", type=int, default=200000)
+    tt.add_argument("--max-sentences", type=flag_type(TokenizerConfig, "max_sentences"), default=200000)
     tt.set_defaults(fn=cmd_tokenizer_train)
 
     i = sub.add_parser("import-hf", help="convert a Hugging Face Llama/Qwen2 model dir into a maxlm run dir")
@@ -197,10 +201,10 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample text from a run, checkpoint or HF dir")
     g.add_argument("path")
     g.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=flag_type(SampleConfig, "max_new_tokens"), default=64)
+    g.add_argument("--temperature", type=flag_type(SampleConfig, "temperature"), default=0.0)
+    g.add_argument("--top-k", type=flag_type(SampleConfig, "top_k"), default=0)
+    g.add_argument("--top-p", type=flag_type(SampleConfig, "top_p"), default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(fn=cmd_generate)
 
@@ -230,7 +234,7 @@ def parser() -> argparse.ArgumentParser:
     em.add_argument("path", help="run dir, checkpoint, step dir or HF dir")
     em.add_argument("--data", required=True, help="{\"prompt\", \"answer\"} or gsm8k {\"question\", \"answer\"} records (jsonl/json/parquet)")
     em.add_argument("--verifier", default="gsm8k_exact", help="exact (string equality), gsm8k_exact, arithmetic_exact or format")
-    em.add_argument("--max-new-tokens", type=int, default=256)
+    em.add_argument("--max-new-tokens", type=flag_type(SampleConfig, "max_new_tokens"), default=256)
     em.add_argument("--rows", default="", help="a slice of the records, e.g. 0:200")
     em.add_argument("--batch-size", type=int, default=16)
     em.set_defaults(fn=cmd_eval_exact_match)
@@ -247,7 +251,7 @@ def parser() -> argparse.ArgumentParser:
     ew.add_argument("--a", required=True, help="policy A (run, checkpoint, step or HF dir)")
     ew.add_argument("--b", required=True, help="policy B")
     ew.add_argument("--prompts", required=True, help="prompt records: {\"prompt\"}, gsm8k, Alpaca or hh-rlhf (jsonl/json/parquet)")
-    ew.add_argument("--max-new-tokens", type=int, default=256)
+    ew.add_argument("--max-new-tokens", type=flag_type(SampleConfig, "max_new_tokens"), default=256)
     ew.add_argument("--rows", default="", help="a slice of the records")
     ew.add_argument("--batch-size", type=int, default=16)
     ew.set_defaults(fn=cmd_eval_win_rate)
@@ -265,7 +269,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI and returns the process exit code; bad input prints one line, no traceback."""
-    from maxlm.errors import MaxlmError
+    from maxlm.errors import BadRecordError, MaxlmError
+    from maxlm.files.writable import check_writable_dir, place_error
 
     argv = sys.argv[1:] if argv is None else argv
     p = parser()
@@ -276,9 +281,19 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         call = lambda: args.fn(args)
     try:
+        if args.command == "eval" and args.output:
+            check_writable_dir(args.output, "--output")  # before the evaluation, not after it
         return call()
     except MaxlmError as e:
+        if isinstance(e, BadRecordError) and hasattr(args, "on_bad_record"):
+            e = e.hinting("pass --on-bad-record skip")
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        why = place_error(e)
+        if why is None:  # not the place's fault: a bug, shown with its traceback
+            raise
+        print(f"error: {e.filename or 'writing'}: {why} ({e.strerror})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from maxlm.config import CHOICES, Config, MeshConfig
+from maxlm.config import ComputeDtype, Config, MeshConfig, choices
 from maxlm.errors import MaxlmError
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
@@ -72,8 +72,8 @@ def from_pretrained(path: str | os.PathLike, dtype: str | None = None, mesh: Mes
     are then also held in float32, or in bfloat16 when dtype="bfloat16"). A maxlm run loads
     its latest step. The default mesh shards params over all local devices (fsdp).
     """
-    if dtype is not None and dtype not in CHOICES["model.dtype"]:
-        raise MaxlmError(f"dtype must be one of {', '.join(CHOICES['model.dtype'])}, got {dtype!r}")
+    if dtype is not None and dtype not in choices(ComputeDtype):
+        raise MaxlmError(f"dtype must be one of {', '.join(choices(ComputeDtype))}, got {dtype!r}")
     path = Path(path).resolve()
     mesh = mesh or make_mesh(MeshConfig(data=1, fsdp=-1))
     if is_hf_dir(path):

@@ -8,15 +8,16 @@ from __future__ import annotations
 import argparse
 
 from data_pipelines.cli import run_command
+from maxlm.config import SampleConfig, flag_type
 
 
 def _sampling(p: argparse.ArgumentParser, temperature: float, max_new_tokens: int, template: str | None) -> None:
     p.add_argument("--model", required=True, help="maxlm run dir, checkpoint dir or Hugging Face model dir")
     p.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=temperature)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=flag_type(SampleConfig, "max_new_tokens"), default=max_new_tokens)
+    p.add_argument("--temperature", type=flag_type(SampleConfig, "temperature"), default=temperature)
+    p.add_argument("--top-k", type=flag_type(SampleConfig, "top_k"), default=0)
+    p.add_argument("--top-p", type=flag_type(SampleConfig, "top_p"), default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chat-template", default=template,
                    help="render prompts with this chat template (default, llama3, chatml, hf)"

@@ -37,6 +37,7 @@ from maxlm.config import Config, MeshConfig, ModelConfig, dump_yaml, validate
 from maxlm.errors import MaxlmError
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
+from maxlm.tasks import has_reward_head
 
 MAX_SHARD_BYTES = 4 << 30
 PARAM_DTYPES = ("float32", "bfloat16")
@@ -214,7 +215,7 @@ def _zeros(name: str, shape: tuple[int, ...], dtype: str) -> tuple[str, Entry]:
 
 def exports_score(cfg) -> bool:
     """Returns whether a run exports as a sequence classifier: reward models do; a PPO policy's value head stays behind."""
-    return cfg.model.scalar_head and cfg.task != "ppo"
+    return has_reward_head(cfg)
 
 
 def _tensor_groups(stored: StoredStep, dtype: str) -> list[list[tuple[str, Entry]]]:

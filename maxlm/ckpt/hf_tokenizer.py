@@ -3,11 +3,11 @@ converted when the run trained a sentencepiece `.model`."""
 
 from __future__ import annotations
 
+import json
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
+from maxlm.ckpt import spm_to_hf
 from maxlm.errors import MaxlmError
 
 # Every file a transformers tokenizer may load from (Llama ships tokenizer.model, Qwen2 vocab + merges).
@@ -39,22 +39,15 @@ def write_hf_tokenizer(src: Path, dst_dir: Path) -> None:
             raise MaxlmError(f"{src}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES[:4])})")
         return
     shutil.copyfile(src, dst_dir / "tokenizer.model")
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        print(f"warning: {dst_dir}: wrote tokenizer.model only; pip install transformers to also write tokenizer.json",
-              file=sys.stderr, flush=True)
-        return
-    with tempfile.TemporaryDirectory() as scratch:
-        # Alone in its dir, the .model becomes a tokenizers-backed tokenizer built from the model's
-        # own normalizer spec. Beside a Llama config.json AutoTokenizer would pick LlamaTokenizer,
-        # whose fixed "▁" prefix changes the ids of a model trained without a dummy prefix (maxlm's).
-        shutil.copyfile(src, Path(scratch) / "tokenizer.model")
-        try:
-            tok = AutoTokenizer.from_pretrained(scratch)
-        except Exception as e:  # transformers raises many types for a bad model file
-            raise MaxlmError(f"{src}: could not convert the sentencepiece model to a Hugging Face tokenizer: {e}") from None
-        tok.save_pretrained(str(dst_dir))
+    # Written from the model's own specs, with neither transformers nor tokenizers installed: the
+    # core install's export is complete. Beside a Llama config.json AutoTokenizer would otherwise
+    # pick LlamaTokenizer, whose fixed "▁" prefix changes the ids of a model trained without a
+    # dummy prefix (maxlm's); tokenizer_config.json names the tokenizer.json-backed class instead.
+    tokenizer, special = spm_to_hf.tokenizer_json(src)
+    (dst_dir / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False, indent=1) + "\n")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **special}
+    (dst_dir / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=1) + "\n")
+    (dst_dir / "special_tokens_map.json").write_text(json.dumps(special, ensure_ascii=False, indent=1) + "\n")
 
 
 def special_ids(src: Path) -> tuple[int | None, int | None]:

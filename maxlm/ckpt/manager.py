@@ -110,6 +110,29 @@ class Checkpoints:
             out["data_state"] = holder.state
         return out
 
+    def restore_checked(self, step: int, abstract_params: Any, abstract_opt_state: Any = None, data_state: bool = False) -> dict:
+        """Returns restore(...) of `step`; a step that cannot be read raises MaxlmError naming the newest intact earlier step."""
+        try:
+            return self.restore(step, abstract_params, abstract_opt_state, data_state)
+        except MaxlmError:
+            raise
+        except Exception as e:  # orbax and tensorstore raise many types for missing or truncated files
+            raise self.damaged(step, e, lambda s: self.restore(s, abstract_params, abstract_opt_state, data_state)) from None
+
+    def damaged(self, step: int, error: Exception, probe) -> MaxlmError:
+        """Returns the error for a committed `step` that failed to read: the newest earlier step that `probe` reads, and how to use it."""
+        # tensorstore appends its whole spec to the message: the first part says what failed
+        reason = " ".join(str(error).split(" See full TensorStore details")[0].split())[:200] or "unreadable"
+        intact = next((s for s in sorted((s for s in self._mgr.all_steps() if s < step), reverse=True) if _reads(probe, s)), None)
+        moved = self.directory.parent / f"damaged-step-{step}"
+        later = [s for s in self._mgr.all_steps() if s > step]
+        if intact is None:
+            advice = "no earlier step is intact; start over in a new run_dir"
+        else:
+            advice = (f"step {intact} is intact: to resume from it, move the damaged step out of the way "
+                      f"(mv {self.directory / str(step)} {moved}" + (f", and the later steps {later}" if later else "") + ") and rerun")
+        return MaxlmError(f"checkpoint {self.directory / str(step)} is damaged and cannot be read ({type(error).__name__}: {reason}); {advice}")
+
     def item_names(self, step: int | None = None) -> set[str]:
         """Returns which items (params, opt_state, data_state, config) `step` holds."""
         step = self._step(step)
@@ -130,6 +153,15 @@ class Checkpoints:
         if step is None or step not in self._mgr.all_steps():
             raise MaxlmError(f"{self.directory}: no committed checkpoint{'' if step is None else f' at step {step}'}")
         return step
+
+
+def _reads(probe, step: int) -> bool:
+    """Returns whether `probe(step)` reads the step without error."""
+    try:
+        probe(step)
+        return True
+    except Exception:  # the same many types as in restore_checked
+        return False
 
 
 def abstract_like(tree: Any, shardings: Any = None) -> Any:

@@ -21,7 +21,7 @@ from maxlm.data import chat
 from maxlm.data.records import Chat, Pair, RecordFile
 from maxlm.data.sources import expand, row_slice
 from maxlm.data.tokenizers import Tokenizer
-from maxlm.errors import MaxlmError
+from maxlm.errors import BadRecordError, MaxlmError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,20 @@ def _pair_example(tokenizer: Tokenizer, template: str, record: Pair, seq_len: in
     return out
 
 
+def record_texts(path: str, task: str, on_bad_record: str) -> list[str]:
+    """Returns every message and completion text of the records `path` names (tokenizer training)."""
+    texts = []
+    for f in expand(path):
+        for r in RecordFile(f, task, on_bad_record).records:
+            if isinstance(r, Chat):
+                texts += [m["content"] for m in r.messages]
+            elif isinstance(r, Pair):
+                texts += [m["content"] for m in r.prompt] + [r.chosen, r.rejected]
+            else:
+                texts += [m["content"] for m in r.prompt] + ([r.answer] if r.answer else [])
+    return texts
+
+
 def encode_file(
     path: str, task: str, tokenizer: Tokenizer, template: str, seq_len: int, on_bad_record: str, rows: str = ""
 ) -> Examples:
@@ -91,14 +105,14 @@ def encode_file(
         raise MaxlmError(f"{path}: rows {rows!r} selects none of its records")
     for record in tqdm(records, desc=f"encode {path}", unit="rec", leave=False, mininterval=2.0, disable=len(records) < 5000):
         try:
-            if task == "sft":
+            if isinstance(record, Chat):
                 items.append(_sft_example(tokenizer, template, record, seq_len))
             else:
                 items.append(_pair_example(tokenizer, template, record, seq_len, tokenizer.pad_id))
         except ValueError as e:
             message = f"{record.where}: {e}"
             if on_bad_record == "error":
-                raise MaxlmError(message + "  (set data.on_bad_record=skip to drop such records)") from None
+                raise BadRecordError(message) from None
             first_bad = first_bad or message
             skipped += 1
     if first_bad:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from maxlm.data.cache import cache_dir, write_atomic
-from maxlm.errors import MaxlmError
+from maxlm.errors import BadRecordError, MaxlmError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class _Reader:
     def _bad(self, where: int, reason: str) -> None:
         message = f"{self.name}:{where}: {reason}"
         if self.on_bad_record == "error":
-            raise MaxlmError(message + "  (set data.on_bad_record=skip to drop such records)")
+            raise BadRecordError(message)
         if self.skipped == 0:
             log.warning("skipping bad records, first: %s", message)
         self.skipped += 1

@@ -13,7 +13,7 @@ restoring it reproduces the following batches bit for bit.
 
 Post-training tasks read records instead of texts (`examples.py` encodes them once, with the
 chat template): sft packs {"ids", "mask"} examples without splitting one across rows; rm and
-dpo batch ready-made [2, T] pairs (see `train.objectives` for their layout).
+dpo batch ready-made [2, T] pairs (see `maxlm.tasks.pairs` for their layout).
 
 Batch: tokens int32 [B, T], segment_ids int32 [B, T] (0 = padding), positions int32 [B, T],
 loss_mask f32 [B, T] (1 where a token may be a target). B = global_batch_size // process_count.
@@ -21,15 +21,17 @@ loss_mask f32 [B, T] (1 where a token may be a target). B = global_batch_size //
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import numpy as np
 
 from maxlm.config import Config, SourceConfig
-from maxlm.data.examples import encode_file
+from maxlm.data.examples import Examples, encode_file
 from maxlm.data.packing import PackedRows
+from maxlm.data.records import record_kind
 from maxlm.data.sources import Documents, open_source, row_slice, train_sources
 from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import MaxlmError
@@ -51,6 +53,15 @@ class Tokenize(grain.transforms.Map):
 
     def map(self, text: str) -> np.ndarray:
         return np.array(self.prefix + self.tokenizer.encode(text) + self.suffix, dtype=np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+    """Per-example fields a task adds to its encoded examples before any is batched (dpo.precompute_ref's
+    `ref_logps`): `add` writes them into every example, `fields` names each with its per-row shape (f32)."""
+
+    add: Callable[[Examples], None]
+    fields: dict[str, tuple[int, ...]]
 
 
 class DataIterator:
@@ -134,11 +145,11 @@ def _seed(seed: int, source_index: int) -> int:
 
 
 def make_train_iterator(
-    cfg: Config, tokenizer: Tokenizer, process_index: int | None = None, process_count: int | None = None, annotate=None
+    cfg: Config, tokenizer: Tokenizer, process_index: int | None = None, process_count: int | None = None, annotation: Annotation | None = None
 ) -> DataIterator:
     """Returns the endless, checkpointable iterator of this process's training batches.
 
-    `annotate(examples)` may add per-example fields to the encoded post-training examples of
+    `annotation` may add per-example fields to the encoded post-training examples of
     every source before any is batched (dpo.precompute_ref adds the reference's log-probs).
     """
     process_index, process_count = _process(process_index, process_count)
@@ -148,8 +159,8 @@ def make_train_iterator(
     if not sources_cfg:
         raise MaxlmError("data.train_files is empty; give files, globs or builtin:stdlib-docs")
     sources = [_open(cfg, s, tokenizer) for s in sources_cfg]  # validates every record now
-    for src in sources if annotate else ():
-        annotate(src)
+    for src in sources if annotation else ():
+        annotation.add(src)
     parts = []
     for i, (docs, src) in enumerate(zip(sources, sources_cfg)):
         ds = _shard(_rows_of(docs, src), process_index, process_count, src.path)
@@ -177,7 +188,7 @@ def make_train_iterator(
 
 def _open(cfg: Config, src: SourceConfig, tokenizer: Tokenizer):
     """Returns one source as a random-access list: texts (pretrain) or encoded examples."""
-    if cfg.task == "pretrain":
+    if record_kind(cfg.task) == "text":
         return open_source(src, cfg.data.on_bad_record)
     if not src.path:
         raise MaxlmError(f"task {cfg.task}: a data source has an empty path; expected a jsonl/json/parquet file or glob")
@@ -187,10 +198,11 @@ def _open(cfg: Config, src: SourceConfig, tokenizer: Tokenizer):
 def _rows(cfg: Config, ds: grain.MapDataset, tokenizer: Tokenizer) -> grain.IterDataset:
     """Returns the dataset of single rows (before batching) for cfg.task."""
     d = cfg.data
-    if cfg.task == "pretrain":
+    kind = record_kind(cfg.task)
+    if kind == "text":
         tokens = ds.map(Tokenize(tokenizer, d.add_bos, d.add_eos)).to_iter_dataset(READ_OPTIONS)
         return PackedRows(tokens, d.seq_len, tokenizer.pad_id)
-    if cfg.task == "sft":
+    if kind == "chat":
         # The chat template already places BOS/EOS; data.add_bos/add_eos apply to pretraining text.
         return PackedRows(ds.to_iter_dataset(READ_OPTIONS), d.seq_len, tokenizer.pad_id, split=False)
     return ds.to_iter_dataset(READ_OPTIONS)
@@ -207,14 +219,14 @@ def _allow_unparsed_absl_flags() -> None:
 
 def make_eval_batches(
     cfg: Config, tokenizer: Tokenizer, num_batches: int, process_index: int | None = None, process_count: int | None = None,
-    annotate=None,
+    annotation: Annotation | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Returns this process's eval batches from data.eval_files, in file order, the same every call.
 
     Documents are dealt to processes round-robin and packed like training data. One process
     gets at most `num_batches`, fewer if the files run out; several processes get exactly
     `num_batches` each, filled with all-padding batches (which count zero tokens), so that
-    every process runs the same number of eval steps. `annotate` is make_train_iterator's.
+    every process runs the same number of eval steps. `annotation` is make_train_iterator's.
     """
     process_index, process_count = _process(process_index, process_count)
     rows = rows_per_process(cfg, process_count)
@@ -222,31 +234,32 @@ def make_eval_batches(
     if not d.eval_files or num_batches <= 0:
         return []
     docs = [_open(cfg, s, tokenizer) for s in d.eval_files]
-    for src in docs if annotate else ():
-        annotate(src)
+    for src in docs if annotation else ():
+        annotation.add(src)
     items = grain.MapDataset.concatenate([_rows_of(x, src) for x, src in zip(docs, d.eval_files)])[process_index::process_count]
     it = _rows(cfg, items, tokenizer).batch(rows, drop_remainder=False).__iter__()
     out = list(itertools.islice(it, num_batches))
-    template = padding_batch(cfg, rows, tokenizer.pad_id)
+    template = padding_batch(cfg, rows, tokenizer.pad_id, annotation)
     out = [_pad_rows(b, template) for b in out]
     if process_count > 1:
         out += [template for _ in range(num_batches - len(out))]
     return out
 
 
-def padding_batch(cfg: Config, rows: int, pad_id: int) -> dict[str, np.ndarray]:
+def padding_batch(cfg: Config, rows: int, pad_id: int, annotation: Annotation | None = None) -> dict[str, np.ndarray]:
     """Returns a batch of padding rows (pad id, segment 0, zero masks): it counts nothing in any objective."""
-    shape = (rows, cfg.data.seq_len) if cfg.task in ("pretrain", "sft") else (rows, 2, cfg.data.seq_len)
+    pairs = record_kind(cfg.task) == "pair"
+    shape = (rows, 2, cfg.data.seq_len) if pairs else (rows, cfg.data.seq_len)
     batch = {
         "tokens": np.full(shape, pad_id, np.int32),
         "segment_ids": np.zeros(shape, np.int32),
         "positions": np.zeros(shape, np.int32),
         "loss_mask": np.zeros(shape, np.float32),
     }
-    if cfg.task in ("rm", "dpo"):
+    if pairs:
         batch |= {"margin": np.zeros(rows, np.float32), "pair_mask": np.zeros(rows, np.float32)}
-    if cfg.task == "dpo" and cfg.dpo.precompute_ref:
-        batch["ref_logps"] = np.zeros((rows, 2), np.float32)
+    for name, row_shape in (annotation.fields if annotation else {}).items():
+        batch[name] = np.zeros((rows, *row_shape), np.float32)
     return batch
 
 

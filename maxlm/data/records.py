@@ -78,6 +78,14 @@ def normalize(task: str, record: object, where: str = "<record>", adapter: str =
         raise MaxlmError(f"{where}: {e}") from None
 
 
+def record_kind(task: str) -> str:
+    """Returns what one record of `task` is: "text" (a pretraining document), "chat", "pair" or "prompt"."""
+    if task == "pretrain":
+        return "text"
+    _check_choices(task, "auto")
+    return {"sft": "chat", "rm": "pair", "dpo": "pair"}.get(task, "prompt")
+
+
 def _check_choices(task: str, adapter: str) -> None:
     if task not in TASKS:
         raise MaxlmError(f"task must be one of {', '.join(TASKS)} to read post-training records, got {task!r}")

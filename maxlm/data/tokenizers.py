@@ -1,6 +1,5 @@
 """Tokenizers: sentencepiece `.model` files (trained here or Llama 2's) and Hugging Face
-tokenizer directories, behind one small interface; plus sentencepiece training, on plain
-text or on the texts of a task's records.
+tokenizer directories, behind one small interface; plus sentencepiece training.
 
 `encode` never adds BOS/EOS: the pipeline adds them per `data.add_bos` / `data.add_eos`.
 Ids that a tokenizer lacks are -1, except `pad_id`, which is always a valid id (0 when
@@ -13,15 +12,15 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from maxlm.config import Config
 from maxlm.data.cache import write_atomic
-from maxlm.data.records import Chat, Pair, RecordFile
-from maxlm.data.sources import expand, iter_texts, train_sources
+from maxlm.data.sources import iter_texts, train_sources
 from maxlm.errors import MaxlmError
 
 MAX_TRAINING_LINE = 8192  # bytes; sentencepiece silently drops longer sentences
@@ -140,6 +139,7 @@ def train_sentencepiece(
     model_type: str = "bpe",
     max_sentences: int = 200000,
     character_coverage: float = 0.9995,
+    vocab_setting: str = "tokenizer.vocab_size",
 ) -> Path:
     """Returns `out_path` after training a sentencepiece model on the lines of `texts` there.
 
@@ -154,7 +154,7 @@ def train_sentencepiece(
     if model_type not in ("bpe", "unigram"):
         raise MaxlmError(f"tokenizer.model_type must be bpe or unigram, got {model_type!r}")
     if vocab_size < 260:
-        raise MaxlmError(f"tokenizer.vocab_size must be >= 260 (256 byte pieces + unk, bos, eos + 1), got {vocab_size}")
+        raise MaxlmError(f"{vocab_setting} must be >= 260 (256 byte pieces + unk, bos, eos + 1), got {vocab_size}")
     if max_sentences <= 0:
         raise MaxlmError(f"tokenizer.max_sentences must be > 0, got {max_sentences}")
     lines = training_lines(texts, max_sentences)
@@ -182,12 +182,27 @@ def train_sentencepiece(
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise MaxlmError(f"tokenizer training for {out_path} failed: {e} (is tokenizer.vocab_size too large for the text?)") from None
+        raise MaxlmError(f"tokenizer training for {out_path} failed: {vocab_failure(str(e), vocab_size, vocab_setting)}") from None
     return write_atomic(out_path, lambda f: f.write(model.getvalue()))
 
 
-def ensure_tokenizer(cfg: Config) -> Tokenizer:
+def vocab_failure(message: str, vocab_size: int, setting: str) -> str:
+    """Returns sentencepiece's training error said in the user's terms: whether the vocab size is too small or too large."""
+    # "Vocabulary size is smaller than required_chars. 300 vs 459.": the text's characters need more pieces.
+    small = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if small:
+        return (f"{setting} {vocab_size} is too small for this text: its characters alone need {small[2]} pieces "
+                f"(with the byte and special pieces); set {setting} to at least {small[2]}")
+    large = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
+    if large:
+        return f"{setting} {vocab_size} is too large for this text, which yields at most {large[2]} pieces; set {setting} to at most {large[2]} or add text"
+    return message
+
+
+def ensure_tokenizer(cfg: Config, texts: Callable[[], Iterable[str]] | None = None) -> Tokenizer:
     """Returns the run's tokenizer, training a sentencepiece model on data.train_files if it is missing.
+
+    It trains on `texts()` (the task's records as text), or on the files as plain documents without it.
 
     With several processes, process 0 trains it while the others wait, then they load its file
     (a host that does not see it, without a shared run_dir, trains the same file itself).
@@ -206,37 +221,20 @@ def ensure_tokenizer(cfg: Config) -> Tokenizer:
         from jax.experimental import multihost_utils
 
         if jax.process_index() == 0 and not path.exists():
-            _train_tokenizer(cfg, path)
+            _train_tokenizer(cfg, path, texts)
         multihost_utils.sync_global_devices("maxlm: tokenizer written")
     if not path.exists():
-        _train_tokenizer(cfg, path)
+        _train_tokenizer(cfg, path, texts)
     return load_tokenizer(path)
 
 
-def _train_tokenizer(cfg: Config, path: Path) -> None:
+def _train_tokenizer(cfg: Config, path: Path, texts: Callable[[], Iterable[str]] | None) -> None:
     sources = train_sources(cfg.data)
     t = cfg.tokenizer
-    if cfg.task == "pretrain":
-        texts = iter_texts(sources, cfg.data.on_bad_record)
-    else:
-        texts = (t for s in sources for t in record_texts(s.path, cfg.task, cfg.data.on_bad_record))
+    texts = texts() if texts else iter_texts(sources, cfg.data.on_bad_record)
     train_sentencepiece(
         texts, path, vocab_size=t.vocab_size, model_type=t.model_type,
         max_sentences=t.max_sentences, character_coverage=t.character_coverage,
     )
     print(f"trained a {load_tokenizer(path).vocab_size}-token {t.model_type} sentencepiece tokenizer on data.train_files: {path}",
           file=sys.stderr, flush=True)
-
-
-def record_texts(path: str, task: str, on_bad_record: str) -> list[str]:
-    """Returns every message and completion text of the records `path` names (tokenizer training)."""
-    texts = []
-    for f in expand(path):
-        for r in RecordFile(f, task, on_bad_record).records:
-            if isinstance(r, Chat):
-                texts += [m["content"] for m in r.messages]
-            elif isinstance(r, Pair):
-                texts += [m["content"] for m in r.prompt] + [r.chosen, r.rejected]
-            else:
-                texts += [m["content"] for m in r.prompt] + ([r.answer] if r.answer else [])
-    return texts

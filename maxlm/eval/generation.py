@@ -18,7 +18,7 @@ from maxlm.data.tokenizers import load_tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.infer.prompts import encode_prompts, prompt_text, until_stop
 from maxlm.pretrained import Pretrained
-from maxlm.train.rewards import VERIFIERS, verifier
+from maxlm.tasks.rl.verifiers import VERIFIERS, verifier
 
 EXACT = "exact"  # the completion equals the gold answer, surrounding whitespace aside
 EXAMPLES = 3  # records shown in the result, with their completion and gold answer
@@ -32,7 +32,7 @@ def exact(completion: str, answer: str) -> float:
 
 
 def scorer(name: str):
-    """Returns the named check: `exact`, or a verifier of maxlm.train.rewards (gsm8k_exact, ...)."""
+    """Returns the named check: `exact`, or a verifier of maxlm.tasks.rl.verifiers (gsm8k_exact, ...)."""
     if name == EXACT:
         return exact
     if name not in VERIFIERS:

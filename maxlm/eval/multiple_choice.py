@@ -22,6 +22,7 @@ from maxlm.data.tokenizers import Tokenizer, load_tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.infer.scoring import Scorer
 from maxlm.pretrained import Pretrained
+from maxlm.tasks import TASKS
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -87,7 +88,7 @@ def read_questions(path: str, on_bad_record: str = "error") -> tuple[list[Questi
 
 def encode_choice(model: Pretrained, tokenizer: Tokenizer, question: str, choice: str) -> tuple[list[int], list[int], int]:
     """Returns (ids, mask 1 on the choice's tokens, the choice text's UTF-8 bytes) for one question and choice."""
-    if model.config.task == "pretrain":
+    if not TASKS[model.config.task].chat:
         bos = [tokenizer.bos_id] if model.config.data.add_bos and tokenizer.bos_id >= 0 else []
         context = bos + tokenizer.encode(f"Question: {question}\nAnswer:")
         # Encoded apart so the mask falls on whole tokens; the space belongs to the continuation.

@@ -21,8 +21,9 @@ from maxlm.data.tokenizers import Tokenizer, load_tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.infer.scoring import Scorer, perplexity
 from maxlm.pretrained import Pretrained
+from maxlm.tasks import TASKS as TASK_TABLE
 
-TASKS = ("pretrain", "sft")
+TASKS = ("pretrain", "sft")  # the language-modelling tasks: plain documents, or chat records' replies
 
 
 def windows(ids: list[int], length: int) -> list[list[int]]:
@@ -46,7 +47,7 @@ def eval_perplexity(
     if not model.tokenizer:
         raise MaxlmError("eval perplexity: this model has no tokenizer files")
     tokenizer = load_tokenizer(model.tokenizer)
-    if task == "pretrain":
+    if not TASK_TABLE[task].chat:
         ids, masks, counts = _text_windows(model, tokenizer, paths, rows, on_bad_record)
     else:
         ids, masks, counts = _reply_sequences(model, tokenizer, paths, rows, on_bad_record)

@@ -9,6 +9,7 @@ from maxlm.data.tokenizers import load_tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.infer.scoring import Scorer
 from maxlm.pretrained import Pretrained
+from maxlm.tasks import has_reward_head
 
 
 def rm_accuracy(model: Pretrained, path: str, rows: str = "", batch_size: int = 16, seq_len: int | None = None) -> dict:
@@ -19,8 +20,9 @@ def rm_accuracy(model: Pretrained, path: str, rows: str = "", batch_size: int = 
     skipped and counted. Ties count as wrong. Rewards are read as training reads them (the one
     scorer, `Scorer.rewards`: rm.pooling over each reply), about `batch_size` pairs a batch.
     """
-    if not model.config.model.scalar_head:
-        raise MaxlmError("eval rm: this model has no scalar head; train it with task: rm")
+    if not has_reward_head(model.config):
+        raise MaxlmError("eval rm: this model has no scalar head that is a reward model's (a ppo run's is its value head); "
+                         "train it with task: rm")
     if not model.tokenizer:
         raise MaxlmError("eval rm: this model has no tokenizer files")
     if batch_size < 1:

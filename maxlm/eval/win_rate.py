@@ -17,6 +17,7 @@ from maxlm.eval.generation import EXAMPLES, greedy_completions, read_prompts
 from maxlm.infer.prompts import prompt_text
 from maxlm.infer.scoring import Scorer
 from maxlm.pretrained import Pretrained
+from maxlm.tasks import has_reward_head
 
 
 def win_rate(
@@ -27,8 +28,9 @@ def win_rate(
 
     Prompt records are read like grpo prompts ({"prompt"}, gsm8k, Alpaca, hh-rlhf); their answers are ignored.
     """
-    if not rm.config.model.scalar_head:
-        raise MaxlmError("eval win-rate: --rm has no scalar head; train a reward model with task: rm")
+    if not has_reward_head(rm.config):
+        raise MaxlmError("eval win-rate: --rm has no scalar head that is a reward model's (a ppo run's is its value head); "
+                         "train a reward model with task: rm")
     if not rm.tokenizer:
         raise MaxlmError("eval win-rate: --rm has no tokenizer files")
     records, bad = read_prompts(path, rows, on_bad_record)

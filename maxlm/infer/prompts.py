@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from maxlm.config import Config
 from maxlm.data import chat
 from maxlm.data.tokenizers import Tokenizer
+from maxlm.tasks import TASKS
 
 Messages = Sequence[dict[str, str]]
 
@@ -24,7 +25,7 @@ def prompt_text(prompt: str | Messages) -> str:
 
 def encode_prompts(cfg: Config, tokenizer: Tokenizer, prompts: Sequence[str | Messages]) -> tuple[list[list[int]], list[int]]:
     """Returns (prompt ids for the sampler, stop ids) for a run of `cfg.task`."""
-    if cfg.task == "pretrain":
+    if not TASKS[cfg.task].chat:
         bos = [tokenizer.bos_id] if cfg.data.add_bos and tokenizer.bos_id >= 0 else []
         stops = [tokenizer.eos_id] if tokenizer.eos_id >= 0 else []
         return [bos + tokenizer.encode(prompt_text(p)) for p in prompts], stops

@@ -18,6 +18,7 @@ from maxlm.data.tokenizers import Tokenizer, load_tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.infer.scoring import Scorer
 from maxlm.pretrained import from_pretrained
+from maxlm.tasks import has_reward_head
 
 Message = dict[str, str]
 
@@ -88,6 +89,5 @@ def load_scoring_model(path: str, template: str | None = None, batch_tokens: int
 
 
 def _require_reward_head(cfg, name: str) -> None:
-    # A ppo run's scalar head is its value head, not a reward.
-    if not cfg.model.scalar_head or cfg.task == "ppo":
+    if not has_reward_head(cfg):
         raise MaxlmError(f"{name}: not a reward model (no reward head); train one with task: rm")

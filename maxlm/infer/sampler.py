@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from maxlm.config import ModelConfig, head_dim
+from maxlm.errors import MaxlmError
 from maxlm.models.layers import DTYPES, KVCache
 from maxlm.models.params import bind
 
@@ -117,11 +118,12 @@ def generate(
     of varying length (RL rollouts, eval) compile one shape instead of one per longest prompt.
     """
     if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be >= 1")
+        raise MaxlmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     tokens, valid = left_pad([list(p) for p in np.asarray(prompts).tolist()] if isinstance(prompts, np.ndarray) else prompts, pad_id, pad_to)
     if tokens.shape[1] + max_new_tokens > cfg.max_seq_len:
-        raise ValueError(
-            f"prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds model.max_seq_len ({cfg.max_seq_len})"
+        raise MaxlmError(
+            f"prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds model.max_seq_len ({cfg.max_seq_len}), "
+            "the model's context: shorten the prompt or ask for fewer new tokens"
         )
     stops = np.asarray(list(stop_ids) or [-1], np.int32)
     args = (tokens, valid, stops, np.uint32(seed))

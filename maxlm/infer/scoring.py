@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from maxlm.errors import MaxlmError
+from maxlm.losses.logprobs import next_targets, next_token_weights, sequence_logps, token_logprobs
+from maxlm.losses.preference import pool_scores
 from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
 from maxlm.pretrained import Pretrained
-from maxlm.train.losses import next_targets, next_token_weights, sequence_logps, token_logprobs
 
 MIN_BUCKET = 64  # shortest padded length: shorter buckets would only add compiles
 
@@ -167,7 +168,5 @@ def _embed(graphdef, params, tokens_BxT, seg_BxT, mask_BxT, normalize: bool):
 
 def _rewards(graphdef, params, tokens_BxT, seg_BxT, mask_BxT, pooling: str):
     """Returns each row's reward [B] f32, pooled as reward training pools it."""
-    from maxlm.train.objectives import pool_scores
-
     model, h_BxTxD = _hidden(graphdef, params, tokens_BxT, seg_BxT)
     return pool_scores(model.scores(h_BxTxD), seg_BxT, mask_BxT, pooling)

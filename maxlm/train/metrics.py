@@ -1,14 +1,19 @@
-"""The one metrics writer (metrics.jsonl, TensorBoard, loss-curve PNG) and throughput math."""
+"""The one metrics writer (metrics.jsonl, TensorBoard, loss-curve PNG), the window of steps between
+two logged ones, and throughput math."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from maxlm.config import ModelConfig, head_dim
+from maxlm.errors import MaxlmError
 
 # Dense bf16 peak FLOP/s per device, from vendor datasheets; unknown devices report no MFU.
 PEAK_FLOPS = {
@@ -38,6 +43,77 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Returns training FLOPs per token: 6·N (matmul params) + 12·L·N_heads·H·T (attention, PaLM's count)."""
     matmul_params = param_count(cfg) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_embeddings else 1)
     return 6 * matmul_params + 12 * cfg.num_layers * cfg.num_heads * head_dim(cfg) * seq_len
+
+
+# Step metrics that are not averaged into the logged record.
+_NOT_LOGGED = ("tokens", "count", "nonfinite", "generate_seconds")
+
+
+@dataclasses.dataclass
+class Window:
+    """The metrics of the steps since the last logged one, and the run's running totals.
+
+    tokens_trained is None when the task does not count the tokens that carried a loss;
+    `generates`: the batches are sampled by the run, so generation's share of the time is logged.
+    """
+
+    max_consecutive_nonfinite: int
+    z_loss: bool
+    generates: bool
+    tokens_trained: float | None = None
+    tokens: float = 0.0
+    time: float = 0.0
+    data: float = 0.0
+    generate: float = 0.0
+    means: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    consecutive_bad: int = 0
+    skipped_updates: int = 0
+
+    def add(self, step: int, m: dict[str, float], t_wall: float, t_data: float) -> None:
+        """Adds one finished step's metrics; raises MaxlmError after too many non-finite steps in a row."""
+        if m["nonfinite"]:
+            self.consecutive_bad += 1
+            self.skipped_updates += 1
+            if self.consecutive_bad >= self.max_consecutive_nonfinite:
+                raise MaxlmError(
+                    f"step {step}: {self.consecutive_bad} non-finite losses or gradients in a row "
+                    f"(train.max_consecutive_nonfinite={self.max_consecutive_nonfinite}); lower train.learning_rate"
+                )
+        else:
+            self.consecutive_bad = 0
+        generate = m.get("generate_seconds", 0.0)
+        # m["tokens"] is already the global count: the step reduces over the whole mesh.
+        self.tokens += m["tokens"]
+        self.time += t_wall
+        self.data += t_data - generate
+        self.generate += generate
+        if self.tokens_trained is not None:
+            self.tokens_trained += m["count"]
+        for k, v in m.items():
+            if k not in _NOT_LOGGED and not (k == "z_loss" and not self.z_loss):
+                self.means.setdefault(k, []).append(v)
+
+    def record(self, step: int, learning_rate: float, flops_per_token: float, peak: float | None, skipped_records: int) -> dict:
+        """Returns the logged record of the window ending at `step`, and starts the next window."""
+        tps = self.tokens / max(self.time, 1e-9)
+        means = {k: float(np.mean(v)) for k, v in self.means.items()}
+        record = {
+            "step": step,
+            "loss": means.pop("loss"),
+            "learning_rate": learning_rate,
+            "grad_norm": means.pop("grad_norm"),
+            **means,
+            **({"tokens_trained": self.tokens_trained} if self.tokens_trained is not None else {}),
+            "tokens_per_second": tps,
+            "mfu": (tps * flops_per_token / (peak * jax.device_count())) if peak else None,
+            "data_wait_fraction": self.data / max(self.time, 1e-9),
+            "skipped_updates": self.skipped_updates,
+            "skipped_records": skipped_records,
+            **({"generation_fraction": self.generate / max(self.time, 1e-9)} if self.generates else {}),
+        }
+        self.tokens = self.time = self.data = self.generate = 0.0
+        self.means = {}
+        return record
 
 
 class MetricsWriter:
@@ -83,6 +159,16 @@ class MetricsWriter:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and v is not None:
                     self._tb.add_scalar(k, v, record["step"])
+
+    def sync(self) -> None:
+        """Forces the records written so far onto the disk (called before a checkpoint commits, so none outlives its metrics)."""
+        if not self.enabled or not self.path.exists():
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Flushes TensorBoard events."""

@@ -1,4 +1,4 @@
-"""Training state as data, and where it comes from: a fresh init, a resumed run, or `init_from`."""
+"""Training state as data, and where it comes from: a fresh init, a resumed run, or `init_from`'s weights."""
 
 from __future__ import annotations
 
@@ -50,29 +50,10 @@ def _run_tokenizer(init_from: str, src: Config) -> str:
     raise MaxlmError(f"init_from {init_from}: its run trained its own tokenizer, but no tokenizer.model is beside it; set tokenizer.path")
 
 
-def start_from_config(path: str, log=print) -> str:
-    """Returns the run dir of the config at `path`, training it first unless it has finished.
-
-    This lets one config name another as its starting point (`train.init_from: sft.yaml`),
-    so a DPO or RM config can build its own SFT model on a fresh checkout.
-    """
-    from maxlm.config import load_config
-    from maxlm.train.loop import train
-
-    src = load_config(path)
-    done = Checkpoints(src.run_dir, read_only=True).latest_step()
-    if done is None or done < src.train.steps:
-        log(f"train.init_from {path}: training the starting point into {src.run_dir} first")
-        train(src, log=log)
-    return src.run_dir
-
-
-def resolve_init_from(cfg: Config, log=print) -> Config:
-    """Returns cfg with the model shape (and tokenizer, if unset) taken from `train.init_from`."""
+def resolve_init_from(cfg: Config) -> Config:
+    """Returns cfg with the model shape (and tokenizer, if unset) taken from the run or checkpoint `train.init_from` names."""
     if not cfg.train.init_from:
         return cfg
-    if cfg.train.init_from.endswith((".yaml", ".yml")):
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=start_from_config(cfg.train.init_from, log)))
     src = source_config(cfg.train.init_from)
     model = dataclasses.replace(src.model, **{k: getattr(cfg.model, k) for k in RUNTIME_MODEL_KEYS})
     tok = cfg.tokenizer if cfg.tokenizer.path else dataclasses.replace(cfg.tokenizer, path=_run_tokenizer(cfg.train.init_from, src))
@@ -109,7 +90,7 @@ def reference_params(cfg: Config, mesh: Mesh) -> Any:
     return params_lib.init(cfg.model, mesh, cfg.train.seed)
 
 
-def setup(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, ckpts: Checkpoints) -> tuple[TrainState, dict | None, Any, Any]:
+def restore_or_init(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, ckpts: Checkpoints) -> tuple[TrainState, dict | None, Any, Any]:
     """Returns (state, saved data-iterator state or None, param shardings, opt-state shardings)."""
     _, shapes, _ = params_lib.abstract(cfg.model)
     p_shard = params_lib.shardings(cfg.model, mesh)
@@ -119,7 +100,7 @@ def setup(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, ckpts: Chec
         step = ckpts.latest_step()
         if step is not None:
             abstract_opt = abstract_like(jax.eval_shape(tx.init, shapes), o_shard)
-            restored = ckpts.restore(step, abstract_params, abstract_opt, data_state=True)
+            restored = ckpts.restore_checked(step, abstract_params, abstract_opt, data_state=True)
             return TrainState(step, restored["params"], restored["opt_state"]), restored.get("data_state"), p_shard, o_shard
         if cfg.train.init_from:
             params = load_params(cfg.train.init_from, cfg, mesh)

@@ -30,7 +30,7 @@ def run_dir(shared_data, tmp_path_factory) -> Path:
     from maxlm.config import SourceConfig, load_config
     from maxlm.data.sources import iter_texts
     from maxlm.data.tokenizers import train_sentencepiece
-    from maxlm.train.loop import train
+    from maxlm.train.run import train
 
     root = tmp_path_factory.mktemp("ppl_model")
     src = str(shared_data / "pretrain" / "tinyshakespeare.txt")

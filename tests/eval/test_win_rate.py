@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -47,3 +48,12 @@ def test_rewards_are_the_rms_scores_of_each_answer(models, write_jsonl):
 def test_the_judge_needs_a_scalar_head(models, write_jsonl):
     with pytest.raises(MaxlmError, match="--rm has no scalar head"):
         win_rate(models["sft"], models["sft"], models["sft"], write_jsonl("p.jsonl", PROMPTS))
+
+
+def test_the_judge_must_be_a_reward_model_not_a_ppo_value_head(models, write_jsonl):
+    # A ppo run carries a scalar head too: its value head, which is no judge of replies.
+    rm = models["rm"]
+    ppo = dataclasses.replace(rm, config=dataclasses.replace(rm.config, task="ppo"))
+    assert ppo.config.model.scalar_head
+    with pytest.raises(MaxlmError, match="a ppo run's is its value head"):
+        win_rate(ppo, models["sft"], models["sft"], write_jsonl("p.jsonl", PROMPTS))

@@ -12,7 +12,8 @@ from maxlm.infer.prompts import encode_prompts, prompt_text, until_stop
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     """A small sentencepiece tokenizer trained in the test (byte fallback: any text encodes)."""
-    from maxlm.data.tokenizers import load_tokenizer, record_texts, train_sentencepiece
+    from maxlm.data.examples import record_texts
+    from maxlm.data.tokenizers import load_tokenizer, train_sentencepiece
 
     path = train_sentencepiece(record_texts("builtin:arithmetic", "grpo", "error"), tmp_path_factory.mktemp("tok") / "t.model", vocab_size=280)
     return load_tokenizer(path)

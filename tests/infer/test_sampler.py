@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from maxlm.config import MeshConfig, ModelConfig
+from maxlm.errors import MaxlmError
 from maxlm.infer.sampler import filter_logits, generate
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
@@ -52,7 +53,7 @@ def test_sampling_is_seeded_and_respects_top_k(model):
 
 def test_prompt_too_long_is_a_clear_error(model):
     graphdef, params = model
-    with pytest.raises(ValueError, match="exceeds model.max_seq_len"):
+    with pytest.raises(MaxlmError, match="exceeds model.max_seq_len"):
         generate(graphdef, CFG, params, [[1] * 60], 10)
 
 

@@ -65,7 +65,7 @@ def run_cli(config, *overrides, devices=8, env_extra=None, background=False):
 
 def test_tiny_run_learns_and_writes_everything(tmp_path, shared_data, tokenizer_model):
     from maxlm.config import load_config
-    from maxlm.train.loop import train
+    from maxlm.train.run import train
 
     cfg = load_config(tiny_config(tmp_path, shared_data, tokenizer_model), ["train.steps=30", "train.eval_every=15", "train.eval_steps=2",
                       f"data.eval_files=[{shared_data / 'pretrain' / 'tinyshakespeare.txt'}]", "sample.prompts=['ROMEO:']", "sample.max_new_tokens=8"])
@@ -85,7 +85,7 @@ def test_tiny_run_learns_and_writes_everything(tmp_path, shared_data, tokenizer_
 
 def test_grad_accumulation_matches_one_big_batch(tmp_path, shared_data, tokenizer_model):
     from maxlm.config import load_config
-    from maxlm.train.loop import train
+    from maxlm.train.run import train
 
     base = tiny_config(tmp_path, shared_data, tokenizer_model, train={"steps": 3, "global_batch_size": 32})
     one = train(load_config(base, [f"run_dir={tmp_path / 'a'}"]), log=lambda *_: None)

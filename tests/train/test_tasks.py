@@ -49,7 +49,7 @@ def sft_config(tmp_path_factory, hh) -> str:
 
 def test_sft_trains_only_replies_and_loss_falls(sft_config):
     from maxlm.config import load_config
-    from maxlm.train.loop import train
+    from maxlm.train.run import train
 
     cfg = load_config(sft_config)
     train(cfg, log=lambda *_: None)
@@ -110,7 +110,8 @@ def test_ppo_rewards_come_from_the_reward_model(tmp_path, sft_config, rm_run, hh
     from maxlm.models.llama import causal_segment_mask
     from maxlm.models.params import bind
     from maxlm.pretrained import from_pretrained
-    from maxlm.train.rollouts import Rollouts, load_prompts
+    from maxlm.tasks.rl.rollouts import Rollouts, load_prompts
+    from maxlm.train.setup import services
 
     cfg_path = write_config(tmp_path / "ppo.yaml", task="ppo", run_dir=str(tmp_path / "ppo"),
                             data={"train_files": [{"path": hh, "rows": "0:40"}]},
@@ -124,7 +125,7 @@ def test_ppo_rewards_come_from_the_reward_model(tmp_path, sft_config, rm_run, hh
     cfg = load_config(str(tmp_path / "ppo" / "config.yaml"))
     policy = from_pretrained(tmp_path / "ppo")
     tok = load_tokenizer(policy.tokenizer)
-    roll = Rollouts(cfg, tok, policy.graphdef, load_prompts(cfg, tok, cfg.data.train_files))
+    roll = Rollouts(cfg, tok, policy.graphdef, load_prompts(cfg, tok, cfg.data.train_files), services(cfg, policy.mesh, print), value_head=True)
     _, _, texts, scores = roll.sample(policy.params, [0, 1, 2], 7, 2, 1.0)
     rm = from_pretrained(rm_run)
     rm_tok = load_tokenizer(rm.tokenizer)

@@ -20,8 +20,11 @@ import numpy as np
 
 from maxlm.config import MeshConfig, TrainConfig, load_config
 from maxlm.models import params as params_lib
+from maxlm.optim import optimizer as optim
+from maxlm.optim.update import train_step
 from maxlm.parallel.mesh import make_mesh
-from maxlm.train import metrics, objectives, optim, steps
+from maxlm.tasks.lm import language_model
+from maxlm.train import metrics
 from report import emit, machine  # tools/bench/report.py (scripts: their folder is on sys.path)
 
 
@@ -38,8 +41,8 @@ def maxlm_runner(cfg, train_cfg: TrainConfig):
     graphdef, _, _ = params_lib.abstract(cfg)
     state = {"params": params_lib.init(cfg, mesh, 0)}
     state["opt"] = jax.jit(tx.init)(state["params"])
-    objective = objectives.language_model(graphdef, train_cfg.z_loss, train_cfg.loss_chunks)
-    step_fn = jax.jit(steps.train_step(objective, tx, train_cfg), donate_argnums=(0, 1))
+    objective = language_model(graphdef, train_cfg.z_loss, train_cfg.loss_chunks)
+    step_fn = jax.jit(train_step(objective, tx, train_cfg), donate_argnums=(0, 1))
 
     def batch(tokens):
         b, t = tokens.shape

@@ -1,0 +1,282 @@
+"""The config schema: every key a user can write is a dataclass field below; YAML only sets values.
+
+A choice is a `Literal[...]` on its field and a numeric range is stated beside it with
+`ranged(...)`; the loader (load.py) checks both as it reads each key. `validate` adds the
+checks that involve several fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from maxlm.config.ranges import out_of_range, ranged
+from maxlm.errors import MaxlmError
+
+Task = Literal["pretrain", "sft", "rm", "dpo", "ppo", "grpo"]
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+Verifier = Literal["arithmetic_exact", "gsm8k_exact", "format"]  # the names of maxlm/tasks/rl/verifiers.py VERIFIERS
+ChatTemplate = Literal["default", "llama3", "chatml", "hf"]  # the names of maxlm/data/chat.py TEMPLATES, plus hf
+Remat = Literal["none", "full", "dots", "dots_no_batch"]  # the names of maxlm/models/llama.py REMAT_POLICIES
+
+
+@dataclass
+class RopeScalingConfig:
+    """RoPE frequency scaling; `type: llama3` is Llama 3.1+'s piecewise rule."""
+
+    type: Literal["none", "llama3", "linear"] = "none"
+    factor: float = ranged(8.0, gt=0)
+    low_freq_factor: float = ranged(1.0, gt=0)
+    high_freq_factor: float = ranged(4.0, gt=0)
+    original_max_position: int = ranged(8192, gt=0)
+
+
+@dataclass
+class ModelConfig:
+    """Decoder shape and numerics; covers Llama 2, Llama 3.x and Qwen2."""
+
+    family: Literal["llama", "qwen2"] = "llama"  # naming used for HF export
+    vocab_size: int = ranged(0, ge=0)  # 0: taken from the tokenizer
+    hidden_size: int = ranged(256, gt=0)
+    num_layers: int = ranged(4, gt=0)
+    num_heads: int = ranged(4, gt=0)
+    num_kv_heads: int = ranged(4, gt=0)
+    head_dim: int = ranged(0, ge=0)  # 0: hidden_size // num_heads
+    mlp_dim: int = ranged(688, gt=0)
+    max_seq_len: int = ranged(2048, gt=0)
+    rope_theta: float = ranged(10000.0, gt=0)
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
+    norm_eps: float = ranged(1e-5, gt=0)
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    dtype: ComputeDtype = "bfloat16"  # compute dtype; logits and loss are always f32
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    scan_layers: bool = True
+    remat: Remat = "none"
+    attention: Literal["xla", "cudnn"] = "xla"
+    scalar_head: bool = False  # adds a [B, T] scalar output (reward / value models)
+    init_std: float = ranged(0.02, ge=0)
+
+
+@dataclass
+class SourceConfig:
+    """One training source: a file, glob or `builtin:` corpus, with its mixture weight."""
+
+    path: str = ""
+    weight: float = ranged(1.0, gt=0)
+    format: Literal["auto", "jsonl", "parquet", "arrayrecord", "text"] = "auto"
+    text_key: str = "text"
+    rows: str = ""  # a slice of the source's records, "start:stop"; ints or percents ("0:90%", "90%:")
+
+
+@dataclass
+class DataConfig:
+    """Where the tokens come from and how they are packed into rows."""
+
+    train_files: list[SourceConfig] = field(default_factory=list)
+    eval_files: list[SourceConfig] = field(default_factory=list)
+    seqio_task: str = ""  # a registered seqio Task or Mixture (needs the [seqio] extra)
+    seq_len: int = ranged(512, gt=0)
+    on_bad_record: Literal["error", "skip"] = "error"  # skip: skipped records are counted in metrics
+    shuffle: bool = True
+    add_bos: bool = True
+    add_eos: bool = True
+    chat_template: ChatTemplate = "default"  # sft/rm/dpo/ppo/grpo; hf: the HF tokenizer's own
+    prefetch: int = ranged(4, ge=0)  # batches prepared ahead of the step in a background thread
+    worker_count: int = ranged(0, ge=0)  # >0: Grain multiprocessing workers for tokenization
+
+
+@dataclass
+class TokenizerConfig:
+    """Tokenizer to load, or to train (sentencepiece) when `path` does not exist yet."""
+
+    path: str = ""  # .model file or HF tokenizer dir; "": run_dir/tokenizer.model
+    vocab_size: int = ranged(4096, ge=260)  # 256 byte pieces + unk, bos, eos + at least one merge
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    max_sentences: int = ranged(200000, gt=0)
+    character_coverage: float = ranged(0.9995, gt=0, le=1)
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule, loop lengths and logging."""
+
+    steps: int = ranged(1000, ge=0)
+    seed: int = 0
+    global_batch_size: int = ranged(32, gt=0)
+    grad_accum_steps: int = ranged(1, gt=0)
+    learning_rate: float = ranged(3e-4, ge=0)  # < 0 would be gradient ascent
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = ranged(100, ge=0)
+    decay_fraction: float = ranged(0.2, ge=0, le=1)  # wsd: share of steps spent decaying
+    min_lr_ratio: float = ranged(0.1, ge=0, le=1)
+    weight_decay: float = ranged(0.1, ge=0)
+    b1: float = ranged(0.9, ge=0, lt=1)
+    b2: float = ranged(0.95, ge=0, lt=1)
+    eps: float = ranged(1e-8, gt=0)
+    grad_clip: float = ranged(1.0, ge=0)
+    z_loss: float = ranged(0.0, ge=0)
+    loss_chunks: int = ranged(4, gt=0)  # pretrain/sft: LM head + loss over up to this many chunks of each row (a divisor of T); the [B, T, V] logits never exist whole
+    log_every: int = ranged(10, gt=0)
+    eval_every: int = ranged(0, ge=0)  # 0: no periodic eval
+    eval_steps: int = ranged(10, gt=0)
+    max_consecutive_nonfinite: int = ranged(5, gt=0)
+    init_from: str = ""  # maxlm run dir / checkpoint, or a maxlm import of an HF model
+
+
+@dataclass
+class RewardModelConfig:
+    """task: rm, a Bradley-Terry reward model on preference pairs."""
+
+    center_coef: float = ranged(0.0, ge=0)  # + center_coef·(r_c + r_r)²: keeps rewards near zero mean
+    pooling: Literal["last", "mean"] = "last"  # last: the head at the reply's last token (HF ForSequenceClassification); mean: over the reply's tokens
+
+
+@dataclass
+class PreferenceConfig:
+    """task: dpo and its family; sigmoid/ipo/hinge compare with the frozen `train.init_from` model."""
+
+    kind: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = "sigmoid"  # sigmoid: DPO (label_smoothing > 0: cDPO)
+    beta: float = ranged(0.1, ge=0)  # > 0 but for orpo (see validate), where it weighs the odds-ratio term (ORPO's lambda)
+    label_smoothing: float = ranged(0.0, ge=0, lt=0.5)  # 0.5 flips no label yet learns nothing; above it flips the preference
+    gamma: float = ranged(0.5, ge=0)  # simpo's target margin
+    precompute_ref: bool = False  # score every example under the reference once at the start, then free it
+
+
+@dataclass
+class RLConfig:
+    """task: ppo | grpo: sampled rollouts, rewards, advantages, several clipped updates per rollout batch."""
+
+    group_size: int = ranged(8, gt=0)  # completions per prompt; train.global_batch_size counts prompts
+    max_prompt_len: int = ranged(128, gt=0)  # prompts are left-padded to this (one compile); longer ones are skipped
+    max_new_tokens: int = ranged(32, gt=0)
+    temperature: float = ranged(1.0, ge=0)
+    top_k: int = ranged(0, ge=0)
+    top_p: float = ranged(1.0, gt=0, le=1)
+    verifier: Verifier = "arithmetic_exact"  # unused when reward_model is set
+    reward_model: str = ""  # a task: rm run (dir or checkpoint): its score is the reward, instead of the verifier's
+    kl_coef: float = ranged(0.04, ge=0)  # KL to the frozen train.init_from model; grpo: in the loss, ppo: per-token reward penalty
+    kl_estimator: Literal["k1", "k3", "abs", "mse"] = "k3"
+    kl_target: float = ranged(0.0, ge=0)  # ppo, > 0: adapt kl_coef (Ziegler et al. 2019) toward this KL summed over a completion
+    kl_horizon: float = ranged(10000.0, gt=0)  # ppo: the adaptive controller's horizon, in completions
+    clip_eps: float = ranged(0.2, gt=0)
+    epochs: int = ranged(1, gt=0)  # passes over each rollout batch
+    minibatches: int = ranged(1, gt=0)  # optimizer updates per pass; the rollout rows split evenly
+    gamma: float = ranged(1.0, ge=0, le=1)  # ppo: discount
+    lam: float = ranged(0.95, ge=0, le=1)  # ppo: GAE lambda
+    vf_coef: float = ranged(0.1, ge=0)  # ppo: weight of the value loss (the value head shares the policy's trunk)
+    value_clip_eps: float = ranged(0.2, gt=0)  # ppo
+    whiten_advantages: bool = True  # ppo
+
+
+@dataclass
+class CheckpointConfig:
+    """Orbax checkpointing cadence and retention."""
+
+    interval_steps: int = ranged(100, gt=0)
+    keep: int = ranged(3, gt=0)
+    async_save: bool = True
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh shape; one axis may be -1 to take the remaining devices (checked in validate)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass
+class SampleConfig:
+    """Text sampled from the trained model at the end of a run."""
+
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = ranged(32, gt=0)
+    temperature: float = ranged(0.8, ge=0)  # 0: greedy
+    top_k: int = ranged(40, ge=0)  # 0: no top-k filter
+    top_p: float = ranged(1.0, gt=0, le=1)
+
+
+@dataclass
+class ExportConfig:
+    """Hugging Face export at the end of a run."""
+
+    hf_dir: str = ""  # "": no export; relative paths are inside run_dir
+
+
+@dataclass
+class Config:
+    """A whole run: everything `maxlm train` reads."""
+
+    run_dir: str = "runs/default"
+    task: Task = "pretrain"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rm: RewardModelConfig = field(default_factory=RewardModelConfig)
+    dpo: PreferenceConfig = field(default_factory=PreferenceConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+class Inconsistent(MaxlmError):
+    """Values of several keys that do not fit together; `keys` lets the loader name where they came from."""
+
+    def __init__(self, message: str, *keys: str):
+        super().__init__(message)
+        self.keys = keys
+
+
+def choices(t: Any) -> tuple[str, ...]:
+    """Returns the names a `Literal[...]` type allows."""
+    return tuple(str(c) for c in typing.get_args(t))
+
+
+def check_ranges(obj: Any, prefix: str = "") -> None:
+    """Raises MaxlmError for the first field of a dataclass tree that lies outside its stated range."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), prefix + f.name
+        bad = out_of_range(key, value, f.metadata.get("range"))
+        if bad:
+            raise MaxlmError(bad)
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            if dataclasses.is_dataclass(item):
+                check_ranges(item, f"{key}[{i}]." if isinstance(value, list) else key + ".")
+
+
+def validate(cfg: Config) -> None:
+    """Raises MaxlmError for values out of their field's range, and for well-typed values that are inconsistent."""
+    check_ranges(cfg)
+    m, t, d = cfg.model, cfg.train, cfg.data
+    if m.num_heads % m.num_kv_heads:
+        raise Inconsistent(f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads ({m.num_kv_heads})",
+                           "model.num_kv_heads", "model.num_heads")
+    if m.head_dim == 0 and m.hidden_size % m.num_heads:
+        raise Inconsistent(f"model.hidden_size ({m.hidden_size}) must divide by model.num_heads ({m.num_heads}) or set model.head_dim",
+                           "model.hidden_size", "model.num_heads")
+    if t.global_batch_size % t.grad_accum_steps:
+        raise Inconsistent(
+            f"train.global_batch_size ({t.global_batch_size}) must divide by train.grad_accum_steps ({t.grad_accum_steps})",
+            "train.global_batch_size", "train.grad_accum_steps",
+        )
+    if d.seq_len > m.max_seq_len:
+        raise Inconsistent(f"data.seq_len ({d.seq_len}) exceeds model.max_seq_len ({m.max_seq_len})", "data.seq_len", "model.max_seq_len")
+    # ipo divides by beta and the others scale the margin by it; orpo's beta only weighs a term, so 0 is allowed
+    if cfg.dpo.beta == 0 and cfg.dpo.kind != "orpo":
+        raise Inconsistent(f"dpo.beta must be > 0 for dpo.kind {cfg.dpo.kind} (>= 0 only for orpo), got {cfg.dpo.beta}", "dpo.beta", "dpo.kind")
+    sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise Inconsistent(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}",
+                           "mesh.data", "mesh.fsdp", "mesh.tensor")
+
+
+def head_dim(m: ModelConfig) -> int:
+    """Returns the per-head width."""
+    return m.head_dim or m.hidden_size // m.num_heads

@@ -1,0 +1,1 @@
+"""The file layer under curation and training."""

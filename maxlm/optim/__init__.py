@@ -1,0 +1,1 @@
+"""The optimizer (AdamW, schedules) and the update step every gradient task shares."""

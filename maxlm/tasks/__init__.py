@@ -1,0 +1,19 @@
+"""The task table: each `task:` name to its `Task` (batches, objective, step, reference, head, checks).
+
+lm.py: pretrain, sft; pairs.py: rm, dpo; rl/: ppo, grpo. A new task is a module here and a row below.
+"""
+
+from __future__ import annotations
+
+from maxlm.config import Config
+from maxlm.tasks.lm import PRETRAIN, SFT
+from maxlm.tasks.pairs import DPO, RM
+from maxlm.tasks.rl import GRPO, PPO
+from maxlm.tasks.task import Task
+
+TASKS: dict[str, Task] = {t.name: t for t in (PRETRAIN, SFT, RM, DPO, PPO, GRPO)}
+
+
+def has_reward_head(cfg: Config) -> bool:
+    """Returns whether the model of a run with `cfg` is a reward model: a scalar head that is not PPO's value head."""
+    return cfg.model.scalar_head and TASKS[cfg.task].scalar_head != "value"

@@ -1,0 +1,55 @@
+"""Language modelling: pretrain (plain documents, packed) and sft (chat records whose loss_mask keeps only replies).
+
+Rows are [B, T]; the objective is the next-token loss through the fused LM head.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from maxlm.config import Config, TrainConfig
+from maxlm.losses.head import chunk_count, fused_next_token_loss
+from maxlm.losses.logprobs import next_targets, next_token_weights
+from maxlm.models.llama import causal_segment_mask
+from maxlm.models.params import bind
+from maxlm.optim.update import Objective
+from maxlm.tasks.task import Task, file_data, gradient_step
+
+
+def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = TrainConfig.loss_chunks) -> Objective:
+    """Returns the next-token objective (pretrain, and SFT whose loss_mask keeps only responses)."""
+
+    def objective(params, batch, ref_params=None):
+        tokens, seg = batch["tokens"], batch["segment_ids"]
+        model = bind(graphdef, params)
+        hidden, _ = model.hidden(tokens, batch["positions"], causal_segment_mask(seg))
+        w = next_token_weights(seg, batch["loss_mask"])
+        loss, (nll, z) = fused_next_token_loss(hidden, model.head(), next_targets(tokens), w, z_loss, chunk_count(tokens.shape[1], loss_chunks))
+        processed = jnp.sum(seg > 0).astype(jnp.float32)  # for throughput; count = trained
+        return loss, {"loss_sum": nll, "z_loss_sum": z, "count": jnp.sum(w), "tokens": processed}
+
+    return objective
+
+
+def objective(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
+    """Returns the run's next-token objective (train.z_loss, train.loss_chunks)."""
+    return language_model(graphdef, cfg.train.z_loss, cfg.train.loss_chunks)
+
+
+def _data(cfg, tokenizer, graphdef, services):
+    return file_data(cfg, tokenizer)
+
+
+def _no_reference(cfg: Config) -> bool:
+    return False
+
+
+PRETRAIN = Task(
+    name="pretrain", chat=False, scalar_head=None, data=_data, objective=objective, step=gradient_step,
+    needs_reference=_no_reference, logs_tokens_trained=True, tokenizer_texts=lambda cfg: None,
+)
+SFT = Task(
+    name="sft", chat=True, scalar_head=None, data=_data, objective=objective, step=gradient_step,
+    needs_reference=_no_reference, logs_tokens_trained=True,
+)

@@ -1,0 +1,96 @@
+"""RL from the policy's own samples: ppo (a value head, GAE, KL in the rewards) and grpo (group-relative advantages).
+
+rollouts.py samples and scores the batches, step.py turns one into clipped updates with
+objective.py, verifiers.py holds the named rewards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from maxlm.config import Config
+from maxlm.data.pipeline import DataIterator
+from maxlm.errors import MaxlmError
+from maxlm.tasks.rl.objective import policy_gradient
+from maxlm.tasks.rl.rollouts import Rollouts, make_eval_rollouts, make_rollouts
+from maxlm.tasks.rl.step import rollout_step
+from maxlm.tasks.task import Task, TaskData
+
+
+@dataclasses.dataclass
+class RolloutBatches:
+    """The batches of an RL task: each sampled from the current params over the next prompt indices."""
+
+    rollouts: Rollouts
+    prompts: DataIterator
+    follows_params = True
+
+    @property
+    def skipped_records(self) -> int:
+        """Returns the bad or too-long prompt records dropped."""
+        return self.prompts.skipped_records
+
+    def next(self, params: Any, step: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Returns (the step's rollout batch, rollout metrics)."""
+        return self.rollouts(params, next(self.prompts), step)
+
+    def step_args(self, step: int) -> dict[str, np.ndarray]:
+        """Returns the KL coefficient and the step number the rollout step takes."""
+        return {"kl_coef": np.float32(self.rollouts.kl.coef), "step": np.int32(step)}
+
+    def observe(self, metrics: dict[str, float]) -> None:
+        """Moves the KL coefficient after a finished step."""
+        self.rollouts.observe(metrics)
+
+    def get_state(self) -> dict:
+        """Returns the prompt iterator's position and, under "rl", the KL coefficient."""
+        return self.prompts.get_state() | {"rl": self.rollouts.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        """Restores `get_state`'s position and KL coefficient."""
+        self.prompts.set_state(state)
+        self.rollouts.set_state(state["rl"])
+
+
+def check(cfg: Config) -> None:
+    """Raises MaxlmError when the rollout rows cannot split into rl.minibatches x train.grad_accum_steps updates."""
+    r, t = cfg.rl, cfg.train  # each count's own range (> 0) is the loader's
+    rows = t.global_batch_size * r.group_size
+    if rows % (r.minibatches * t.grad_accum_steps):
+        raise MaxlmError(
+            f"train.global_batch_size x rl.group_size = {rows} rollout rows must divide by "
+            f"rl.minibatches ({r.minibatches}) x train.grad_accum_steps ({t.grad_accum_steps})"
+        )
+
+
+def _data(value_head: bool):
+    def data(cfg, tokenizer, graphdef, services) -> TaskData:
+        rollouts, prompts = make_rollouts(cfg, tokenizer, graphdef, services, value_head)
+        held_out = make_eval_rollouts(cfg, tokenizer, graphdef, services, value_head)
+        n = cfg.train.eval_steps * cfg.train.global_batch_size
+        evaluate = (lambda params, score: held_out.evaluate(params, n)) if held_out else None
+        # The starting policy's held-out reward: the baseline every later eval_reward is read against.
+        return TaskData(RolloutBatches(rollouts, prompts), evaluate, evaluate_start=True)
+
+    return data
+
+
+def _split(cfg: Config) -> tuple[int, int]:
+    return cfg.rl.group_size, cfg.rl.minibatches
+
+
+PPO = Task(
+    name="ppo", chat=True, scalar_head="value", data=_data(True),
+    objective=lambda graphdef, cfg: policy_gradient(graphdef, cfg, True),
+    step=lambda graphdef, cfg, tx, objective: rollout_step(graphdef, cfg, tx, True),
+    needs_reference=lambda cfg: cfg.rl.kl_coef > 0 or cfg.rl.kl_target > 0, check=check, rollout_split=_split,
+)
+GRPO = Task(
+    name="grpo", chat=True, scalar_head=None, data=_data(False),
+    objective=lambda graphdef, cfg: policy_gradient(graphdef, cfg, False),
+    step=lambda graphdef, cfg, tx, objective: rollout_step(graphdef, cfg, tx, False),
+    needs_reference=lambda cfg: cfg.rl.kl_coef > 0, check=check, rollout_split=_split,
+)

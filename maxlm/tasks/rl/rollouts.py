@@ -1,0 +1,238 @@
+"""RL rollouts: prompts in, sampled completions scored by a verifier or a reward model, a batch out.
+
+One `Rollouts` per run holds the encoded prompts. Each step it samples `rl.group_size`
+completions per prompt with the one sampler (seeded by run seed and step, so a resumed run
+samples exactly what the uninterrupted one did), scores them and lays the rows out for
+`step.rollout_step`:
+  tokens, segment_ids, positions, loss_mask  [R, P + N]  (R = prompts x group_size; the prompt
+      left-padded to P = rl.max_prompt_len, then N = rl.max_new_tokens completion slots;
+      segment 1 on real tokens up to and including the stop token, loss_mask 1 on the completion)
+  grpo: advantages [R] f32 (group-normalized scores);  ppo: scores [R] f32
+It also holds ppo's KL coefficient (fixed or adaptive), which a checkpoint saves with the data state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import grain
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from maxlm.config import Config
+from maxlm.data import chat
+from maxlm.data.pipeline import DataIterator
+from maxlm.data.records import Prompt, RecordFile
+from maxlm.data.sources import expand, row_slice, train_sources
+from maxlm.data.tokenizers import Tokenizer
+from maxlm.errors import BadRecordError, MaxlmError
+from maxlm.losses import rl
+from maxlm.tasks.rl import verifiers
+from maxlm.tasks.task import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PromptSet:
+    """Encoded prompts with their answers; a Grain data source of indices into them."""
+
+    ids: list[list[int]]
+    answers: list[str | None]
+    skipped: int
+    prompts: list = dataclasses.field(default_factory=list)  # as the records gave them, for a reward model's template
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_prompts(cfg: Config, tokenizer: Tokenizer, sources) -> PromptSet:
+    """Returns the prompts of `sources` rendered with the chat template; too-long ones are errors or counted skips."""
+    ids, answers, texts, skipped = [], [], [], 0
+    for src in sources:
+        records: list[Prompt] = []
+        for f in expand(src.path):
+            reader = RecordFile(f, cfg.task, cfg.data.on_bad_record)
+            skipped += reader.skipped
+            records += reader.records
+        for r in records[row_slice(src.rows, len(records), src.path)]:
+            p = chat.encode_prompt(tokenizer, cfg.data.chat_template, r.prompt)
+            if len(p) > cfg.rl.max_prompt_len:
+                message = f"{r.where}: prompt is {len(p)} tokens, longer than rl.max_prompt_len={cfg.rl.max_prompt_len}"
+                if cfg.data.on_bad_record == "error":
+                    raise BadRecordError(message)
+                skipped += 1
+                continue
+            ids.append(p)
+            answers.append(r.answer)
+            texts.append(r.prompt)
+    if not ids:
+        raise MaxlmError(f"task {cfg.task}: no usable prompts in {', '.join(s.path for s in sources)}")
+    return PromptSet(ids, answers, skipped, texts)
+
+
+def prompt_batches(cfg: Config, prompts: PromptSet, process_index: int, process_count: int) -> grain.IterDataset:
+    """Returns endless batches of prompt indices (int [B] per process), shuffled and checkpointable."""
+    per_process = cfg.train.global_batch_size // process_count
+    ds = grain.MapDataset.range(len(prompts))[process_index::process_count]
+    if cfg.data.shuffle:
+        ds = ds.shuffle(seed=cfg.train.seed)
+    return ds.repeat().batch(per_process, drop_remainder=True).to_iter_dataset()
+
+
+class Rollouts:
+    """Samples, scores and lays out one step's rollouts for the current params.
+
+    value_head (ppo): the batch carries the raw `scores` for GAE; else (grpo) group `advantages`.
+    """
+
+    def __init__(self, cfg: Config, tokenizer: Tokenizer, graphdef, prompts: PromptSet, services: Services, value_head: bool):
+        self.cfg, self.tokenizer, self.graphdef, self.prompts = cfg, tokenizer, graphdef, prompts
+        self.generate, self.until_stop, self.value_head = services.generate, services.until_stop, value_head
+        self.stops = chat.stop_ids(tokenizer, cfg.data.chat_template)
+        if not self.stops:
+            raise MaxlmError(f"data.chat_template {cfg.data.chat_template}: no stop token; rollouts could not end")
+        self.verify = verifiers.verifier(cfg.rl.verifier)
+        self.reward_model = _reward_model(services, cfg.rl.reward_model) if cfg.rl.reward_model else None
+        r = cfg.rl
+        self.kl = rl.AdaptiveKLController(r.kl_coef, r.kl_target, r.kl_horizon) if r.kl_target > 0 else rl.FixedKLController(r.kl_coef)
+        if cfg.rl.max_prompt_len + cfg.rl.max_new_tokens > cfg.model.max_seq_len:
+            raise MaxlmError(
+                f"rl.max_prompt_len + rl.max_new_tokens = {cfg.rl.max_prompt_len + cfg.rl.max_new_tokens} exceeds model.max_seq_len {cfg.model.max_seq_len}"
+            )
+
+    def sample(self, params, indices, seed: int, group_size: int, temperature: float) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+        """Returns (token rows [R, P + N], prompt lengths [R], completion texts [R], rewards [R]), `group_size` per prompt."""
+        r = self.cfg.rl
+        idx = [int(i) for i in indices for _ in range(group_size)]
+        rows = self.generate(
+            self.graphdef, self.cfg.model, params, [self.prompts.ids[i] for i in idx], r.max_new_tokens,
+            temperature=temperature, top_k=r.top_k, top_p=r.top_p, stop_ids=self.stops, pad_id=self.tokenizer.pad_id,
+            seed=seed, pad_to=r.max_prompt_len,
+        )
+        texts = [self.tokenizer.decode(self.until_stop(row, self.stops)) for row in rows[:, r.max_prompt_len:]]
+        if self.reward_model:
+            scores, tokens = self.reward_model.reply_rewards([self.prompts.prompts[i] for i in idx], texts)
+            if np.any(tokens > self.reward_model.max_len):
+                raise MaxlmError(f"rl.reward_model {self.reward_model.name}: a rollout is {tokens.max()} tokens in its chat template, "
+                                 f"more than its model.max_seq_len {self.reward_model.max_len}; lower rl.max_new_tokens")
+            scores = scores.astype(np.float32)
+        else:
+            answers = [self.prompts.answers[i] for i in idx]
+            scores = np.asarray([self.verify(t, a) if a is not None else 0.0 for t, a in zip(texts, answers)], np.float32)
+        lens = np.asarray([len(self.prompts.ids[i]) for i in idx])
+        return rows, lens, texts, scores
+
+    def __call__(self, params, indices, step: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Returns (the step's rollout batch, rollout metrics) for prompt `indices`."""
+        r = self.cfg.rl
+        t0 = time.perf_counter()
+        seed = int(np.random.SeedSequence([self.cfg.train.seed, step]).generate_state(1)[0])
+        rows, lens, texts, scores = self.sample(params, indices, seed, r.group_size, r.temperature)
+        seconds = time.perf_counter() - t0
+        batch = layout(rows, lens, r.max_prompt_len, self.stops)
+        if self.value_head:
+            batch["scores"] = scores
+        else:
+            batch["advantages"] = np.asarray(rl.group_advantages(scores, r.group_size), np.float32)
+        completion = batch["loss_mask"].sum(axis=1)
+        mean, mean_sq, tokens = across_processes([scores, np.square(scores), completion])
+        metrics = {
+            "reward_mean": mean,
+            "reward_std": float(np.sqrt(max(mean_sq - mean * mean, 0.0))),
+            "completion_tokens": tokens,
+            "generate_seconds": seconds,
+        }
+        if self.value_head:
+            metrics["kl_coef"] = self.kl.coef
+        return batch, metrics
+
+    def observe(self, metrics: dict) -> None:
+        """Moves the KL coefficient after a finished step (a no-op unless rl.kl_target > 0)."""
+        if "kl_sequence" in metrics:
+            rows = self.cfg.train.global_batch_size * self.cfg.rl.group_size
+            self.kl = dataclasses.replace(self.kl, coef=self.kl.update(metrics["kl_sequence"], rows))
+
+    def get_state(self) -> dict:
+        """Returns what a checkpoint must keep beyond the prompt iterator: the KL coefficient."""
+        return {"kl_coef": self.kl.coef}
+
+    def set_state(self, state: dict) -> None:
+        """Restores `get_state`'s KL coefficient."""
+        self.kl = dataclasses.replace(self.kl, coef=float(state["kl_coef"]))
+
+    def evaluate(self, params, n: int) -> dict[str, float]:
+        """Returns {"reward": mean greedy reward} over the first `n` prompts (one completion each).
+
+        Several processes split the prompts; each pads its share to the same count with a repeat
+        that counts nothing, since every process must sample the same number of rows.
+        """
+        n = min(n, len(self.prompts))
+        mine = list(range(n))[jax.process_index()::jax.process_count()]
+        share = -(-n // jax.process_count())
+        _, _, _, scores = self.sample(params, mine + [0] * (share - len(mine)), 0, 1, 0.0)
+        return {"reward": across_processes([scores[: len(mine)]])[0]}
+
+
+def across_processes(values: list[np.ndarray]) -> list[float]:
+    """Returns the mean of each array over the rows of every process (this process's alone when it runs alone)."""
+    sums = np.asarray([[float(np.sum(v)), float(np.size(v))] for v in values], np.float64)
+    if jax.process_count() > 1:
+        sums = np.asarray(multihost_utils.process_allgather(sums.astype(np.float32))).reshape(-1, len(values), 2).sum(axis=0)
+    return [float(s / max(c, 1.0)) for s, c in sums]
+
+
+def layout(rows: np.ndarray, prompt_lens: np.ndarray, prompt_len: int, stops: list[int]) -> dict[str, np.ndarray]:
+    """Returns the [R, S] training rows of sampled `rows`: prompts left-padded to `prompt_len`, then completions.
+
+    A completion runs up to and including its first stop token (all N slots when it has none);
+    segment 1 covers the prompt's real tokens and the completion, positions count from the
+    prompt's first real token, exactly as the sampler placed them.
+    """
+    r, s = rows.shape
+    n = s - prompt_len
+    is_stop = np.isin(rows[:, prompt_len:], stops)
+    length = np.where(is_stop.any(axis=1), is_stop.argmax(axis=1) + 1, n)
+    cols = np.arange(s)[None, :]
+    in_prompt = cols >= (prompt_len - prompt_lens)[:, None]
+    in_prompt &= cols < prompt_len
+    in_completion = (cols >= prompt_len) & (cols < prompt_len + length[:, None])
+    valid = in_prompt | in_completion
+    positions = np.where(valid, np.cumsum(valid, axis=1) - 1, 0)
+    return {
+        "tokens": np.where(valid, rows, 0).astype(np.int32),
+        "segment_ids": valid.astype(np.int32),
+        "positions": positions.astype(np.int32),
+        "loss_mask": in_completion.astype(np.float32),
+    }
+
+
+def _reward_model(services: Services, path: str):
+    """Returns the reward model of rl.reward_model (a `task: rm` run), scoring in its own tokenizer and chat template."""
+    try:
+        return services.reward_model(path)
+    except MaxlmError as e:
+        raise MaxlmError(f"rl.reward_model {e}") from None
+
+
+def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef, services: Services, value_head: bool) -> tuple[Rollouts, DataIterator]:
+    """Returns (the run's Rollouts, the checkpointable iterator of its prompt-index batches)."""
+    if jax.process_count() > 1 and cfg.rl.reward_model:
+        raise MaxlmError(f"rl.reward_model runs in one process for now; use a verifier (rl.verifier) with {jax.process_count()} processes")
+    if cfg.train.global_batch_size % jax.process_count():
+        raise MaxlmError(f"train.global_batch_size ({cfg.train.global_batch_size}) prompts must divide by the number of processes ({jax.process_count()})")
+    prompts = load_prompts(cfg, tokenizer, train_sources(cfg.data))
+    layout_ = {"task": cfg.task, "prompts": len(prompts), "rows": cfg.train.global_batch_size, "shuffle": cfg.data.shuffle,
+               "process_index": jax.process_index(), "process_count": jax.process_count()}
+    batches = prompt_batches(cfg, prompts, jax.process_index(), jax.process_count())
+    return Rollouts(cfg, tokenizer, graphdef, prompts, services, value_head), DataIterator(batches, [prompts], layout_)
+
+
+def make_eval_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef, services: Services, value_head: bool) -> Rollouts | None:
+    """Returns Rollouts over data.eval_files for held-out greedy reward, or None without them."""
+    if not cfg.data.eval_files:
+        return None
+    return Rollouts(cfg, tokenizer, graphdef, load_prompts(cfg, tokenizer, cfg.data.eval_files), services, value_head)

@@ -1,0 +1,112 @@
+"""The schema: choices live in the types, every numeric field states its range, the loader refuses values outside it."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+
+import pytest
+
+from maxlm.config import (ChatTemplate, Config, PreferenceConfig, Remat, RLConfig, check_ranges, choices, field_range,
+                          load_config, validate)
+from maxlm.data.chat import TEMPLATES
+from maxlm.errors import MaxlmError
+from maxlm.models.llama import REMAT_POLICIES
+from maxlm.losses.preference import PREFERENCE_KINDS
+from maxlm.tasks.rl.verifiers import VERIFIERS
+from maxlm.losses.rl import KL_KINDS
+
+# (override, the range its message states); each value flips or breaks the objective, or fails later today
+OUT_OF_RANGE = [
+    ("train.learning_rate=-1e-4", ">= 0"), ("train.warmup_steps=-1", ">= 0"), ("train.steps=-1", ">= 0"),
+    ("train.b1=1.0", "in [0, 1)"), ("train.b1=-0.1", "in [0, 1)"), ("train.b2=1", "in [0, 1)"),
+    ("train.eps=0", "> 0"), ("train.grad_clip=-1", ">= 0"), ("train.weight_decay=-0.1", ">= 0"),
+    ("train.min_lr_ratio=1.5", "in [0, 1]"), ("train.min_lr_ratio=-0.1", "in [0, 1]"),
+    ("train.decay_fraction=2", "in [0, 1]"), ("train.z_loss=-1", ">= 0"),
+    ("train.eval_every=-1", ">= 0"), ("train.eval_steps=0", "> 0"), ("train.max_consecutive_nonfinite=0", "> 0"),
+    ("train.global_batch_size=0", "> 0"), ("train.grad_accum_steps=0", "> 0"), ("train.log_every=0", "> 0"),
+    ("train.loss_chunks=0", "> 0"), ("checkpoint.interval_steps=0", "> 0"), ("checkpoint.keep=0", "> 0"),
+    ("dpo.beta=-0.1", ">= 0"), ("dpo.label_smoothing=0.5", "in [0, 0.5)"), ("dpo.label_smoothing=-0.1", "in [0, 0.5)"),
+    ("dpo.gamma=-1", ">= 0"), ("rm.center_coef=-1", ">= 0"),
+    ("sample.temperature=-1", ">= 0"), ("sample.top_p=0", "in (0, 1]"), ("sample.top_p=1.5", "in (0, 1]"),
+    ("sample.top_k=-1", ">= 0"), ("sample.max_new_tokens=0", "> 0"),
+    ("rl.temperature=-0.5", ">= 0"), ("rl.top_p=2", "in (0, 1]"), ("rl.top_k=-2", ">= 0"),
+    ("rl.clip_eps=0", "> 0"), ("rl.lam=1.5", "in [0, 1]"), ("rl.gamma=-0.1", "in [0, 1]"),
+    ("rl.kl_coef=-0.01", ">= 0"), ("rl.kl_target=-1", ">= 0"), ("rl.kl_horizon=0", "> 0"),
+    ("rl.vf_coef=-1", ">= 0"), ("rl.value_clip_eps=0", "> 0"),
+    ("model.rope_theta=0", "> 0"), ("model.norm_eps=0", "> 0"), ("model.init_std=-0.02", ">= 0"),
+    ("model.hidden_size=0", "> 0"), ("model.num_layers=0", "> 0"), ("model.vocab_size=-1", ">= 0"),
+    ("model.max_seq_len=0", "> 0"), ("model.rope_scaling.factor=0", "> 0"),
+    ("data.prefetch=-1", ">= 0"), ("data.worker_count=-1", ">= 0"), ("data.seq_len=0", "> 0"),
+    ("tokenizer.vocab_size=100", ">= 260"), ("tokenizer.character_coverage=0", "in (0, 1]"),
+    ("tokenizer.character_coverage=1.01", "in (0, 1]"), ("tokenizer.max_sentences=0", "> 0"),
+    ("train.learning_rate=.nan", ">= 0"),
+]
+
+
+@pytest.mark.parametrize("override, stated", OUT_OF_RANGE)
+def test_a_value_outside_its_range_is_refused_naming_key_range_and_value(override, stated):
+    key, value = override.split("=")
+    with pytest.raises(MaxlmError) as e:
+        load_config(None, [override])
+    assert re.fullmatch(rf"override '{re.escape(override)}': {re.escape(key)} must be {re.escape(stated)}, got \S+", str(e.value)), str(e.value)
+
+
+@pytest.mark.parametrize("override", ["train.learning_rate=0", "train.b1=0", "train.min_lr_ratio=1", "dpo.label_smoothing=0.49",
+                                      "sample.temperature=0", "sample.top_p=1", "rl.lam=1", "rl.gamma=0", "tokenizer.vocab_size=260",
+                                      "tokenizer.character_coverage=1", "train.eval_every=0", "data.prefetch=0"])
+def test_the_bounds_themselves_are_accepted_where_the_range_is_closed(override):
+    load_config(None, [override])
+
+
+def test_dpo_beta_must_be_positive_except_for_orpo_whose_beta_only_weighs_a_term():
+    for kind in ("sigmoid", "ipo", "hinge", "simpo"):
+        with pytest.raises(MaxlmError, match=f"dpo.beta must be > 0 for dpo.kind {kind}"):
+            load_config(None, ["task=dpo", f"dpo.kind={kind}", "dpo.beta=0"])
+    assert load_config(None, ["task=dpo", "dpo.kind=orpo", "dpo.beta=0"]).dpo.beta == 0.0
+
+
+def test_every_default_lies_in_its_range_and_every_numeric_field_states_one():
+    check_ranges(Config())
+    validate(Config())
+    # the mesh's axes allow -1 (the remaining devices), a seed is any int
+    unranged = {"MeshConfig.data", "MeshConfig.fsdp", "MeshConfig.tensor", "TrainConfig.seed"}
+
+    def numeric_fields(cls):
+        for f in dataclasses.fields(cls):
+            t = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(t):
+                yield from numeric_fields(t)
+            elif t in (int, float):
+                yield cls, f.name
+
+    missing = [f"{c.__name__}.{n}" for c, n in numeric_fields(Config) if field_range(c, n) is None]
+    assert sorted(missing) == sorted(unranged)
+
+
+def test_a_range_is_checked_on_configs_built_in_python_too():
+    cfg = Config()
+    cfg.rl.clip_eps = -0.2
+    with pytest.raises(MaxlmError, match=r"^rl\.clip_eps must be > 0, got -0\.2$"):
+        validate(cfg)
+
+
+def test_choices_are_read_from_the_types():
+    hints = typing.get_type_hints(PreferenceConfig)
+    assert choices(hints["kind"]) == ("sigmoid", "ipo", "hinge", "simpo", "orpo")
+    with pytest.raises(MaxlmError, match=r"rl\.verifier must be one of arithmetic_exact, gsm8k_exact, format; got 'gsm8k'"):
+        load_config(None, ["rl.verifier=gsm8k"])
+    with pytest.raises(MaxlmError, match=r"task must be one of pretrain, sft, rm, dpo, ppo, grpo; got 'dop'; did you mean 'dpo'\?"):
+        load_config(None, ["task=dop"])
+
+
+def test_each_choice_type_names_exactly_what_its_registry_holds():
+    """The schema sits below the registries, so it cannot import them; this keeps the two lists equal."""
+    hints = {**{f"rl.{k}": v for k, v in typing.get_type_hints(RLConfig).items()},
+             **{f"dpo.{k}": v for k, v in typing.get_type_hints(PreferenceConfig).items()}}
+    assert set(choices(hints["rl.verifier"])) == set(VERIFIERS)
+    assert set(choices(hints["rl.kl_estimator"])) == set(KL_KINDS)
+    assert set(choices(hints["dpo.kind"])) == set(PREFERENCE_KINDS)
+    assert set(choices(ChatTemplate)) == set(TEMPLATES) | {"hf"}
+    assert set(choices(Remat)) == set(REMAT_POLICIES) | {"none"}

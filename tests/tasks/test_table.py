@@ -1,0 +1,63 @@
+"""The task table: one Task per `task:` name, each answering the run's questions once."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from maxlm.config import Config, ModelConfig, PreferenceConfig, RLConfig, TrainConfig
+from maxlm.config.schema import Task as TaskName, choices
+from maxlm.errors import MaxlmError
+from maxlm.tasks import TASKS, has_reward_head
+from maxlm.train.run import train
+
+
+def test_every_task_name_has_one_task():
+    assert tuple(TASKS) == choices(TaskName)
+    assert all(t.name == name for name, t in TASKS.items())
+
+
+def test_plain_text_is_pretrain_alone():
+    assert [n for n, t in TASKS.items() if not t.chat] == ["pretrain"]
+
+
+@pytest.mark.parametrize("task, scalar_head, reward", [
+    ("rm", True, True), ("ppo", True, False), ("sft", False, False), ("grpo", False, False), ("dpo", True, True),
+])
+def test_a_reward_head_is_a_scalar_head_that_is_not_ppos_value_head(task, scalar_head, reward):
+    assert has_reward_head(Config(task=task, model=ModelConfig(scalar_head=scalar_head))) is reward
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "ipo", "hinge"])
+def test_dpo_with_a_reference_and_no_init_from_is_refused_before_any_work(tmp_path, kind):
+    cfg = Config(task="dpo", run_dir=str(tmp_path / "run"), dpo=PreferenceConfig(kind=kind))
+    with pytest.raises(MaxlmError, match=f"dpo.kind={kind} .*set train.init_from"):
+        train(cfg, log=lambda *_: None)
+    assert not (tmp_path / "run").exists()  # nothing written: not even the resolved config
+
+
+@pytest.mark.parametrize("kind", ["simpo", "orpo"])
+def test_reference_free_dpo_needs_no_init_from(kind):
+    cfg = Config(task="dpo", dpo=PreferenceConfig(kind=kind))
+    TASKS["dpo"].check(cfg)
+    assert not TASKS["dpo"].needs_reference(cfg)
+
+
+def test_dpo_from_a_run_passes_the_check_and_compares_with_it():
+    cfg = Config(task="dpo", train=TrainConfig(init_from="runs/sft"))
+    TASKS["dpo"].check(cfg)
+    assert TASKS["dpo"].needs_reference(cfg)
+    # A reference scored up front rides in the batches: the step takes no reference model.
+    assert not TASKS["dpo"].needs_reference(dataclasses.replace(cfg, dpo=PreferenceConfig(precompute_ref=True)))
+
+
+@pytest.mark.parametrize("task", ["ppo", "grpo"])
+def test_rl_config_is_checked_by_its_task_before_any_work(tmp_path, task):
+    cfg = Config(task=task, run_dir=str(tmp_path / "run"), rl=RLConfig(group_size=0))
+    with pytest.raises(MaxlmError, match="rl.group_size must be > 0, got 0"):
+        train(cfg, log=lambda *_: None)
+    cfg = Config(task=task, train=TrainConfig(global_batch_size=3), rl=RLConfig(group_size=1, minibatches=2))
+    with pytest.raises(MaxlmError, match="rollout rows must divide by rl.minibatches"):
+        TASKS[task].check(cfg)
+    assert not (tmp_path / "run").exists()
