@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -12,8 +12,8 @@ from maxlm.data.pipeline import make_train_iterator
 from maxlm.errors import MaxlmError
 
 
-@pytest.mark.skipif(importlib.util.find_spec("seqio") is not None, reason="seqio is installed")
-def test_missing_extra_is_named(tokenizer):
+def test_missing_extra_is_named(tokenizer, monkeypatch):
+    monkeypatch.setitem(sys.modules, "seqio", None)  # `import seqio` fails as without the extra
     cfg = Config(data=DataConfig(seqio_task="any_task", seq_len=32), train=TrainConfig(global_batch_size=2))
     with pytest.raises(MaxlmError, match=r"pip install maxlm\[seqio\]"):
         make_train_iterator(cfg, tokenizer, 0, 1)

@@ -1,5 +1,6 @@
 """The KV-cache sampler against uncached greedy decoding, and the logit filters against numpy."""
 
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def test_cached_greedy_equals_full_recompute_per_row(model):
     graphdef, params = model
     prompts = [[5, 6, 7, 8, 9], [3, 4], [11]]
     out = generate(graphdef, CFG, params, prompts, 7)
-    assert out.shape == (3, 5 + 7)
+    chex.assert_shape(out, (3, 5 + 7))
     decoder = params_lib.bind(graphdef, params)
     for p, row in zip(prompts, out):
         seq = list(p)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,7 +112,7 @@ def test_embeddings_are_the_masked_mean_of_hidden_states(model, seqs):
         ref = (h[i, : len(x)] * w[:, None]).sum(0) / max(w.sum(), 1)
         np.testing.assert_allclose(emb[i], ref, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(unit[i], ref / np.linalg.norm(ref), rtol=1e-4, atol=1e-5)
-    assert emb.shape == (4, model.config.model.hidden_size)
+    chex.assert_shape(emb, (4, model.config.model.hidden_size))
 
 
 def test_rewards_read_the_scalar_head_at_the_last_token(seqs):

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,8 +49,9 @@ def test_tied_qkv_bias_and_scalar_head_shapes():
     assert not hasattr(model, "lm_head") and model.layers.attn.q_bias[...].shape == (2, 4, 8)
     tokens = jnp.ones((3, 5), jnp.int32)
     h, _ = model.hidden(tokens, jnp.broadcast_to(jnp.arange(5), (3, 5)), jnp.ones((3, 5, 5), bool))
-    assert model.logits(h).shape == (3, 5, 101) and model.logits(h).dtype == jnp.float32
-    assert model.scores(h).shape == (3, 5)
+    chex.assert_shape(model.logits(h), (3, 5, 101))
+    assert model.logits(h).dtype == jnp.float32
+    chex.assert_shape(model.scores(h), (3, 5))
 
 
 def test_llama3_rope_scaling_matches_reference_formula():

@@ -1,5 +1,6 @@
 """Schedules, the weight-decay mask, and AdamW against optax.adamw."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,8 +51,7 @@ def test_adamw_equals_optax_adamw_with_clipping_schedule_and_mask():
         u_a, s_a = ours.update(g, s_a, p_a)
         u_b, s_b = ref.update(g, s_b, p_b)
         p_a, p_b = optax.apply_updates(p_a, u_a), optax.apply_updates(p_b, u_b)
-    for a, b in zip(jax.tree.leaves(p_a), jax.tree.leaves(p_b)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(p_a, p_b, rtol=1e-6, atol=1e-7)
     assert not np.allclose(np.asarray(p_a["embed"]), np.asarray(_params()["embed"]))
 
 
@@ -64,5 +64,4 @@ def test_adamw_not_finite_changes_nothing():
     bad = jax.tree.map(lambda x: x * jnp.nan, g)
     updates, new_state = jax.jit(lambda g, s, p: tx.update(g, s, p, finite=jnp.bool_(False)))(bad, state, params)
     assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(updates))
-    for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(new_state, state)
