@@ -26,7 +26,7 @@ ROOTS = ("maxlm", "data_pipelines")
 # ARCHITECTURE.md's "Dependency order", lowest first. A module imports only its own layer or
 # the layers below. An entry is a path from the repo root: a module file (`.py` added) or a
 # package directory and everything under it. Entries of the target layout that do not exist
-# yet (files/, losses/, optim/, tasks/) match nothing until they do.
+# yet match nothing until they do.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("maxlm/errors",),
     ("maxlm/config", "maxlm/files"),
@@ -364,26 +364,16 @@ def test_the_real_tree_is_scanned():
     assert ("maxlm.data.examples", "maxlm.data.chat") in _edges(IMPORTS)
 
 
-# What the other branches of issue 13 remove (infer, files); the lead turns these into plain tests once merged.
-OPEN_SUBPACKAGE_CYCLES = (
-    "maxlm.infer <-> maxlm.pretrained (pretrained.py:45, :53 in functions); "
-    "data_pipelines: config, dedup, readers, report, run, stages, writers"
-)
-OPEN_LAYER_VIOLATIONS = "maxlm/pretrained.py is in no layer (its target is maxlm/infer/pretrained.py)"
-
-
 def test_no_import_cycle_between_files():
     report = file_cycles(IMPORTS)
     assert not report, _report("import cycles between files", report)
 
 
-@pytest.mark.xfail(strict=True, reason=f"open on this branch: {OPEN_SUBPACKAGE_CYCLES}")
 def test_no_import_cycle_between_subpackages():
     report = subpackage_cycles(IMPORTS, MODULES)
     assert not report, _report("import cycles between sub-packages", report)
 
 
-@pytest.mark.xfail(strict=True, reason=f"open on this branch: {OPEN_LAYER_VIOLATIONS}")
 def test_imports_point_down_the_dependency_order():
     report = layer_violations(IMPORTS, MODULES, LAYERS)
     assert not report, _report("imports against ARCHITECTURE.md's dependency order", report)
