@@ -109,10 +109,10 @@ def cmd_eval_perplexity(args) -> int:
 
 
 def cmd_eval_exact_match(args) -> int:
-    from maxlm.eval.generation import exact_match, scorer
+    from maxlm.eval.generation import answer_check, exact_match
     from maxlm.infer.pretrained import from_pretrained
 
-    scorer(args.verifier)  # a typo is reported before the model loads
+    answer_check(args.verifier)  # a typo is reported before the model loads
     _enable_compilation_cache()
     result = exact_match(
         from_pretrained(args.path), args.data, args.verifier, args.max_new_tokens, args.rows, args.batch_size, args.on_bad_record
@@ -172,12 +172,21 @@ def parser() -> argparse.ArgumentParser:
     """Returns the argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="maxlm", description="Curate, train, align, evaluate and export Llama-family models in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_tokenizer, _add_hf, _add_generate, _add_eval, _add_data_tools):
+        add(sub)
+    return p
 
+
+def _add_train(sub) -> None:
+    """Adds `maxlm train`."""
     t = sub.add_parser("train", help="train or resume a run from a YAML config (task: pretrain | sft | rm | dpo | ppo | grpo)")
     t.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
     t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=100 mesh.tensor=2")
     t.set_defaults(fn=cmd_train)
 
+
+def _add_tokenizer(sub) -> None:
+    """Adds `maxlm tokenizer train`."""
     tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tok_command", required=True)
     tt = tok.add_parser("train", help="train a sentencepiece tokenizer on text files")
     tt.add_argument("--input", nargs="+", required=True, help="files or globs (jsonl/parquet/txt/builtin:stdlib-docs)")
@@ -187,6 +196,9 @@ def parser() -> argparse.ArgumentParser:
     tt.add_argument("--max-sentences", type=flag_type(TokenizerConfig, "max_sentences"), default=200000)
     tt.set_defaults(fn=cmd_tokenizer_train)
 
+
+def _add_hf(sub) -> None:
+    """Adds `maxlm import-hf` and `maxlm export-hf`."""
     i = sub.add_parser("import-hf", help="convert a Hugging Face Llama/Qwen2 model dir into a maxlm run dir")
     i.add_argument("hf_dir")
     i.add_argument("out")
@@ -199,6 +211,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT (replaces only the files an export writes)")
     e.set_defaults(fn=cmd_export_hf)
 
+
+def _add_generate(sub) -> None:
+    """Adds `maxlm generate`."""
     g = sub.add_parser("generate", help="sample text from a run, checkpoint or HF dir")
     g.add_argument("path")
     g.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
@@ -209,6 +224,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(fn=cmd_generate)
 
+
+def _add_eval(sub) -> None:
+    """Adds `maxlm eval rm | perplexity | exact-match | mc | win-rate`."""
     ev = sub.add_parser("eval", help="evaluate a trained model").add_subparsers(dest="eval_command", required=True)
     # Options every eval command shares (reports) or every record-reading one shares (bad records).
     report = argparse.ArgumentParser(add_help=False)
@@ -257,6 +275,9 @@ def parser() -> argparse.ArgumentParser:
     ew.add_argument("--batch-size", type=int, default=16)
     ew.set_defaults(fn=cmd_eval_win_rate)
 
+
+def _add_data_tools(sub) -> None:
+    """Adds `maxlm curate`, `select` and `synth`, whose own parsers live in data_pipelines."""
     c = sub.add_parser("curate", help="run a curation pipeline (see data_pipelines)", add_help=False)
     c.set_defaults(fn=cmd_curate)
 
@@ -265,7 +286,6 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="synthetic data: self-instruct | constitutional (see data_pipelines.synth)", add_help=False)
     s.set_defaults(fn=cmd_synth)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

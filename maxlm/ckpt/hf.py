@@ -4,7 +4,7 @@
 the devices before the next is read. `export_hf` streams: every HF tensor is produced from
 one layer's slice of a stored leaf (`StoredStep.read(leaf, i)`) right when its bytes are
 written, so host memory holds one HF tensor (and its transposed copy) plus the open leaf's
-decoded chunks, at most 2 GiB (see `hf_stored`), never the model: for Llama 3 70B in bf16
+decoded chunks, at most 2 GiB (see `ckpt.step`), never the model: for Llama 3 70B in bf16
 that is about 2 GiB + 2 x its 2.1 GB embedding. The export is written to a temporary
 sibling dir and renamed into place, so a crash never leaves a half-written dir.
 """
@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from maxlm.ckpt.hf_config import generation_config, hf_config, model_config, read_config_json
-from maxlm.ckpt.hf_stored import StoredStep
+from maxlm.ckpt.step import StoredStep
 from maxlm.ckpt.hf_tokenizer import copy_hf_tokenizer, special_ids, write_hf_tokenizer
 from maxlm.ckpt.hf_weights import (
     IGNORED_SUFFIXES, LAYER_TENSORS, TOP_TENSORS, ZERO_ONLY_SUFFIX, Entry, SafetensorsDir, entry_bytes, from_hf,

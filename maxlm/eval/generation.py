@@ -29,7 +29,7 @@ def exact(completion: str, answer: str) -> float:
     return float(completion.strip() == answer.strip())
 
 
-def scorer(name: str):
+def answer_check(name: str):
     """Returns the named check: `exact`, or a verifier of maxlm.tasks.rl.verifiers (gsm8k_exact, ...)."""
     if name == EXACT:
         return exact
@@ -70,7 +70,7 @@ def exact_match(
     Records are `{"prompt", "answer"}` or gsm8k `{"question", "answer"}` (its final number
     is the gold); accuracy is the verifier's mean score over the records that fit.
     """
-    verify = scorer(check)
+    verify = answer_check(check)
     records, bad = read_prompts(path, rows, on_bad_record)
     missing = [r for r in records if r.answer is None]
     if missing and on_bad_record == "error":

@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from maxlm.ckpt.hf import read_hf
-from maxlm.ckpt.hf_stored import StoredStep
+from maxlm.ckpt.step import StoredStep
 from maxlm.ckpt.hf_tokenizer import has_hf_tokenizer
 from maxlm.ckpt.manager import abstract_like
 from maxlm.config import ComputeDtype, Config, MeshConfig, choices

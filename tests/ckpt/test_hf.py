@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import maxlm  # noqa: E402
-from maxlm.ckpt import hf_stored  # noqa: E402
+from maxlm.ckpt import step as stored_step  # noqa: E402
 from maxlm.ckpt.hf import export_hf, import_hf  # noqa: E402
 from maxlm.ckpt.manager import Checkpoints  # noqa: E402
 from maxlm.cli import main as cli_main  # noqa: E402
@@ -189,7 +189,7 @@ def test_scalar_head_exports_sequence_classifier(tmp_path, sp_model):
 def test_export_reads_one_layer_slice_at_a_time(llama, tmp_path, monkeypatch):
     _, _, run = llama
     calls = []
-    read = hf_stored.StoredStep.read
+    read = stored_step.StoredStep.read
 
     def spy(self, leaf, layer=None):
         calls.append((leaf, layer))
@@ -198,8 +198,8 @@ def test_export_reads_one_layer_slice_at_a_time(llama, tmp_path, monkeypatch):
     def no_full_restore(*a, **k):
         raise AssertionError("export must not restore whole leaves")
 
-    monkeypatch.setattr(hf_stored.StoredStep, "read", spy)
-    monkeypatch.setattr(hf_stored.StoredStep, "restore", no_full_restore)
+    monkeypatch.setattr(stored_step.StoredStep, "read", spy)
+    monkeypatch.setattr(stored_step.StoredStep, "restore", no_full_restore)
     monkeypatch.setattr(Checkpoints, "restore", no_full_restore)
     export_hf(run, tmp_path / "hf")
     stacked = [c for c in calls if c[0].startswith("layers/")]
@@ -211,7 +211,7 @@ def test_export_reads_one_layer_slice_at_a_time(llama, tmp_path, monkeypatch):
 def test_crashed_export_leaves_no_partial_dir(llama, tmp_path, monkeypatch):
     _, _, run = llama
     out = tmp_path / "hf"
-    read = hf_stored.StoredStep.read
+    read = stored_step.StoredStep.read
     calls = []
 
     def crash_midway(self, leaf, layer=None):
@@ -220,16 +220,16 @@ def test_crashed_export_leaves_no_partial_dir(llama, tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return read(self, leaf, layer)
 
-    monkeypatch.setattr(hf_stored.StoredStep, "read", crash_midway)
+    monkeypatch.setattr(stored_step.StoredStep, "read", crash_midway)
     with pytest.raises(RuntimeError, match="disk on fire"):
         export_hf(run, out)
     assert os.listdir(tmp_path) == []
     # A crash while replacing an earlier export keeps the earlier one whole.
-    monkeypatch.setattr(hf_stored.StoredStep, "read", read)
+    monkeypatch.setattr(stored_step.StoredStep, "read", read)
     export_hf(run, out)
     before = sorted(os.listdir(out))
     calls.clear()
-    monkeypatch.setattr(hf_stored.StoredStep, "read", crash_midway)
+    monkeypatch.setattr(stored_step.StoredStep, "read", crash_midway)
     with pytest.raises(RuntimeError):
         export_hf(run, out, overwrite=True)
     assert os.listdir(tmp_path) == ["hf"] and sorted(os.listdir(out)) == before

@@ -9,7 +9,7 @@ import pytest
 from maxlm.cli import main as cli_main
 from maxlm.data import chat
 from maxlm.errors import MaxlmError
-from maxlm.eval.generation import exact, exact_match, scorer
+from maxlm.eval.generation import exact, exact_match, answer_check
 
 N = 8
 
@@ -45,9 +45,9 @@ def test_a_completion_equal_to_the_gold_counts_as_right(models, runs, write_json
 
 
 def test_verifiers_and_bad_records_are_named(runs, write_jsonl, capsys):
-    assert scorer("gsm8k_exact")("so #### 1,200", "1200") == 1.0 and exact(" 7\n", "7") == 1.0
+    assert answer_check("gsm8k_exact")("so #### 1,200", "1200") == 1.0 and exact(" 7\n", "7") == 1.0
     with pytest.raises(MaxlmError, match="--verifier must be one of exact, arithmetic_exact, format, gsm8k_exact"):
-        scorer("exactly")
+        answer_check("exactly")
     path = write_jsonl("no_answer.jsonl", [{"prompt": "a", "answer": "b"}, {"prompt": "no gold here"}])
     assert cli_main(["eval", "exact-match", str(runs["sft"]), "--data", path, "--verifier", "exact"]) == 2
     err = capsys.readouterr().err.strip()
