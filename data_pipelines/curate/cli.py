@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from data_pipelines.command import run_command
-from data_pipelines.config import load_pipeline
+from data_pipelines.curate.config import load_pipeline
 from data_pipelines.curate.pipeline import curate
 from data_pipelines.curate.stages import STAGES
 from maxlm.errors import MaxlmError

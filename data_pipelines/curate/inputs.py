@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from data_pipelines.config import InputConfig
+from data_pipelines.curate.config import InputConfig
 from data_pipelines.curate.document import Document
 from maxlm.errors import MaxlmError
 from maxlm.files import formats

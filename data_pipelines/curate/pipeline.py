@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from maxlm.files.atomic import remove_stale_tmp, write_json, write_text
-from data_pipelines.config import PipelineConfig
+from data_pipelines.curate.config import PipelineConfig
 from data_pipelines.curate.run.resolve import resolve_group
 from data_pipelines.curate.inputs import InputFile, list_inputs
 from data_pipelines.curate.report import write_report

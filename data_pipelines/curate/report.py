@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from maxlm.files.atomic import atomic_path, write_json, write_text
-from data_pipelines.config import PipelineConfig
+from data_pipelines.curate.config import PipelineConfig
 from data_pipelines.curate.inputs import InputFile
 from data_pipelines.curate.run.workdir import Workdir
 from data_pipelines.curate.run.plan import Phase

@@ -1,6 +1,6 @@
 """The one config loader: YAML files (with `base_config:` chains), `a.b=v` overrides, typed values.
 
-Used for `maxlm train` configs and for curation pipeline configs (data_pipelines/config.py).
+Used for `maxlm train` configs and for curation pipeline configs (data_pipelines/curate/config.py).
 Every key is checked against a dataclass field: its type, its `Literal` choices and its
 stated range. An error names where the value came from: `file:line` of the key in its YAML
 file, or the override text.

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from data_pipelines.config import load_pipeline  # noqa: E402
+from data_pipelines.curate.config import load_pipeline  # noqa: E402
 from data_pipelines.curate.stages import STAGES  # noqa: E402
 from data_pipelines.curate.pipeline import curate  # noqa: E402
 from maxlm.files.readers import iter_records  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data_pipelines.config import StageSpec
+from data_pipelines.curate.config import StageSpec
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from maxlm.files.atomic import write_json
-from data_pipelines.config import PipelineConfig
+from data_pipelines.curate.config import PipelineConfig
 from data_pipelines.curate.run.buckets import write_run
 from data_pipelines.curate.document import Document, utf8_size
 from maxlm.files.formats import BadRecord

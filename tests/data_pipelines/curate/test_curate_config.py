@@ -6,7 +6,7 @@ import pytest
 
 from curate_outputs import REPO
 from data_pipelines.curate.cli import main
-from data_pipelines.config import load_pipeline
+from data_pipelines.curate.config import load_pipeline
 from data_pipelines.curate.stages import STAGES
 from maxlm.errors import MaxlmError
 
@@ -24,7 +24,7 @@ def test_shipped_pipelines_load():
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs/curation").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_pipeline_loads(path):
-    assert load_pipeline(path).stages
+    assert load_pipeline(path, STAGES).stages
 
 
 def test_unknown_stage_names_line_and_nearest(write_yaml):
@@ -83,7 +83,7 @@ def test_cli_missing_input_and_duplicate_stage_labels(write_yaml, tmp_path, caps
 
 
 def test_values_go_through_the_one_maxlm_loader(write_yaml):
-    import data_pipelines.config as dp_config
+    import data_pipelines.curate.config as dp_config
     import maxlm.config
 
     assert dp_config.build is maxlm.config.build and dp_config.read_yaml is maxlm.config.read_yaml  # one loader for every config
@@ -112,7 +112,7 @@ def test_literal_and_dict_fields_are_never_nested():
     import types
     import typing
 
-    from data_pipelines.config import InputConfig, OutputConfig, PipelineConfig
+    from data_pipelines.curate.config import InputConfig, OutputConfig, PipelineConfig
     from data_pipelines.curate.stages import STAGES
 
     def unchecked(t) -> bool:

@@ -13,7 +13,7 @@ import pytest
 
 from curate_outputs import REPO, read_output, read_removed
 from data_pipelines.curate.cli import main as cli_main
-from data_pipelines.config import load_pipeline
+from data_pipelines.curate.config import load_pipeline
 from data_pipelines.curate.stages import STAGES
 from data_pipelines.curate import pipeline as pipeline_mod
 from data_pipelines.curate.pipeline import curate

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from curate_outputs import REPO, read_output, read_removed
-from data_pipelines.config import load_pipeline
+from data_pipelines.curate.config import load_pipeline
 from data_pipelines.curate.stages import STAGES
 from data_pipelines.curate.pipeline import curate
 from labelled_corpus import build_corpus, score, write_shards

@@ -10,7 +10,7 @@ import pytest
 import pyarrow.parquet as pq
 import zstandard
 
-from data_pipelines.config import InputConfig
+from data_pipelines.curate.config import InputConfig
 from data_pipelines.curate.document import Document
 from maxlm.files.formats import BadRecord
 from data_pipelines.curate.inputs import list_inputs, read_documents

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_pipelines.config import load_pipeline
+from data_pipelines.curate.config import load_pipeline
 from data_pipelines.curate.stages import STAGES
 from data_pipelines.curate.document import Document
 from data_pipelines.curate.pipeline import curate
