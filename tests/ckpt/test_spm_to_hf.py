@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import transformers
-import yaml
+from tiny_run import write_tiny_config
 
 from maxlm.ckpt.hf_tokenizer import write_hf_tokenizer
 from maxlm.config import SourceConfig
 from maxlm.data.sources import iter_texts
 from maxlm.data.tokenizers import train_sentencepiece
 
-REPO = Path(__file__).resolve().parents[2]
 TEXTS = [
     "ROMEO: O, she doth teach the torches to burn bright!", "  two  spaces\n\nnew lines\t and a tab  ", " leading space",
     "naïve café ﬁne ½ ☃ 😀 — ‘quotes’", "1234567 digits", "USERTOKEN inside USERTOKENtext", "",
@@ -55,17 +54,7 @@ def test_exported_tokenizer_encodes_and_decodes_as_sentencepiece(sp_model, tmp_p
 
 @pytest.mark.slow
 def test_the_core_install_exports_a_complete_tokenizer(shared_data, tmp_path):
-    cfg = {
-        "base_config": str(REPO / "configs" / "models" / "tiny.yaml"),
-        "run_dir": str(tmp_path / "run"),
-        "tokenizer": {"path": str(tmp_path / "tok.model"), "vocab_size": 400},
-        "data": {"train_files": [str(shared_data / "pretrain" / "tinyshakespeare.txt")], "seq_len": 32},
-        "train": {"steps": 1, "global_batch_size": 8, "warmup_steps": 1},
-        "export": {"hf_dir": "hf"},
-        "mesh": {"data": -1},
-    }
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_tiny_config(tmp_path, shared_data, train={"steps": 1}, export={"hf_dir": "hf"})
     # None in sys.modules makes every import of the package fail, as when it is not installed.
     core = "import sys\nsys.modules.update(transformers=None, tokenizers=None)\nfrom maxlm.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_run import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,18 +29,10 @@ def launch_two(config: Path, *overrides: str, argv: list[str] | None = None) -> 
 
 @pytest.mark.slow
 def test_two_processes_train_and_resume(tmp_path, shared_data):
-    cfg = {
-        "base_config": str(REPO / "configs" / "models" / "tiny.yaml"),
-        "run_dir": str(tmp_path / "run"),
-        "tokenizer": {"path": str(tmp_path / "tok.model"), "vocab_size": 400},
-        "data": {"train_files": [str(shared_data / "pretrain" / "tinyshakespeare.txt")], "seq_len": 64},
-        "train": {"steps": 4, "global_batch_size": 8, "log_every": 1, "warmup_steps": 1},
-        "checkpoint": {"interval_steps": 2},
-        "sample": {"prompts": ["To be", "My lord"], "max_new_tokens": 4},
-        "export": {"hf_dir": "hf"},
-    }
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_tiny_config(
+        tmp_path, shared_data, data={"seq_len": 64}, train={"steps": 4}, checkpoint={"interval_steps": 2},
+        sample={"prompts": ["To be", "My lord"], "max_new_tokens": 4}, export={"hf_dir": "hf"},
+    )
     first = launch_two(path)
     for out in first:
         assert "4 cpu devices" in out and "'data': 4" in out

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from tiny_run import write_tiny_config
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def committed(run_dir: Path) -> list[int]:
@@ -22,19 +21,9 @@ def committed(run_dir: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_metrics_of_a_committed_step_survive_kill_9(tmp_path, shared_data):
-    cfg = {
-        "base_config": str(REPO / "configs" / "models" / "tiny.yaml"),
-        "run_dir": str(tmp_path / "run"),
-        "tokenizer": {"path": str(tmp_path / "tok.model"), "vocab_size": 400},
-        "data": {"train_files": [str(shared_data / "pretrain" / "tinyshakespeare.txt")], "seq_len": 32},
-        # Every step commits a checkpoint synchronously: without the fix the step's metrics line
-        # came only after the next step was dispatched, a window each commit opened.
-        "train": {"steps": 40, "global_batch_size": 8, "log_every": 1, "warmup_steps": 1},
-        "checkpoint": {"interval_steps": 1, "async_save": False, "keep": 100},
-        "mesh": {"data": -1},
-    }
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    # Every step commits a checkpoint synchronously: without the fix the step's metrics line
+    # came only after the next step was dispatched, a window each commit opened.
+    path = write_tiny_config(tmp_path, shared_data, train={"steps": 40}, checkpoint={"interval_steps": 1, "async_save": False, "keep": 100})
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
     proc = subprocess.Popen([sys.executable, "-m", "maxlm.cli", "train", str(path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -5,31 +5,19 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-import yaml
+from tiny_run import write_tiny_config
 
 from maxlm.cli import main as cli_main
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, shared_data):
     """Returns (config, run dir) of a finished tiny run with checkpoints at steps 2 and 4."""
     root = tmp_path_factory.mktemp("resume")
-    cfg = {
-        "base_config": str(REPO / "configs" / "models" / "tiny.yaml"),
-        "run_dir": str(root / "run"),
-        "tokenizer": {"path": str(root / "tok.model"), "vocab_size": 400},
-        "data": {"train_files": [str(shared_data / "pretrain" / "tinyshakespeare.txt")], "seq_len": 32},
-        "train": {"steps": 4, "global_batch_size": 8, "log_every": 1, "warmup_steps": 1},
-        "checkpoint": {"interval_steps": 2, "async_save": False, "keep": 5},
-        "mesh": {"data": -1},
-    }
-    path = root / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_tiny_config(root, shared_data, train={"steps": 4}, checkpoint={"interval_steps": 2, "async_save": False, "keep": 5})
     assert cli_main(["train", str(path)]) == 0
     return path, root / "run"
 

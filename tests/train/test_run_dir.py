@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from tiny_run import write_tiny_config
 
 from maxlm.cli import main as cli_main
 from maxlm.train.run_dir import lock_path, locked
 
-REPO = Path(__file__).resolve().parents[2]
 
 HOLD = "import sys, time\nfrom maxlm.train.run_dir import locked\nwith locked(sys.argv[1], int(sys.argv[2])):\n    print('locked', flush=True)\n    time.sleep(600)\n"
 
@@ -28,18 +27,7 @@ def hold_lock(run_dir: Path, process: int = 0) -> subprocess.Popen:
 @pytest.fixture
 def tiny(tmp_path, shared_data):
     """A tiny pretraining config (2 steps, its own 400-piece tokenizer) in tmp_path."""
-    cfg = {
-        "base_config": str(REPO / "configs" / "models" / "tiny.yaml"),
-        "run_dir": str(tmp_path / "run"),
-        "tokenizer": {"path": str(tmp_path / "tok.model"), "vocab_size": 400},
-        "data": {"train_files": [str(shared_data / "pretrain" / "tinyshakespeare.txt")], "seq_len": 32},
-        "train": {"steps": 2, "global_batch_size": 8, "log_every": 1, "warmup_steps": 1},
-        "checkpoint": {"interval_steps": 2, "async_save": False},
-        "mesh": {"data": -1},
-    }
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_tiny_config(tmp_path, shared_data, checkpoint={"interval_steps": 2, "async_save": False})
 
 
 def one_error_line(capsys) -> str:
