@@ -26,22 +26,22 @@ from maxlm.errors import MaxlmError
 from maxlm.files.outputs import check_output_dir
 
 
-def _check_manifest(layout: Workdir, cfg: PipelineConfig, inputs: list[InputFile]) -> bool:
+def _check_manifest(workdir: Workdir, cfg: PipelineConfig, inputs: list[InputFile]) -> bool:
     """Returns True when resuming; raises if DIR holds a different run or unrelated files."""
     want = {
         "fingerprint": cfg.fingerprint(),
         "inputs": [[f.path, os.path.getsize(f.path)] for f in inputs],
     }
-    if layout.manifest.exists():
-        have = json.loads(layout.manifest.read_text())
+    if workdir.manifest.exists():
+        have = json.loads(workdir.manifest.read_text())
         if have.get("fingerprint") != want["fingerprint"] or have.get("inputs") != want["inputs"]:
             raise MaxlmError(
-                f"{layout.root}: holds a run with a different pipeline or different input files; "
+                f"{workdir.root}: holds a run with a different pipeline or different input files; "
                 "choose another --output or delete it"
             )
         return True
-    check_output_dir(layout.root, "--output", None, what=", and is not a curation run")
-    write_json(layout.manifest, {**want, "pipeline": cfg.path})
+    check_output_dir(workdir.root, "--output", None, what=", and is not a curation run")
+    write_json(workdir.manifest, {**want, "pipeline": cfg.path})
     return False
 
 
@@ -59,40 +59,40 @@ def curate(
     executor = executor or cfg.executor
     n_workers = workers or cfg.workers or os.cpu_count() or 1
     stages = stages_for(cfg)  # builds and sets up every stage: config problems surface before work
-    layout = Workdir(Path(output_dir))
-    resumed = _check_manifest(layout, cfg, inputs)
-    remove_stale_tmp(layout.root)
+    workdir = Workdir(Path(output_dir))
+    resumed = _check_manifest(workdir, cfg, inputs)
+    remove_stale_tmp(workdir.root)
     if cfg.path and Path(cfg.path).is_file():
-        write_text(layout.root / "pipeline.yaml", Path(cfg.path).read_text())  # what produced this run
+        write_text(workdir.root / "pipeline.yaml", Path(cfg.path).read_text())  # what produced this run
     phases = tuple(plan_phases(cfg.stages, {s.name: stages[s.label].kind for s in cfg.stages}))
     runner = RayExecutor(n_workers) if executor == "ray" else LocalExecutor(n_workers)
     shards = [shard_name(i) for i in range(len(inputs))]
     done_before = 0
     try:
         for k, phase in enumerate(phases):
-            todo = [ShardTask(cfg, str(layout.root), phases, k, s, f) for s, f in zip(shards, inputs) if not layout.shard_done(k, s).exists()]
+            todo = [ShardTask(cfg, str(workdir.root), phases, k, s, f) for s, f in zip(shards, inputs) if not workdir.shard_done(k, s).exists()]
             done_before += len(shards) - len(todo)
             for i, marker in enumerate(runner.map(run_shard, todo), 1):
                 log(f"phase {k + 1}/{len(phases)}: {marker['shard']} ({marker['input']}) done, {marker['kept']} kept [{i}/{len(todo)}]")
-            if phase.group and not layout.resolve_done(k).exists():
-                counts = [json.loads(layout.shard_done(k, s).read_text())["kept"] for s in shards]
+            if phase.group and not workdir.resolve_done(k).exists():
+                counts = [json.loads(workdir.shard_done(k, s).read_text())["kept"] for s in shards]
                 labels = [s.label for s in phase.group]
-                resolve_group(layout, k, shards, counts, [stages[x] for x in labels], labels, cfg.dedup_memory_mb << 20)
+                resolve_group(workdir, k, shards, counts, [stages[x] for x in labels], labels, cfg.dedup_memory_mb << 20)
                 log(f"phase {k + 1}/{len(phases)}: dedup resolved over {sum(counts)} documents")
     finally:
         runner.close()
     report = write_report(
-        layout, cfg, inputs, phases, shards,
+        workdir, cfg, inputs, phases, shards,
         run={"executor": executor, "workers": n_workers, "wall_seconds": time.perf_counter() - t0,
              "resumed": resumed, "shard_phases_skipped": done_before},
     )
     if not cfg.output.keep_work:
-        _drop_intermediate(layout)
+        _drop_intermediate(workdir)
     return report
 
 
-def _drop_intermediate(layout: Workdir) -> None:
+def _drop_intermediate(workdir: Workdir) -> None:
     """Deletes the bulky _work files once the run is complete; markers stay for resume and report."""
     for pattern in ("p*/*.docs.jsonl.zst", "p*/*.ids.jsonl.zst", "p*/*.npy", "r*/*.removed.jsonl.zst"):
-        for p in layout.work.glob(pattern):
+        for p in workdir.work.glob(pattern):
             p.unlink()

@@ -19,7 +19,7 @@ MAX_BAD_LISTED = 1000
 HIST_BINS = 30
 
 
-def _gather(layout: Workdir, phases: tuple[Phase, ...], shards: list[str]) -> tuple[dict, dict, dict, int]:
+def _gather(workdir: Workdir, phases: tuple[Phase, ...], shards: list[str]) -> tuple[dict, dict, dict, int]:
     """Returns (stats by label, read totals, bad records, documents written) from the markers."""
     by_label: dict[str, StageStats] = {}
     read = {"docs": 0, "bytes": 0}
@@ -27,7 +27,7 @@ def _gather(layout: Workdir, phases: tuple[Phase, ...], shards: list[str]) -> tu
     written = 0
     for k in range(len(phases)):
         for s in shards:
-            m = json.loads(layout.shard_done(k, s).read_text())
+            m = json.loads(workdir.shard_done(k, s).read_text())
             for label, raw in m["stages"].items():
                 by_label.setdefault(label, StageStats()).merge(StageStats.from_dict(raw))
             if k == 0:
@@ -59,13 +59,13 @@ def _histogram(values: list[float], png: Path, title: str) -> dict:
     return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist(), "png": str(png.relative_to(png.parent.parent))}
 
 
-def write_report(layout: Workdir, cfg: PipelineConfig, inputs: list[InputFile], phases: tuple[Phase, ...], shards: list[str], run: dict) -> dict:
+def write_report(workdir: Workdir, cfg: PipelineConfig, inputs: list[InputFile], phases: tuple[Phase, ...], shards: list[str], run: dict) -> dict:
     """Writes DIR/report.json, DIR/report.md and DIR/report/*.png; returns the report."""
-    by_label, read, bad, written = _gather(layout, phases, shards)
+    by_label, read, bad, written = _gather(workdir, phases, shards)
     resolves = {}
     for k, phase in enumerate(phases):
-        if phase.group and layout.resolve_done(k).exists():
-            resolves.update(json.loads(layout.resolve_done(k).read_text())["stages"])
+        if phase.group and workdir.resolve_done(k).exists():
+            resolves.update(json.loads(workdir.resolve_done(k).read_text())["stages"])
     stages_out = []
     for spec in cfg.stages:
         st = by_label.get(spec.label, StageStats())
@@ -75,7 +75,7 @@ def write_report(layout: Workdir, cfg: PipelineConfig, inputs: list[InputFile], 
         hists = {}
         for stat, values in sorted(st.samples.items()):
             if values:
-                png = layout.report_dir / f"{spec.label.replace('#', '_')}.{stat}.png"
+                png = workdir.report_dir / f"{spec.label.replace('#', '_')}.{stat}.png"
                 hists[stat] = _histogram(values, png, f"{spec.label}: {stat}")
         stages_out.append({
             "label": spec.label,
@@ -99,7 +99,7 @@ def write_report(layout: Workdir, cfg: PipelineConfig, inputs: list[InputFile], 
     wall = run["wall_seconds"]
     report = {
         "pipeline": cfg.path,
-        "output": str(layout.root),
+        "output": str(workdir.root),
         "output_format": cfg.output.format,
         "run": {**run, "wall_seconds": round(wall, 3)},
         "inputs": [{"shard": s, "file": f.path} for s, f in zip(shards, inputs)],
@@ -115,8 +115,8 @@ def write_report(layout: Workdir, cfg: PipelineConfig, inputs: list[InputFile], 
         "bad_records": bad,
         "stages": stages_out,
     }
-    write_json(layout.root / "report.json", report)
-    write_text(layout.root / "report.md", render_markdown(report))
+    write_json(workdir.root / "report.json", report)
+    write_text(workdir.root / "report.md", render_markdown(report))
     return report
 
 

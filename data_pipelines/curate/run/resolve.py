@@ -17,7 +17,7 @@ from maxlm.files.writers import JsonlZstWriter
 
 
 def resolve_group(
-    layout: Workdir,
+    workdir: Workdir,
     phase: int,
     shards: list[str],
     counts: list[int],
@@ -29,7 +29,7 @@ def resolve_group(
 
     Stages run in order; each sees only the documents the earlier ones kept.
     """
-    phase_dir = layout.phase_dir(phase)
+    phase_dir = workdir.phase_dir(phase)
     offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     n = int(offsets[-1])
     removed_by = np.full(n, -1, dtype=np.int16)  # group stage that removed the document
@@ -53,14 +53,14 @@ def resolve_group(
             "clusters": int(len(np.unique(root[newly]))),
             "removed": int(newly.sum()),
         }
-    id_of = _ids_of([layout.ids(phase, s) for s in shards], offsets, np.unique(dup_of[dup_of >= 0]))
+    id_of = _ids_of([workdir.ids(phase, s) for s in shards], offsets, np.unique(dup_of[dup_of >= 0]))
     for i, shard in enumerate(shards):
         lo, hi = int(offsets[i]), int(offsets[i + 1])
         local = np.flatnonzero(removed_by[lo:hi] >= 0)
-        with JsonlZstWriter(layout.removals(phase, shard), 1) as w:
+        with JsonlZstWriter(workdir.removals(phase, shard), 1) as w:
             for li in local.tolist():
                 w.write([li, int(removed_by[lo + li]), id_of[int(dup_of[lo + li])]])
-    write_json(layout.resolve_done(phase), {"stages": report, "documents": n})
+    write_json(workdir.resolve_done(phase), {"stages": report, "documents": n})
     return report
 
 

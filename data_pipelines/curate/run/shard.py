@@ -84,18 +84,18 @@ class _Removed:
 def run_shard(task: ShardTask) -> dict:
     """Processes one shard in one phase and returns its marker (also written to disk)."""
     t_start = time.perf_counter()
-    cfg, layout, phase = task.cfg, Workdir(Path(task.root)), task.phases[task.phase]
+    cfg, workdir, phase = task.cfg, Workdir(Path(task.root)), task.phases[task.phase]
     stages = stages_for(cfg)
     labels = [s.label for s in phase.after + phase.filters + phase.group]
     stats = {label: StageStats() for label in labels}
     bad = {"count": 0, "examples": []}
     read = {"docs": 0, "bytes": 0}
-    removed = _Removed(layout.removed(task.phase, task.shard), cfg.output.write_removed)
+    removed = _Removed(workdir.removed(task.phase, task.shard), cfg.output.write_removed)
     if phase.group:
-        out = JsonlZstWriter(layout.docs(task.phase, task.shard), INTERMEDIATE_LEVEL)
-        ids = JsonlZstWriter(layout.ids(task.phase, task.shard), INTERMEDIATE_LEVEL)
+        out = JsonlZstWriter(workdir.docs(task.phase, task.shard), INTERMEDIATE_LEVEL)
+        ids = JsonlZstWriter(workdir.ids(task.phase, task.shard), INTERMEDIATE_LEVEL)
     else:
-        out = open_writer(layout.output(task.shard, cfg.output.format), cfg.output.format, cfg.output.compression_level)
+        out = open_writer(workdir.output(task.shard, cfg.output.format), cfg.output.format, cfg.output.compression_level)
         ids = None
     keys: dict[int, list] = {j: [] for j in range(len(phase.group))}
     ok = False
@@ -103,7 +103,7 @@ def run_shard(task: ShardTask) -> dict:
         if task.phase == 0:
             source = ((item, None) for item in read_documents(task.source, cfg.input))
         else:
-            source = _intermediate(layout.docs(task.phase - 1, task.shard), _load_removals(layout.removals(task.phase - 1, task.shard)))
+            source = _intermediate(workdir.docs(task.phase - 1, task.shard), _load_removals(workdir.removals(task.phase - 1, task.shard)))
         for batch in _batches(source, cfg.batch_size):
             docs = _admit(batch, phase, stats, bad, read, removed)
             for spec in phase.filters:
@@ -124,7 +124,7 @@ def run_shard(task: ShardTask) -> dict:
             n_bands = stages[spec.label].bands
             k_NB = np.concatenate([k for k, _ in keys[j]]) if keys[j] else np.zeros((0, n_bands), np.uint64)
             v_N = np.concatenate([v for _, v in keys[j]]) if keys[j] else np.zeros(0, bool)
-            write_run(layout.phase_dir(task.phase), task.shard, j, k_NB, v_N)
+            write_run(workdir.phase_dir(task.phase), task.shard, j, k_NB, v_N)
             stats[spec.label].seconds += time.perf_counter() - t0
         ok = True
     finally:
@@ -142,7 +142,7 @@ def run_shard(task: ShardTask) -> dict:
         "stages": {k: v.to_dict() for k, v in stats.items()},
         "seconds": time.perf_counter() - t_start,
     }
-    write_json(layout.shard_done(task.phase, task.shard), marker)
+    write_json(workdir.shard_done(task.phase, task.shard), marker)
     return marker
 
 

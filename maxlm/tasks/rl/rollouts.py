@@ -132,7 +132,7 @@ class Rollouts:
         seed = int(np.random.SeedSequence([self.cfg.train.seed, step]).generate_state(1)[0])
         rows, lens, texts, scores = self.sample(params, indices, seed, r.group_size, r.temperature)
         seconds = time.perf_counter() - t0
-        batch = layout(rows, lens, r.max_prompt_len, self.stops)
+        batch = training_rows(rows, lens, r.max_prompt_len, self.stops)
         if self.value_head:
             batch["scores"] = scores
         else:
@@ -184,7 +184,7 @@ def across_processes(values: list[np.ndarray]) -> list[float]:
     return [float(s / max(c, 1.0)) for s, c in sums]
 
 
-def layout(rows: np.ndarray, prompt_lens: np.ndarray, prompt_len: int, stops: list[int]) -> dict[str, np.ndarray]:
+def training_rows(rows: np.ndarray, prompt_lens: np.ndarray, prompt_len: int, stops: list[int]) -> dict[str, np.ndarray]:
     """Returns the [R, S] training rows of sampled `rows`: prompts left-padded to `prompt_len`, then completions.
 
     A completion runs up to and including its first stop token (all N slots when it has none);

@@ -17,7 +17,7 @@ from maxlm.config import Config, MeshConfig, ModelConfig, RLConfig
 from maxlm.models import params as params_lib
 from maxlm.models.llama import causal_segment_mask
 from maxlm.parallel.mesh import make_mesh
-from maxlm.tasks.rl.rollouts import layout
+from maxlm.tasks.rl.rollouts import training_rows
 from maxlm.tasks.rl.step import prepare_rollouts
 
 REPO = Path(__file__).resolve().parents[3]
@@ -69,7 +69,7 @@ def test_prepared_rollouts_match_each_row_run_alone():
     rows[0, P + 2] = stop  # completions of 3, 6 (no stop), 1 and 4 tokens
     rows[2, P] = stop
     rows[3, P + 3] = stop
-    batch = layout(rows, prompt_lens, P, [stop])
+    batch = training_rows(rows, prompt_lens, P, [stop])
     scores = np.array([1.0, -0.5, 0.25, 2.0], np.float32)
     kl_coef = 0.3
     got, stats = prepare_rollouts(graphdef, cfg, True, params, {**batch, "scores": scores}, ref, jnp.float32(kl_coef))

@@ -12,7 +12,7 @@ import pytest
 from maxlm.config import Config, DataConfig, MeshConfig, ModelConfig, RLConfig, SourceConfig
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
-from maxlm.tasks.rl.rollouts import Rollouts, layout, load_prompts
+from maxlm.tasks.rl.rollouts import Rollouts, load_prompts, training_rows
 from maxlm.train.setup import services
 
 REPO = Path(__file__).resolve().parents[3]
@@ -31,7 +31,7 @@ def tokenizer(tmp_path_factory):
 def test_layout_marks_prompt_and_completion_up_to_the_stop():
     # Two rows, prompt slots P=4, completion slots N=4; stop id 9.
     rows = np.array([[0, 0, 5, 6, 7, 9, 9, 9], [3, 4, 5, 6, 7, 8, 7, 8]])
-    out = layout(rows, np.array([2, 4]), 4, [9])
+    out = training_rows(rows, np.array([2, 4]), 4, [9])
     np.testing.assert_array_equal(out["segment_ids"], [[0, 0, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
     np.testing.assert_array_equal(out["positions"], [[0, 0, 0, 1, 2, 3, 0, 0], [0, 1, 2, 3, 4, 5, 6, 7]])
     np.testing.assert_array_equal(out["loss_mask"], [[0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1]])
@@ -50,7 +50,7 @@ def test_greedy_rollouts_are_the_argmax_of_the_training_forward(tokenizer):
     prompts = load_prompts(cfg, tokenizer, cfg.data.train_files)
     rollouts = Rollouts(cfg, tokenizer, graphdef, prompts, services(cfg, mesh, print), value_head=False)
     rows, lens, _, _ = rollouts.sample(params, range(4), 0, 1, 0.0)
-    batch = layout(rows, lens, 40, rollouts.stops)
+    batch = training_rows(rows, lens, 40, rollouts.stops)
     logits = params_lib.bind(graphdef, params)(jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"]), jnp.asarray(batch["positions"]))
     pred = np.asarray(jnp.argmax(logits, -1))
     for r in range(4):
