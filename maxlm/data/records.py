@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from maxlm.data.sources import expand
 from maxlm.errors import MaxlmError
 from maxlm.files import formats
-from maxlm.files.formats import BadRecord, as_record
+from maxlm.files.formats import BadRecord, as_record, record_text
 from maxlm.files.readers import Reader, iter_records
 
 TASKS = ("sft", "rm", "dpo", "ppo", "grpo")
@@ -122,7 +122,7 @@ def _chat(record: dict, where: str) -> Chat:
     if "messages" in record:
         messages = _messages(record["messages"], "messages")
     elif "prompt" in record and "response" in record:
-        messages = _prompt(record) + [{"role": "assistant", "content": _text(record, "response")}]
+        messages = _prompt(record) + [{"role": "assistant", "content": record_text(record, "response")}]
     else:
         raise BadRecord(f"expected 'messages', or 'prompt' and 'response' (keys: {_keys(record)})")
     if messages[-1]["role"] != "assistant":
@@ -137,7 +137,7 @@ def _pairs(task: str, record: dict, where: str) -> list[Pair]:
     prompt = _prompt(record)
     margin = _margin(record)
     if "responses" not in record:
-        chosen, rejected = _text(record, "chosen"), _text(record, "rejected")
+        chosen, rejected = record_text(record, "chosen"), record_text(record, "rejected")
         _check_pair(chosen, rejected, "")
         return [Pair(prompt, chosen, rejected, margin, where)]
     if task != "rm":
@@ -219,15 +219,6 @@ def _messages(value: object, name: str) -> list[Message]:
     return messages
 
 
-def _text(record: dict, key: str) -> str:
-    if key not in record:
-        raise BadRecord(f"missing key {key!r} (keys: {_keys(record)})")
-    value = record[key]
-    if not isinstance(value, str):
-        raise BadRecord(f"{key!r} must be a string, got {type(value).__name__}")
-    return value
-
-
 def _keys(record: dict) -> str:
     return ", ".join(map(repr, list(record)[:8])) or "none"
 
@@ -244,7 +235,7 @@ def gsm8k_final_answer(answer: str) -> str:
 
 
 def _gsm8k(task: str, record: dict) -> list[dict]:
-    question, answer = _text(record, "question"), _text(record, "answer")
+    question, answer = record_text(record, "question"), record_text(record, "answer")
     if task == "sft":
         return [{"prompt": question, "response": answer}]
     if task in ("ppo", "grpo"):
@@ -253,7 +244,7 @@ def _gsm8k(task: str, record: dict) -> list[dict]:
 
 
 def _alpaca(task: str, record: dict) -> list[dict]:
-    instruction = _text(record, "instruction")
+    instruction = record_text(record, "instruction")
     instances = record["instances"] if "instances" in record else [record]  # seed tasks list several
     if not isinstance(instances, list) or not instances:
         raise BadRecord("'instances' must be a non-empty list of {'input', 'output'} objects")
@@ -266,7 +257,7 @@ def _alpaca(task: str, record: dict) -> list[dict]:
             raise BadRecord(f"'input' must be a string, got {type(extra).__name__}")
         prompt = instruction + "\n\n" + extra if extra.strip() else instruction
         if task == "sft":
-            out.append({"prompt": prompt, "response": _text(inst, "output")})
+            out.append({"prompt": prompt, "response": record_text(inst, "output")})
         elif task in ("ppo", "grpo"):
             out.append({"prompt": prompt})  # free-form outputs are no verifiable answer
         else:
@@ -299,7 +290,7 @@ def split_hh_rlhf(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
 
 
 def _hh_rlhf(task: str, record: dict) -> list[dict]:
-    prompt, chosen, rejected = split_hh_rlhf(_text(record, "chosen"), _text(record, "rejected"))
+    prompt, chosen, rejected = split_hh_rlhf(record_text(record, "chosen"), record_text(record, "rejected"))
     if task == "sft":
         return [{"messages": prompt + [{"role": "assistant", "content": chosen}]}]
     if task in ("ppo", "grpo"):
