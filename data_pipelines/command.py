@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from maxlm.errors import MaxlmError
+from maxlm.files.writable import place_error_line
 
 
 def run_command(name: str, argv: list[str], parser: argparse.ArgumentParser, work) -> int:
@@ -25,6 +26,12 @@ def run_command(name: str, argv: list[str], parser: argparse.ArgumentParser, wor
         summary = work(args, log)
     except MaxlmError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full or read-only disk mid-run: one line, as `maxlm` prints it
+        line = place_error_line(e)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
         return 2
     print(summary)
     return 0

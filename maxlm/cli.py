@@ -1,4 +1,4 @@
-"""The `maxlm` command: parses arguments and dispatches; the work lives in the task modules."""
+"""The `maxlm` command: parses arguments and dispatches; the work lives in the library modules each command imports."""
 
 from __future__ import annotations
 
@@ -291,7 +291,7 @@ def _add_data_tools(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI and returns the process exit code; bad input prints one line, no traceback."""
     from maxlm.errors import BadRecordError, MaxlmError
-    from maxlm.files.writable import check_writable_dir, place_error
+    from maxlm.files.writable import check_writable_dir, place_error_line
 
     argv = sys.argv[1:] if argv is None else argv
     p = parser()
@@ -311,10 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        why = place_error(e)
-        if why is None:  # not the place's fault: a bug, shown with its traceback
+        line = place_error_line(e)
+        if line is None:
             raise
-        print(f"error: {e.filename or 'writing'}: {why} ({e.strerror})", file=sys.stderr)
+        print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

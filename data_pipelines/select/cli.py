@@ -12,7 +12,6 @@ from pathlib import Path
 
 from data_pipelines.command import run_command
 from maxlm.errors import MaxlmError
-from maxlm.files.writable import check_writable_dir, check_writable_file
 from maxlm.files.outputs import check_output, check_output_dir
 
 METHODS = ("kcenter", "perplexity", "ifd", "disagreement", "rm_filter")
@@ -133,11 +132,9 @@ def _run(args: argparse.Namespace, log) -> str:
         from data_pipelines.select.disagreement import write_folds
         from data_pipelines.select.io import read_pool
 
-        check_writable_dir(args.output_dir, "--output-dir")
         _check_folds_output(args)
         s = write_folds(read_pool(args.input), args.k, args.output_dir, args.seed)
         return f"folds: {s['k']} folds of {s['pool']} records -> {args.output_dir}/train_i.jsonl, heldout_i.jsonl"
-    check_writable_file(args.output, "--output")
     s = _select(args, log)
     note = f"; {s['ids_assigned']} records got their index as id" if s["ids_assigned"] else ""
     return f"{s['method']}: selected {s['selected']} of {s['pool']} in {s['seconds']:.1f} s -> {args.output}{note}"

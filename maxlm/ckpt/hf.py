@@ -6,7 +6,8 @@ one layer's slice of a stored leaf (`StoredStep.read(leaf, i)`) right when its b
 written, so host memory holds one HF tensor (and its transposed copy) plus the open leaf's
 decoded chunks, at most 2 GiB (see `ckpt.step`), never the model: for Llama 3 70B in bf16
 that is about 2 GiB + 2 x its 2.1 GB embedding. The export is written to a temporary
-sibling dir and renamed into place, so a crash never leaves a half-written dir.
+sibling dir and renamed into place, so a crash never leaves a half-written dir; into a non-empty
+dir (--overwrite, or a run's own earlier export) its files are moved in one by one, the others kept.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str 
     hf_dir, out_dir = Path(hf_dir).resolve(), Path(out_dir).resolve()
     if Checkpoints(out_dir, read_only=True).latest_step() is not None:
         raise MaxlmError(f"{out_dir}: already holds checkpoints; import into a new directory")
+    if out_dir == hf_dir or hf_dir.is_relative_to(out_dir):
+        raise MaxlmError(f"import-hf OUT {out_dir}: would write into the HF model dir it reads; choose a new directory")
+    check_output_dir(out_dir, "import-hf OUT", None)
     cfg, params = read_hf(hf_dir, dtype)
     cfg.run_dir = str(out_dir)
     if copy_hf_tokenizer(hf_dir, out_dir / "tokenizer"):
@@ -150,7 +154,7 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
     """
     stored = StoredStep(path)
     m = stored.config.model
-    if exports_score(stored.config) and stored.config.rm.pooling != "last":
+    if has_reward_head(stored.config) and stored.config.rm.pooling != "last":
         raise MaxlmError(
             f"{path}: a reward model trained with rm.pooling={stored.config.rm.pooling} has no Hugging Face equivalent "
             "(ForSequenceClassification reads the last token); use it with maxlm eval / rl.reward_model"
@@ -175,8 +179,10 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
             for e in entries:
                 weight_map[e[0]] = fname
                 total += entry_bytes(e)
-        _write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
-        score = exports_score(stored.config)
+        # maxlm_run: which run wrote it, so that run's own end-of-run export may replace it on a rerun.
+        metadata = {"total_size": total, "maxlm_run": str(stored.run_dir.resolve())}
+        _write_json(tmp / "model.safetensors.index.json", {"metadata": metadata, "weight_map": weight_map})
+        score = has_reward_head(stored.config)
         _write_json(tmp / "config.json", hf_config(m, dtype=dtype, bos_id=bos, eos_id=eos, pad_id=None, score=score))
         s = stored.config.sample
         _write_json(tmp / "generation_config.json", generation_config(bos, eos, None, s.temperature, s.top_k, s.top_p))
@@ -216,11 +222,6 @@ def _zeros(name: str, shape: tuple[int, ...], dtype: str) -> tuple[str, Entry]:
     return "zeros", (name, shape, dtype, functools.partial(np.zeros, shape, np_dtype(dtype)))
 
 
-def exports_score(cfg) -> bool:
-    """Returns whether a run exports as a sequence classifier: reward models do; a PPO policy's value head stays behind."""
-    return has_reward_head(cfg)
-
-
 def _tensor_groups(stored: StoredStep, dtype: str) -> list[list[tuple[str, Entry]]]:
     """Returns the HF tensors to write, grouped [embed], [layer 0], ..., [final norm, head], each tagged with its leaf."""
     m = stored.config.model
@@ -239,7 +240,7 @@ def _tensor_groups(stored: StoredStep, dtype: str) -> list[list[tuple[str, Entry
             group.append(_zeros(layer_name(i, "self_attn.o_proj.bias"), (m.hidden_size,), dtype))
         groups.append(group)
     last = [_stored(stored, "final_norm/scale", None, *TOP_TENSORS["final_norm/scale"], dtype)]
-    if exports_score(stored.config):
+    if has_reward_head(stored.config):
         last.append(_stored(stored, "score_head", None, *TOP_TENSORS["score_head"], dtype))
     elif not m.tie_embeddings:
         last.append(_stored(stored, "lm_head", None, *TOP_TENSORS["lm_head"], dtype))
@@ -266,6 +267,14 @@ def _pack(groups: list[list[tuple[str, Entry]]], max_bytes: int) -> list[list[En
 
 def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def exported_from(out_dir: str | os.PathLike) -> str | None:
+    """Returns the run dir whose export `out_dir` holds (from its index), or None."""
+    try:
+        return json.loads((Path(out_dir) / "model.safetensors.index.json").read_text())["metadata"]["maxlm_run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _exported_shards(out_dir: Path) -> tuple[str, ...]:

@@ -123,7 +123,7 @@ class TrainConfig:
     eval_every: int = ranged(0, ge=0)  # 0: no periodic eval
     eval_steps: int = ranged(10, gt=0)
     max_consecutive_nonfinite: int = ranged(5, gt=0)
-    init_from: str = ""  # maxlm run dir / checkpoint, or a maxlm import of an HF model
+    init_from: str = ""  # maxlm run dir / checkpoint, a maxlm import of an HF model, or a config YAML (trained first)
 
 
 @dataclass

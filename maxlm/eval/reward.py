@@ -8,7 +8,7 @@ from maxlm.data.examples import encode_file
 from maxlm.errors import MaxlmError
 from maxlm.infer.scoring import Scorer
 from maxlm.infer.pretrained import Pretrained
-from maxlm.tasks import has_reward_head
+from maxlm.tasks import require_reward_model
 
 
 def rm_accuracy(model: Pretrained, path: str, rows: str = "", batch_size: int = 16, seq_len: int | None = None) -> dict:
@@ -19,9 +19,7 @@ def rm_accuracy(model: Pretrained, path: str, rows: str = "", batch_size: int = 
     skipped and counted. Ties count as wrong. Rewards are read as training reads them (the one
     scorer, `Scorer.rewards`: rm.pooling over each reply), about `batch_size` pairs a batch.
     """
-    if not has_reward_head(model.config):
-        raise MaxlmError("eval rm: this model has no scalar head that is a reward model's (a ppo run's is its value head); "
-                         "train it with task: rm")
+    require_reward_model(model.config, "eval rm")
     if batch_size < 1:
         raise MaxlmError(f"eval rm: --batch-size must be >= 1, got {batch_size}")
     tokenizer = model.tokenizer

@@ -15,7 +15,7 @@ from maxlm.errors import MaxlmError
 from maxlm.eval.generation import EXAMPLES, greedy_completions, read_prompts
 from maxlm.infer.pretrained import Pretrained, prompt_text
 from maxlm.infer.scoring import Scorer
-from maxlm.tasks import has_reward_head
+from maxlm.tasks import require_reward_model
 
 
 def win_rate(
@@ -26,9 +26,7 @@ def win_rate(
 
     Prompt records are read like grpo prompts ({"prompt"}, gsm8k, Alpaca, hh-rlhf); their answers are ignored.
     """
-    if not has_reward_head(rm.config):
-        raise MaxlmError("eval win-rate: --rm has no scalar head that is a reward model's (a ppo run's is its value head); "
-                         "train a reward model with task: rm")
+    require_reward_model(rm.config, "eval win-rate: --rm")
     tokenizer, template = rm.tokenizer, rm.template  # no tokenizer files: the one error, before any answer is generated
     records, bad = read_prompts(path, rows, on_bad_record)
     prompts = [r.prompt for r in records]

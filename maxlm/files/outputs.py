@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from maxlm.errors import MaxlmError
+from maxlm.files.writable import check_writable_dir, check_writable_file
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -24,15 +25,14 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 def check_output(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str, str | os.PathLike] | None = None,
                  overwrite: bool | None = False) -> None:
-    """Raises MaxlmError when an output (flag -> path) is a directory, another output, or (without `overwrite`) an input.
+    """Raises MaxlmError when an output (flag -> path) is a directory, unwritable, another output, or (without `overwrite`) an input.
 
     `overwrite=None` says the command has no --overwrite (its outputs are appended to and resumed), so an
     output that is an input is always refused.
     """
     named = [(flag, path) for flag, path in outputs.items() if path]
     for i, (flag, path) in enumerate(named):
-        if Path(path).is_dir():
-            raise MaxlmError(f"{flag} {path}: is a directory; expected a file path")
+        check_writable_file(path, flag)  # a file path whose directory takes a write
         for other, other_path in named[:i]:
             if same_file(path, other_path):
                 raise MaxlmError(f"{flag} and {other} are one file ({path}); they hold different records, give each its own path")
@@ -44,14 +44,13 @@ def check_output(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str, 
 
 def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool | None = False, ours: bool = False,
                      what: str = "") -> None:
-    """Raises MaxlmError when `path` is a file, or a non-empty directory that is not `ours` and `overwrite` is not given.
+    """Raises MaxlmError when `path` is a file, unwritable, or a non-empty directory that is not `ours` and `overwrite` is not given.
 
     `ours` says the directory holds this command's own earlier output (a run to resume); `overwrite=None`
     says the command has no --overwrite.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise MaxlmError(f"{flag} {path}: is a file; expected a directory")
+    check_writable_dir(path, flag)  # a directory, or one that can be made, that takes a write
     if path.is_dir() and not ours and not overwrite and any(path.iterdir()):
         hint = "" if overwrite is None else ", or pass --overwrite (which replaces only the files this command writes)"
         raise MaxlmError(f"{flag} {path}: exists and is not empty{what}; choose another directory{hint}")

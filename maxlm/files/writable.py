@@ -29,6 +29,12 @@ def place_error(e: OSError) -> str | None:
     return _PLACE_ERRORS.get(e.errno)
 
 
+def place_error_line(e: OSError) -> str | None:
+    """Returns the one `error:` line of an OSError that is the place's fault, or None (a bug: show its traceback)."""
+    why = place_error(e)
+    return None if why is None else f"error: {e.filename or 'writing'}: {why} ({e.strerror})"
+
+
 def _nearest_existing(path: Path, setting: str, start: Path) -> Path:
     """Returns the deepest existing directory from `start` (`path` or its parent) up; a file on the way is an error."""
     for p in (start, *start.parents):

@@ -18,7 +18,7 @@ from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.infer.pretrained import Pretrained, from_pretrained
 from maxlm.infer.scoring import Scorer
-from maxlm.tasks import has_reward_head
+from maxlm.tasks import require_reward_model
 
 Message = dict[str, str]
 
@@ -65,7 +65,7 @@ class ScoringModel:
 
         Too-long conversations are not scored: cutting them would move the token the reward is read at.
         """
-        _require_reward_head(self.scorer.model.config, self.name)
+        require_reward_model(self.scorer.model.config, self.name)
         encoded = [self.encode_reply(p, r) for p, r in zip(prompts, replies)]
         tokens = np.asarray([len(ids) for ids, _ in encoded], np.int64)
         reward = np.full(len(encoded), np.nan)
@@ -88,14 +88,9 @@ def load_scoring_model(path: str, template: str | None = None, batch_tokens: int
     """
     model = from_pretrained(path, mesh=mesh)
     if reward:
-        _require_reward_head(model.config, path)
+        require_reward_model(model.config, path)
     model.tokenizer  # no tokenizer files: the one error, before any scoring
     template = template or model.template
     if template not in chat.TEMPLATE_NAMES:
         raise MaxlmError(f"chat template must be one of {', '.join(chat.TEMPLATE_NAMES)}, got {template!r}")
     return ScoringModel(path, Scorer(model, batch_tokens), template)
-
-
-def _require_reward_head(cfg, name: str) -> None:
-    if not has_reward_head(cfg):
-        raise MaxlmError(f"{name}: not a reward model (no reward head); train one with task: rm")

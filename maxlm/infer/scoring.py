@@ -24,6 +24,7 @@ from maxlm.losses.preference import pool_scores
 from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
 from maxlm.infer.pretrained import Pretrained
+from maxlm.tasks import require_reward_model
 
 MIN_BUCKET = 64  # shortest padded length: shorter buckets would only add compiles
 
@@ -66,8 +67,7 @@ class Scorer:
     def rewards(self, ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]] | None = None) -> np.ndarray:
         """Returns each sequence's reward, [N] f64 (NaN for empty ones): the scalar head at its last token,
         or (a reward model trained with rm.pooling=mean) its mean over the tokens where the mask is 1."""
-        if not self.model.config.model.scalar_head:
-            raise MaxlmError("this model has no scalar head (model.scalar_head); train a reward model with task: rm")
+        require_reward_model(self.model.config, "Scorer.rewards")
         if masks is None and self.model.config.rm.pooling == "mean":
             raise MaxlmError("this reward model pools over the reply (rm.pooling=mean): pass the reply masks")
         r = self._run(self._rewards, ids, masks, 1)[0].astype(np.float64)

@@ -11,7 +11,9 @@ _ENV = ("MAXLM_COORDINATOR", "MAXLM_NUM_PROCESSES", "MAXLM_PROCESS_ID")
 
 
 def initialize_from_env() -> bool:
-    """Returns True after calling jax.distributed.initialize when the environment asks for it."""
+    """Returns True after calling jax.distributed.initialize when the environment asks for it (once per process)."""
+    if jax.distributed.is_initialized():
+        return True  # an init_from chain trains its starting config inside this process's run
     if all(k in os.environ for k in _ENV):
         if os.environ.get("JAX_PLATFORMS", "") == "cpu":
             # Cross-process collectives on CPU (local multi-process runs and tests) go through gloo.

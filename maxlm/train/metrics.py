@@ -15,6 +15,7 @@ import numpy as np
 from maxlm.config import ModelConfig, head_dim
 from maxlm.errors import MaxlmError
 from maxlm.files import atomic
+from maxlm.files.writers import cut_torn_tail
 
 # Dense bf16 peak FLOP/s per device, from vendor datasheets; unknown devices report no MFU.
 PEAK_FLOPS = {
@@ -137,6 +138,7 @@ class MetricsWriter:
         """Drops records past `step` (a resumed run rewrites what the killed run logged after its checkpoint)."""
         if not self.enabled or not self.path.exists():
             return
+        cut_torn_tail(self.path)  # a kill or a full disk mid-append leaves half a line
         keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
         atomic.write_text(self.path, "".join(l + "\n" for l in keep))
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import jax
 from jax.experimental import multihost_utils
 
-from maxlm.ckpt.hf import export_hf
+from maxlm.ckpt.hf import export_hf, exported_from
 from maxlm.ckpt.manager import Checkpoints
 from maxlm.config import Config, load_config, validate
 from maxlm.files import atomic
+from maxlm.files.outputs import check_output_dir
 from maxlm.infer.pretrained import Pretrained
 from maxlm.parallel.distributed import initialize_from_env
 from maxlm.parallel.mesh import make_mesh
@@ -43,17 +44,42 @@ class RunResult:
     preempted: bool = False
 
 
-def start_from_config(cfg: Config, log=print) -> Config:
-    """Returns cfg with a `train.init_from` config path replaced by that config's run dir, training it first unless it has finished."""
+# What a run writes into its run_dir: a directory holding one of these is a run to resume.
+RUN_FILES = ("config.yaml", "checkpoints", "metrics.jsonl", "tokenizer.model", ".lock")
+
+
+def start_from_config(cfg: Config, log=print) -> tuple[Config, bool]:
+    """Returns (cfg with a `train.init_from` config path replaced by that config's run dir, whether a SIGTERM
+    stopped it), training that config first unless it has finished."""
     path = cfg.train.init_from
     if not path.endswith((".yaml", ".yml")):
-        return cfg
+        return cfg, False
     src = load_config(path)
     done = Checkpoints(src.run_dir, read_only=True).latest_step()
+    stopped = False
     if done is None or done < src.train.steps:
         log(f"train.init_from {path}: training the starting point into {src.run_dir} first")
-        train(src, log=log)
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=src.run_dir))
+        stopped = train(src, log=log).preempted
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=src.run_dir)), stopped
+
+
+def export_dir(cfg: Config) -> Path | None:
+    """Returns the resolved `export.hf_dir` of a run (relative paths are inside run_dir), or None."""
+    if not cfg.export.hf_dir:
+        return None
+    out = Path(cfg.export.hf_dir)
+    return (out if out.is_absolute() else Path(cfg.run_dir) / out).resolve()
+
+
+def check_outputs(cfg: Config) -> None:
+    """Raises MaxlmError when run_dir or export.hf_dir holds files this run did not write."""
+    run_dir = Path(cfg.run_dir).resolve()
+    check_output_dir(run_dir, "run_dir", None, ours=any((run_dir / n).exists() for n in RUN_FILES),
+                     what=" and holds no maxlm run (config.yaml, checkpoints/)")
+    out = export_dir(cfg)
+    if out is not None and not out.is_relative_to(run_dir):
+        check_output_dir(out, "export.hf_dir", None, ours=exported_from(out) == str(run_dir),
+                         what=" and holds no export of this run")
 
 
 def train(cfg: Config, *, log=print) -> RunResult:
@@ -61,17 +87,24 @@ def train(cfg: Config, *, log=print) -> RunResult:
     initialize_from_env()
     validate(cfg)  # a config built in Python has not met the loader
     task = TASKS[cfg.task]
-    task.check(cfg)  # before the lock: a refused config leaves nothing behind
-    with locked(cfg.run_dir, jax.process_index()):  # held through the init_from recursion too
-        return _train(cfg, task, log)
-
-
-def _train(cfg: Config, task: Task, log) -> RunResult:
-    """The run itself, with its run dir locked."""
+    task.check(cfg)
     cfg = with_task_head(cfg)
     mesh = make_mesh(cfg.mesh)
     check_fits(cfg, task, mesh)
-    run = setup(start_from_config(cfg, log), mesh, log)
+    check_outputs(cfg)  # all before the lock: a refused config leaves nothing behind
+    with locked(cfg.run_dir, jax.process_index()):  # held through the init_from recursion too
+        return _train(cfg, task, mesh, log)
+
+
+def _train(cfg: Config, task: Task, mesh, log) -> RunResult:
+    """The run itself, with its run dir locked."""
+    if jax.process_index() == 0:
+        atomic.remove_stale_tmp(cfg.run_dir)  # half-written metrics or config of a killed run; locked: none is live
+    cfg, stopped = start_from_config(cfg, log)
+    if stopped:
+        log(f"SIGTERM while training the starting point {cfg.train.init_from}; rerun the same command to resume it")
+        return RunResult(Path(cfg.run_dir).resolve(), 0, {}, preempted=True)
+    run = setup(cfg, mesh, log)
     loop = make_loop(run)
     preemption = Preemption()
     try:
@@ -96,8 +129,8 @@ def finish_run(run: Setup, writer: MetricsWriter, result: RunResult, log) -> Non
         if plot:
             log(f"loss curve: {plot}")
         if run.cfg.export.hf_dir:
-            out = Path(run.cfg.export.hf_dir)
-            result.hf_dir = export_hf(run.run_dir, out if out.is_absolute() else run.run_dir / out, overwrite=True)  # the run's own export dir
+            # check_outputs let only the run's own export dir through: its earlier export is replaced.
+            result.hf_dir = export_hf(run.run_dir, export_dir(run.cfg), overwrite=True)
             log(f"Hugging Face export: {result.hf_dir}")
     if jax.process_count() > 1:
         # Otherwise the other processes reach JAX's shutdown barrier first, and it times out

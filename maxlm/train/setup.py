@@ -8,6 +8,7 @@ config path first) and returns a `Setup`; loop.py runs it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,7 +90,8 @@ def services(cfg: Config, mesh, log) -> Services:
     """Returns what the task's batches may use from the layers above the tasks."""
     return Services(
         mesh=mesh, log=log, reference=lambda: state_lib.reference_params(cfg, mesh), generate=generate_batched,
-        reward_model=lambda path: load_scoring_model(path, reward=True),
+        # cached: the training and the held-out rollouts score with one loaded reward model
+        reward_model=functools.cache(lambda path: load_scoring_model(path, reward=True)),
     )
 
 

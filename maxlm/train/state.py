@@ -84,7 +84,7 @@ def load_params(path: str, cfg: Config, mesh: Mesh) -> Any:
 
 
 def reference_params(cfg: Config, mesh: Mesh) -> Any:
-    """Returns the frozen reference model of DPO-style tasks: `train.init_from`'s weights, else the seed's init."""
+    """Returns the frozen reference model: `train.init_from`'s weights, else the seed's init (ppo/grpo; dpo refuses to run without init_from)."""
     if cfg.train.init_from:
         return load_params(cfg.train.init_from, cfg, mesh)
     return params_lib.init(cfg.model, mesh, cfg.train.seed)

@@ -339,3 +339,15 @@ def test_greedy_generate_equals_transformers(which, request):
                                eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
     ours = maxlm.from_pretrained(run).generate(prompts, max_new_tokens=n)
     assert [row[-n:].tolist() for row in ours] == want
+
+
+def test_import_refuses_a_foreign_non_empty_out_and_its_own_input(llama, tmp_path):
+    _, hf_dir, _ = llama
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep\n")
+    with pytest.raises(MaxlmError, match=f"import-hf OUT {mine}: exists and is not empty"):
+        import_hf(hf_dir, mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    with pytest.raises(MaxlmError, match="would write into the HF model dir it reads"):
+        import_hf(hf_dir, hf_dir)

@@ -45,7 +45,7 @@ def test_rewards_are_the_rms_scores_of_each_answer(models, write_jsonl):
 
 
 def test_the_judge_needs_a_scalar_head(models, write_jsonl):
-    with pytest.raises(MaxlmError, match="--rm has no scalar head"):
+    with pytest.raises(MaxlmError, match=r"--rm: not a reward model \(it has no scalar head\)"):
         win_rate(models["sft"], models["sft"], models["sft"], write_jsonl("p.jsonl", PROMPTS))
 
 
@@ -54,5 +54,5 @@ def test_the_judge_must_be_a_reward_model_not_a_ppo_value_head(models, write_jso
     rm = models["rm"]
     ppo = dataclasses.replace(rm, config=dataclasses.replace(rm.config, task="ppo"))
     assert ppo.config.model.scalar_head
-    with pytest.raises(MaxlmError, match="a ppo run's is its value head"):
+    with pytest.raises(MaxlmError, match="a ppo run's scalar head is its value head"):
         win_rate(ppo, models["sft"], models["sft"], write_jsonl("p.jsonl", PROMPTS))

@@ -40,3 +40,14 @@ def test_non_finite_steps_are_counted_and_too_many_in_a_row_stop_the_run():
     assert w.skipped_updates == 2 and w.consecutive_bad == 1
     with pytest.raises(MaxlmError, match="step 4: 2 non-finite losses or gradients in a row"):
         w.add(4, step(float("nan"), nonfinite=1), 1.0, 0.0)
+
+
+def test_a_torn_last_line_is_cut_when_a_run_resumes(tmp_path):
+    from maxlm.train.metrics import MetricsWriter
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "tokens_trained": 8.0}\n{"step": 2, "loss": 1.9, "tok')
+    writer = MetricsWriter(tmp_path)
+    writer.truncate_after(5)  # a kill mid-append left half a line; resuming reads the rest as it was
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.0, "tokens_trained": 8.0}\n'
+    assert writer.last_value("tokens_trained", 0.0) == 8.0
+    writer.close()

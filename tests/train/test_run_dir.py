@@ -108,3 +108,39 @@ def test_full_disk_mid_run_is_one_line(tiny, capsys, monkeypatch):
     monkeypatch.setattr("maxlm.train.run.train", fill)
     assert cli_main(["train", str(tiny)]) == 2
     assert one_error_line(capsys) == "error: /runs/x/checkpoints/8: the disk is full (No space left on device)"
+
+
+def test_a_foreign_non_empty_run_dir_is_refused_before_any_work(tiny, tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine\n")
+    assert cli_main(["train", str(tiny), f"run_dir={notes}"]) == 2
+    err = one_error_line(capsys)
+    assert f"run_dir {notes}: exists and is not empty" in err and "holds no maxlm run" in err
+    assert sorted(p.name for p in notes.iterdir()) == ["todo.txt"] and not (tmp_path / "tok.model").exists()
+
+
+def test_an_export_dir_outside_the_run_must_be_empty_or_this_runs_own(tiny, tmp_path, capsys):
+    foreign = tmp_path / "someone_elses_model"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}\n")
+    assert cli_main(["train", str(tiny), f"export.hf_dir={foreign}"]) == 2
+    assert f"export.hf_dir {foreign}: exists and is not empty" in one_error_line(capsys)
+    assert (foreign / "config.json").read_text() == "{}\n" and not (tmp_path / "run").exists()
+    own = tmp_path / "export"
+    assert cli_main(["train", str(tiny), f"export.hf_dir={own}"]) == 0
+    (own / "README.md").write_text("notes beside the export\n")
+    # A rerun of the finished run exports again into its own export dir, keeping the user's file.
+    assert cli_main(["train", str(tiny), f"export.hf_dir={own}"]) == 0
+    assert (own / "config.json").is_file() and (own / "README.md").read_text() == "notes beside the export\n"
+
+
+def test_temp_files_of_a_killed_run_are_removed_on_rerun(tiny, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("")  # a run that was killed while writing two of its files
+    stale = [run / "metrics.jsonl.tmp-abcd1234", run / "config.yaml.tmp-x_y9z8w7"]
+    for p in stale:
+        p.write_text("half")
+    assert cli_main(["train", str(tiny)]) == 0
+    assert not any(p.exists() for p in stale) and (run / "checkpoints" / "2").is_dir()

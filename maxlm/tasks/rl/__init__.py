@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import numpy as np
 
 from maxlm.config import Config
@@ -56,8 +57,13 @@ class RolloutBatches:
 
 
 def check(cfg: Config) -> None:
-    """Raises MaxlmError when the rollout rows cannot split into rl.minibatches x train.grad_accum_steps updates."""
+    """Raises MaxlmError when the rollout rows cannot split into updates, or the prompts over the processes."""
     r, t = cfg.rl, cfg.train  # each count's own range (> 0) is the loader's
+    processes = jax.process_count()
+    if processes > 1 and r.reward_model:
+        raise MaxlmError(f"rl.reward_model runs in one process for now; use a verifier (rl.verifier) with {processes} processes")
+    if t.global_batch_size % processes:
+        raise MaxlmError(f"train.global_batch_size ({t.global_batch_size}) prompts must divide by the number of processes ({processes})")
     rows = t.global_batch_size * r.group_size
     if rows % (r.minibatches * t.grad_accum_steps):
         raise MaxlmError(

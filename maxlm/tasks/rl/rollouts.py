@@ -219,15 +219,11 @@ def _reward_model(services: Services, path: str):
 
 def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef, services: Services, value_head: bool) -> tuple[Rollouts, DataIterator]:
     """Returns (the run's Rollouts, the checkpointable iterator of its prompt-index batches)."""
-    if jax.process_count() > 1 and cfg.rl.reward_model:
-        raise MaxlmError(f"rl.reward_model runs in one process for now; use a verifier (rl.verifier) with {jax.process_count()} processes")
-    if cfg.train.global_batch_size % jax.process_count():
-        raise MaxlmError(f"train.global_batch_size ({cfg.train.global_batch_size}) prompts must divide by the number of processes ({jax.process_count()})")
     prompts = load_prompts(cfg, tokenizer, train_sources(cfg.data))
-    layout_ = {"task": cfg.task, "prompts": len(prompts), "rows": cfg.train.global_batch_size, "shuffle": cfg.data.shuffle,
-               "process_index": jax.process_index(), "process_count": jax.process_count()}
+    position_keys = {"task": cfg.task, "prompts": len(prompts), "rows": cfg.train.global_batch_size, "shuffle": cfg.data.shuffle,
+                     "process_index": jax.process_index(), "process_count": jax.process_count()}
     batches = prompt_batches(cfg, prompts, jax.process_index(), jax.process_count())
-    return Rollouts(cfg, tokenizer, graphdef, prompts, services, value_head), DataIterator(batches, [prompts], layout_)
+    return Rollouts(cfg, tokenizer, graphdef, prompts, services, value_head), DataIterator(batches, [prompts], position_keys)
 
 
 def make_eval_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef, services: Services, value_head: bool) -> Rollouts | None:
