@@ -2,8 +2,8 @@
 
 Two `maxlm train` on one run_dir would rewrite each other's checkpoints and interleave
 metrics.jsonl. Each process of a run locks its own file (`.lock` for process 0, `.lock.<i>`
-for the others), so every process of a second run is refused, not only process 0 while the
-others wait at a collective. The kernel drops an flock when its process dies, so the lock of a
+for the others), and the processes agree: when any one finds its file held, all of them stop, not only
+that one while the others wait at a collective. The kernel drops an flock when its process dies, so the lock of a
 killed run is free at once: its file is taken over, whatever pid it still names.
 """
 
@@ -17,6 +17,10 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from maxlm.errors import MaxlmError
 from maxlm.files.writable import check_writable_dir
@@ -43,6 +47,21 @@ def _refusal(run_dir: Path, owner: dict) -> str:
     return f"run_dir {run_dir} is in use by a running maxlm train ({who}); wait for it to finish or use another run_dir"
 
 
+def _refuse_together(refusal: str | None, run_dir: Path) -> None:
+    """Raises MaxlmError on every process of the run when any of them could not take its lock.
+
+    A process that went on alone would wait forever at the run's first collective.
+    """
+    refused = [refusal is not None]
+    if jax.process_count() > 1:
+        refused = [bool(x) for x in np.asarray(multihost_utils.process_allgather(np.int32(refusal is not None))).reshape(-1)]
+    if refusal is not None:
+        raise MaxlmError(refusal)
+    if any(refused):
+        first = refused.index(True)
+        raise MaxlmError(f"run_dir {run_dir}: process {first} of this run found its lock file held by another run; every process stops")
+
+
 @contextlib.contextmanager
 def locked(run_dir: str | os.PathLike, process: int = 0) -> Iterator[Path]:
     """Yields the run dir (created if needed) while this process holds its lock; raises MaxlmError if another does."""
@@ -52,8 +71,10 @@ def locked(run_dir: str | os.PathLike, process: int = 0) -> Iterator[Path]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            refusal = None
         except BlockingIOError:
-            raise MaxlmError(_refusal(path, _owner(fd))) from None
+            refusal = _refusal(path, _owner(fd))
+        _refuse_together(refusal, path)
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}).encode() + b"\n", 0)

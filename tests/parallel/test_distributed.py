@@ -122,3 +122,21 @@ def test_two_processes_run_grpo_and_resume(tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert all(0.0 <= r["eval_reward"] <= 1.0 for r in rows if "eval_reward" in r)
     assert all("reward_mean" in r and r["kl"] >= 0 for r in rows[1:])
+
+
+@pytest.mark.slow
+def test_every_process_stops_when_one_finds_its_lock_held(tmp_path, shared_data):
+    path = write_tiny_config(tmp_path, shared_data)
+    hold = "import sys, time\nfrom maxlm.train.run_dir import locked\nwith locked(sys.argv[1], 1):\n    print('locked', flush=True)\n    time.sleep(600)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # a live run holds process 1's lock file only
+        cmd = [sys.executable, "-m", "maxlm.cli", "train", str(path)]
+        run = subprocess.run([sys.executable, str(LAUNCH), "-n", "2", "--cpu-devices", "2", "--", *cmd],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"pid {holder.pid}" in run.stdout and "process 1 of this run found its lock file held" in run.stdout
+    assert not (tmp_path / "tok.model").exists()
