@@ -227,11 +227,14 @@ def _keys(record: dict) -> str:
 # Each returns native records for the task; the task's own checks then run on them.
 
 
+GSM8K_FINAL_MARK = "####"  # a gsm8k solution ends in "#### 72"
+
+
 def gsm8k_final_answer(answer: str) -> str:
     """Returns the gold number of a gsm8k answer: what follows `####`, commas removed."""
-    if "####" not in answer:
+    if GSM8K_FINAL_MARK not in answer:
         raise BadRecord("gsm8k 'answer' has no final '#### <number>' line")
-    return answer.rsplit("####", 1)[1].strip().replace(",", "")
+    return answer.rsplit(GSM8K_FINAL_MARK, 1)[1].strip().replace(",", "")
 
 
 def _gsm8k(task: str, record: dict) -> list[dict]:

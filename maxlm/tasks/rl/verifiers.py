@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
+from maxlm.data.records import GSM8K_FINAL_MARK, gsm8k_final_answer
 from maxlm.errors import MaxlmError
 
 # A number as written in text: optional sign and "$", thousands commas only in groups of three
@@ -16,8 +17,6 @@ from maxlm.errors import MaxlmError
 # a decimal point because a digit must follow it. A "-" right after a word ("5-3", "COVID-19") is
 # a hyphen or an operator, not a sign.
 _NUMBER = re.compile(r"(?<![\w.])(-?)\$?(-?)(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(\.\d+)?")
-# GSM8K's final-answer marker: "#### 72".
-_FINAL_MARK = "####"
 FORMAT_REWARD = 0.1
 
 
@@ -32,7 +31,8 @@ def _numbers(text: str) -> list[Decimal]:
 
 def _parse_answer(answer: str) -> Decimal | None:
     """Returns the gold answer as a Decimal: the text after the last "####" if present, else the whole string."""
-    text = answer.rsplit(_FINAL_MARK, 1)[-1].strip().replace(",", "").replace("$", "").rstrip(".")
+    text = gsm8k_final_answer(answer) if GSM8K_FINAL_MARK in answer else answer.strip().replace(",", "")  # the records' own rule
+    text = text.replace("$", "").rstrip(".")
     try:
         return Decimal(text)
     except InvalidOperation:
@@ -41,8 +41,8 @@ def _parse_answer(answer: str) -> Decimal | None:
 
 def gsm8k_final_number(completion: str) -> Decimal | None:
     """Returns the completion's final answer: the first number after its last "####", else its last number."""
-    if _FINAL_MARK in completion:
-        after = _numbers(completion.rsplit(_FINAL_MARK, 1)[1])
+    if GSM8K_FINAL_MARK in completion:
+        after = _numbers(completion.rsplit(GSM8K_FINAL_MARK, 1)[1])
         if after:
             return after[0]
     found = _numbers(completion)
@@ -64,9 +64,9 @@ def format_reward(completion: str, answer: str) -> float:
     Ignores the answer's value: it only rewards the form, so that exact-match rewards can be parsed.
     """
     del answer
-    if _FINAL_MARK not in completion:
+    if GSM8K_FINAL_MARK not in completion:
         return 0.0
-    return FORMAT_REWARD if re.match(r"\s*" + _NUMBER.pattern, completion.rsplit(_FINAL_MARK, 1)[1]) else 0.0
+    return FORMAT_REWARD if re.match(r"\s*" + _NUMBER.pattern, completion.rsplit(GSM8K_FINAL_MARK, 1)[1]) else 0.0
 
 
 def arithmetic_exact(completion: str, answer: str) -> float:
