@@ -22,6 +22,7 @@ from maxlm.config import Config
 from maxlm.data.tokenizers import Tokenizer, ensure_tokenizer
 from maxlm.errors import MaxlmError
 from maxlm.infer.generate import generate_batched
+from maxlm.infer.pretrained import Pretrained
 from maxlm.infer.replies import load_scoring_model
 from maxlm.models import params as params_lib
 from maxlm.optim import optimizer
@@ -95,6 +96,18 @@ def services(cfg: Config, mesh, log) -> Services:
     )
 
 
+def check_sample_prompts(cfg: Config, task: Task, tokenizer: Tokenizer, graphdef, mesh) -> None:
+    """Raises MaxlmError when an end-of-run sample prompt leaves no room for sample.max_new_tokens (found before training, not after)."""
+    if not cfg.sample.prompts or not task.samples:
+        return
+    ids, _ = Pretrained(cfg, None, graphdef, tokenizer, mesh).encode_prompts(cfg.sample.prompts)
+    limit = cfg.model.max_seq_len
+    for i, prompt in enumerate(ids):
+        if len(prompt) + cfg.sample.max_new_tokens > limit:
+            raise MaxlmError(f"sample.prompts[{i}] is {len(prompt)} tokens; with sample.max_new_tokens={cfg.sample.max_new_tokens} "
+                             f"it exceeds model.max_seq_len={limit}")
+
+
 def setup(cfg: Config, mesh, log=print) -> Setup:
     """Returns the run of `cfg` on `mesh` ready to step (checked, resumed or initialized, compiled lazily)."""
     task = TASKS[cfg.task]
@@ -104,9 +117,10 @@ def setup(cfg: Config, mesh, log=print) -> Setup:
     tokenizer = ensure_tokenizer(cfg, task.tokenizer_texts(cfg))
     cfg = resolve_vocab(cfg, tokenizer.vocab_size)
     check_resumable(cfg)  # before config.yaml is rewritten and before any compile
+    graphdef, _, _ = params_lib.abstract(cfg.model)
+    check_sample_prompts(cfg, task, tokenizer, graphdef, mesh)
     if main:
         config_lib.dump_yaml(cfg, run_dir / "config.yaml")
-    graphdef, _, _ = params_lib.abstract(cfg.model)
     data = task.data(cfg, tokenizer, graphdef, services(cfg, mesh, log))
     split = task.rollout_split(cfg) if task.rollout_split else None
     tx = optimizer.optimizer(cfg.train, cfg.rl.epochs * split[1] if split else 1)

@@ -144,3 +144,11 @@ def test_temp_files_of_a_killed_run_are_removed_on_rerun(tiny, tmp_path):
         p.write_text("half")
     assert cli_main(["train", str(tiny)]) == 0
     assert not any(p.exists() for p in stale) and (run / "checkpoints" / "2").is_dir()
+
+
+def test_a_sample_prompt_that_cannot_fit_is_refused_before_training(tiny, tmp_path, capsys):
+    long_prompt = "to be or not to be " * 200  # over tiny.yaml's 512 positions
+    assert cli_main(["train", str(tiny), f"sample.prompts=[{long_prompt!r}]", "sample.max_new_tokens=4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the tokenizer's training line
+    assert "sample.prompts[0] is" in err and "exceeds model.max_seq_len=" in err
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "config.yaml").exists()
