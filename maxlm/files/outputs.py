@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from maxlm.errors import MaxlmError
-from maxlm.files.writable import check_writable_dir, check_writable_file
+from maxlm.files.writable import PROBE_PREFIX, check_writable_dir, check_writable_file
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -51,6 +51,6 @@ def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool | None 
     """
     path = Path(path)
     check_writable_dir(path, flag)  # a directory, or one that can be made, that takes a write
-    if path.is_dir() and not ours and not overwrite and any(path.iterdir()):
+    if path.is_dir() and not ours and not overwrite and any(not p.name.startswith(PROBE_PREFIX) for p in path.iterdir()):
         hint = "" if overwrite is None else ", or pass --overwrite (which replaces only the files this command writes)"
         raise MaxlmError(f"{flag} {path}: exists and is not empty{what}; choose another directory{hint}")

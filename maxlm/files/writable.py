@@ -13,6 +13,8 @@ from pathlib import Path
 
 from maxlm.errors import MaxlmError
 
+PROBE_PREFIX = ".maxlm-write-test-"  # another process's probe may be there for a moment: it is no one's data
+
 # Errors of the place, not of the program: reported as one line wherever they surface.
 _PLACE_ERRORS = {
     errno.ENOSPC: "the disk is full",
@@ -49,7 +51,7 @@ def _nearest_existing(path: Path, setting: str, start: Path) -> Path:
 def _probe(directory: Path, setting: str, path: Path) -> None:
     """Writes and removes one small file in `directory`; raises MaxlmError naming what stopped it."""
     try:
-        fd, name = tempfile.mkstemp(prefix=".maxlm-write-test-", dir=directory)
+        fd, name = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=directory)
         try:
             os.write(fd, b"maxlm\n")
             os.fsync(fd)

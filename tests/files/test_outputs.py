@@ -36,3 +36,13 @@ def test_output_dir_must_be_empty_ours_or_overwritten(tmp_path):
     check_output_dir(tmp_path, "--out", ours=True)
     with pytest.raises(MaxlmError, match="is a file"):
         check_output_dir(tmp_path / "f", "--out", overwrite=True)
+
+
+def test_another_processs_write_probe_does_not_make_a_directory_foreign(tmp_path):
+    from maxlm.files.writable import PROBE_PREFIX
+
+    (tmp_path / f"{PROBE_PREFIX}abc123").write_text("")  # process 1 probing the run_dir while process 0 checks it
+    check_output_dir(tmp_path, "run_dir", None)
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(MaxlmError, match="exists and is not empty"):
+        check_output_dir(tmp_path, "run_dir", None)
