@@ -31,15 +31,25 @@ def temp_beside(path: str | os.PathLike) -> Path:
     return Path(tmp)
 
 
+def finish_temp(tmp: Path, path: str | os.PathLike, ok: bool) -> None:
+    """Moves a filled temp file of `temp_beside` onto `path` when ok, else removes it (a streaming writer's close)."""
+    try:
+        if ok:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
     tmp = temp_beside(path)
+    ok = False
     try:
         yield tmp
-        os.replace(tmp, path)
+        ok = True
     finally:
-        tmp.unlink(missing_ok=True)
+        finish_temp(tmp, path, ok)
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:

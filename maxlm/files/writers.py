@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from maxlm.files.atomic import atomic_path, temp_beside
+from maxlm.files.atomic import atomic_path, finish_temp, temp_beside
 
 try:
     import orjson
@@ -54,10 +54,7 @@ class JsonlZstWriter:
         """Finishes the file; with ok=False the partial file is discarded."""
         self._z.close()
         self._raw.close()
-        if ok:
-            os.replace(self._tmp, self.path)
-        else:
-            self._tmp.unlink(missing_ok=True)
+        finish_temp(self._tmp, self.path, ok)
 
     def __enter__(self) -> "JsonlZstWriter":
         return self
@@ -128,10 +125,7 @@ class ArrayRecordWriter:
     def close(self, ok: bool = True) -> None:
         """Finishes the file; with ok=False the partial file is discarded."""
         self._w.close()
-        if ok:
-            os.replace(self._tmp, self.path)
-        else:
-            self._tmp.unlink(missing_ok=True)
+        finish_temp(self._tmp, self.path, ok)
 
     def __enter__(self) -> "ArrayRecordWriter":
         return self
