@@ -33,6 +33,7 @@ class Generation:
     ids: list[list[int]]  # each row's new tokens before its first stop id
     texts: list[str]  # `ids` decoded
     stopped: list[bool]  # a stop id ended the row (False: it ran out of new tokens)
+    logp_NxM: np.ndarray  # f32 [N, M]: each new token's log-prob under the distribution the sampler drew it from (0 after the stop)
 
 
 def until_stop(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
@@ -67,16 +68,18 @@ def generate_batched(
     prompts = [[int(t) for t in p] for p in prompts]
     t = max(prompt_len, max(map(len, prompts)))
     rows = batch_size or len(prompts)
-    parts = []
+    parts, logps = [], []
     for start in range(0, len(prompts), rows):
         part = prompts[start : start + rows]
         batch = part + [part[-1]] * (rows - len(part))
-        out = sampler.generate(
+        out, logp = sampler.sample(
             graphdef, model_cfg, params, batch, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
             stop_ids=stop_ids, pad_id=tokenizer.pad_id, seed=seed(batch) if callable(seed) else seed, pad_to=t,
         )
         parts.append(out[: len(part)])
+        logps.append(logp[: len(part)])
     rows_NxTM = np.concatenate(parts)
     ids = [until_stop(row, stop_ids) for row in rows_NxTM[:, t:]]
     # A row without a stop keeps all M tokens: it stopped exactly when it is shorter.
-    return Generation(rows_NxTM, t, ids, [tokenizer.decode(x) for x in ids], [len(x) < max_new_tokens for x in ids])
+    stopped = [len(x) < max_new_tokens for x in ids]
+    return Generation(rows_NxTM, t, ids, [tokenizer.decode(x) for x in ids], stopped, np.concatenate(logps))

@@ -38,12 +38,21 @@ def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float = 1.0) -> 
     return logits
 
 
-def choose(logits_BxV: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
-    """Returns the next token [B] int32: argmax when temperature is 0, else a filtered sample."""
+def choose(logits_BxV: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> tuple[jax.Array, jax.Array]:
+    """Returns (the next token [B] int32, its log-prob [B] f32 under the distribution it was drawn from).
+
+    temperature 0: the argmax, scored by log-softmax of the raw logits; else a sample from
+    softmax(filter(logits / temperature)), scored by that same filtered, renormalized softmax.
+    """
+    logits_BxV = logits_BxV.astype(jnp.float32)
     if temperature == 0.0:
-        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    filtered = filter_logits(logits_BxV / temperature, top_k, top_p)
-    return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+        token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+        logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+    else:
+        filtered_BxV = filter_logits(logits_BxV / temperature, top_k, top_p)
+        token_B = jax.random.categorical(key, filtered_BxV, axis=-1).astype(jnp.int32)
+        logp_BxV = jax.nn.log_softmax(filtered_BxV, axis=-1)
+    return token_B, jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, pad_to: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -76,28 +85,30 @@ def _generate(graphdef, cache_spec, params, tokens_BxT, valid_BxT, stop_ids, see
     h, cache = model.hidden(tokens_BxT, positions_BxT, mask, cache, 0)
     logits = model.logits(h[:, -1:])[:, 0]
     key, sub = jax.random.split(key)
-    first = choose(logits, sub, temperature, top_k, top_p)
+    first, first_logp = choose(logits, sub, temperature, top_k, top_p)
     out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
+    logp_BxN = jnp.zeros((b, max_new_tokens), jnp.float32).at[:, 0].set(first_logp)
     done = jnp.isin(first, stop_ids)
     last_pos = positions_BxT[:, -1]
 
     def body(i, carry):
-        out, cache, done, key = carry
+        out, logp_BxN, cache, done, key = carry
         token = out[:, i - 1]
         slot = t + i - 1
         m = (valid_BxS & (slots <= slot)[None, :])[:, None, :]
         h, cache = model.hidden(token[:, None], (last_pos + i)[:, None], m, cache, slot)
         key, sub = jax.random.split(key)
-        nxt = choose(model.logits(h)[:, 0], sub, temperature, top_k, top_p)
+        nxt, logp = choose(model.logits(h)[:, 0], sub, temperature, top_k, top_p)
         nxt = jnp.where(done, stop_ids[0], nxt)  # finished rows repeat the stop token
+        logp = jnp.where(done, 0.0, logp)  # a repeat was not sampled
         done = done | jnp.isin(nxt, stop_ids)
-        return out.at[:, i].set(nxt), cache, done, key
+        return out.at[:, i].set(nxt), logp_BxN.at[:, i].set(logp), cache, done, key
 
-    out, *_ = jax.lax.fori_loop(1, max_new_tokens, body, (out, cache, done, key))
-    return out
+    out, logp_BxN, *_ = jax.lax.fori_loop(1, max_new_tokens, body, (out, logp_BxN, cache, done, key))
+    return out, logp_BxN
 
 
-def generate(
+def sample(
     graphdef: nnx.GraphDef,
     cfg: ModelConfig,
     params: Any,
@@ -111,11 +122,14 @@ def generate(
     pad_id: int = 0,
     seed: int = 0,
     pad_to: int = 0,
-) -> np.ndarray:
-    """Returns int32 [B, T + N]: the left-padded prompts followed by N new tokens per row.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (int32 [B, T + N]: the left-padded prompts followed by N new tokens per row,
+    f32 [B, N]: the log-prob of each new token under the distribution it was drawn from).
 
-    `pad_to` left-pads every batch to at least that many prompt tokens, so callers with prompts
-    of varying length (RL rollouts, eval) compile one shape instead of one per longest prompt.
+    The log-probs are those of `choose` (RL's importance ratios start from them); after a row's
+    stop token, whose repeats were not sampled, they are 0. `pad_to` left-pads every batch to at
+    least that many prompt tokens, so callers with prompts of varying length (RL rollouts, eval)
+    compile one shape instead of one per longest prompt.
     """
     if max_new_tokens < 1:
         raise MaxlmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -129,13 +143,18 @@ def generate(
     args = (tokens, valid, stops, np.uint32(seed))
     if jax.process_count() > 1:
         args, local_rows = _global_inputs(params, *args)
-    new = _generate(
+    new, logp = _generate(
         graphdef, (cfg.num_layers, cfg.num_kv_heads, head_dim(cfg), cfg.dtype), params, *args,
         max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
     )
     if jax.process_count() > 1:
-        new = local_rows(new)
-    return np.concatenate([tokens, np.asarray(new)], axis=1)
+        new, logp = local_rows(new), local_rows(logp)
+    return np.concatenate([tokens, np.asarray(new)], axis=1), np.asarray(logp, np.float32)
+
+
+def generate(graphdef: nnx.GraphDef, cfg: ModelConfig, params: Any, prompts: Sequence[Sequence[int]] | np.ndarray, max_new_tokens: int, **kw) -> np.ndarray:
+    """Returns int32 [B, T + N]: `sample`'s rows without their log-probs (the same compiled sampler)."""
+    return sample(graphdef, cfg, params, prompts, max_new_tokens, **kw)[0]
 
 
 def _global_inputs(params, tokens, valid, stops, seed):

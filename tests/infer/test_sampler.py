@@ -7,7 +7,7 @@ import pytest
 
 from maxlm.config import MeshConfig, ModelConfig
 from maxlm.errors import MaxlmError
-from maxlm.infer.sampler import filter_logits, generate
+from maxlm.infer.sampler import filter_logits, generate, sample
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
 
@@ -64,3 +64,43 @@ def test_filters_match_numpy():
     # nucleus 0.8: 0.5 + 0.2 = 0.7 < 0.8, so the 0.15 token is still needed.
     assert kept(filter_logits(jnp.asarray(logits), top_p=0.8)) == [True, True, True, False, False]
     assert kept(filter_logits(jnp.asarray(logits), top_p=0.5)) == [True, False, False, False, False]
+
+
+def _log_softmax(x):
+    x = np.asarray(x, np.float64)
+    x = x - x.max()
+    return x - np.log(np.exp(x).sum())
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0), (1.0, 0, 0.3)])
+def test_each_new_tokens_logprob_is_that_of_the_distribution_it_was_drawn_from(model, temperature, top_k, top_p):
+    graphdef, params = model
+    prompts, n = [[5, 6, 7, 8, 9], [3, 4]], 6
+    rows, logp = sample(graphdef, CFG, params, prompts, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=3)
+    chex.assert_shape(logp, (2, n))
+    assert logp.dtype == np.float32
+    np.testing.assert_array_equal(rows, generate(graphdef, CFG, params, prompts, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=3))
+    decoder = params_lib.bind(graphdef, params)
+    for p, row, lp in zip(prompts, rows, logp):
+        seq = list(p) + row[-n:].tolist()
+        logits = np.asarray(decoder(jnp.asarray([seq]))[0], np.float64)
+        for j in range(n):
+            x = logits[len(p) + j - 1]  # the position that predicts new token j
+            if temperature > 0:
+                x = x / temperature
+                order = np.argsort(-x)
+                keep = np.zeros(x.shape, bool)
+                keep[order[: top_k or len(x)]] = True
+                probs = np.exp(_log_softmax(x[order]))
+                keep[order[(np.cumsum(probs) - probs) >= top_p]] = False  # the nucleus: mass before a token below top_p
+                x = np.where(keep, x, -np.inf)
+            assert lp[j] == pytest.approx(_log_softmax(x)[seq[len(p) + j]], abs=1e-4)
+
+
+def test_a_rows_logprobs_are_zero_after_its_stop(model):
+    graphdef, params = model
+    free = generate(graphdef, CFG, params, [[5, 6, 7]], 6)[0, -6:]
+    stop = int(free[2])
+    first = free.tolist().index(stop)
+    _, logp = sample(graphdef, CFG, params, [[5, 6, 7]], 6, stop_ids=[stop])
+    assert np.all(logp[0, : first + 1] < 0) and np.all(logp[0, first + 1 :] == 0.0)
