@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from maxlm.config.ranges import out_of_range
-from maxlm.config.schema import Config, Inconsistent, choices, validate
+from maxlm.config.schema import Config, Inconsistent, choices, task_defaults, validate
 from maxlm.errors import MaxlmError
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
@@ -261,6 +261,21 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _with_task_defaults(raw: dict) -> dict:
+    """Returns a copy of `raw` with the per-task default (schema.per_task) of each key its task's config leaves unset."""
+    out = dict(raw)
+    for dotted, value in task_defaults(str(raw.get("task", Config.task))).items():
+        *sections, name = dotted.split(".")
+        node = out
+        for part in sections:
+            if not isinstance(node.get(part, {}), dict):
+                break  # a non-mapping section: build() reports it
+            node[part] = node = dict(node.get(part, {}))  # copied: the caller's mapping stays as it was
+        else:
+            node.setdefault(name, value)
+    return out
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Returns (dotted key, YAML-parsed value) of a `key.sub=value` command-line override."""
     if "=" not in text:
@@ -295,7 +310,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
         _check_key(key, f"override {text!r}")
         _set_dotted(raw, key, value)
         where = where.replaced(key, f"override {text!r}")
-    cfg = build(Config, raw, "", where)
+    cfg = build(Config, _with_task_defaults(raw), "", where)
     try:
         validate(cfg)
     except Inconsistent as e:
@@ -308,6 +323,6 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
 
 def from_dict(raw: dict, where: str = "config") -> Config:
     """Returns a validated Config from plain nested dicts (e.g. a checkpoint's saved config)."""
-    cfg = build(Config, raw, "", Where(where))
+    cfg = build(Config, _with_task_defaults(raw), "", Where(where))
     validate(cfg)
     return cfg

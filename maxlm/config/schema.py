@@ -22,6 +22,23 @@ ChatTemplate = Literal["default", "llama3", "chatml", "hf"]  # the names of maxl
 Remat = Literal["none", "full", "dots", "dots_no_batch"]  # the names of maxlm/models/llama.py REMAT_POLICIES
 
 
+def per_task(default: Any, **by_task: Any) -> Any:
+    """Returns a dataclass field with `default`, which the loader replaces by by_task[task] when a config of that task leaves it unset."""
+    return field(default=default, metadata={"per_task": by_task})
+
+
+def task_defaults(task: str, cls: type | None = None, prefix: str = "") -> dict[str, Any]:
+    """Returns {dotted key: value} of the per-task defaults (`per_task`) that a config of `task` gets for keys it leaves unset."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls or Config):
+        if task in f.metadata.get("per_task", {}):
+            out[prefix + f.name] = f.metadata["per_task"][task]
+        t = typing.get_type_hints(cls or Config)[f.name]
+        if dataclasses.is_dataclass(t):
+            out |= task_defaults(task, t, prefix + f.name + ".")
+    return out
+
+
 @dataclass
 class RopeScalingConfig:
     """RoPE frequency scaling; `type: llama3` is Llama 3.1+'s piecewise rule."""
@@ -152,8 +169,8 @@ class RLConfig:
     group_size: int = ranged(8, gt=0)  # completions per prompt; train.global_batch_size counts prompts
     max_prompt_len: int = ranged(128, gt=0)  # prompts are left-padded to this (one compile); longer ones are skipped
     max_new_tokens: int = ranged(32, gt=0)
-    temperature: float = ranged(1.0, ge=0)
-    top_k: int = ranged(0, ge=0)
+    temperature: float = ranged(1.0, gt=0)  # the training forward divides logits by it too; greedy rollouts (0) have no policy to train
+    top_k: int = ranged(0, ge=0)  # the sampler's filter only: the training forward keeps the full softmax (see tis_cap)
     top_p: float = ranged(1.0, gt=0, le=1)
     verifier: Verifier = "arithmetic_exact"  # unused when reward_model is set
     reward_model: str = ""  # a task: rm run (dir or checkpoint): its score is the reward, instead of the verifier's
@@ -169,6 +186,10 @@ class RLConfig:
     vf_coef: float = ranged(0.1, ge=0)  # ppo: weight of the value loss (the value head shares the policy's trunk)
     value_clip_eps: float = ranged(0.2, gt=0)  # ppo
     whiten_advantages: bool = True  # ppo
+    kl_in: Literal["reward", "loss"] = per_task("reward", grpo="loss")  # where kl_coef x KL to the reference goes: per-token rewards or the loss
+    tis_cap: float = ranged(0.0, ge=0)  # > 0: truncated importance sampling, min(p_train / p_sampler, tis_cap) on each token's policy term
+    target_approx_kl: float = ranged(0.0, ge=0)  # > 0: skip a rollout batch's remaining updates once a minibatch's approx KL exceeds it
+    value_warmup_steps: int = ranged(0, ge=0)  # ppo: the first N steps train the value head alone; the policy stays as it starts
 
 
 @dataclass

@@ -118,6 +118,17 @@ def ppo_policy_loss(
     return jnp.sum(loss_BxT * m_BxT), jnp.sum(m_BxT), jnp.sum(clipped_frac_BxT * m_BxT)
 
 
+def tis_weights(old_logp_BxT: jax.Array, sample_logp_BxT: jax.Array, cap: float) -> jax.Array:
+    """Returns truncated importance weights [B, T] f32: min(exp(old_logp - sample_logp), cap), the training
+    forward's probability of each sampled token over the sampler's, capped (Yao et al. 2025's TIS).
+
+    Unmasked. Taken in log space: a huge ratio (a token the sampler's filter favoured far beyond
+    the full softmax) never overflows.
+    """
+    log_ratio_BxT = old_logp_BxT.astype(jnp.float32) - sample_logp_BxT.astype(jnp.float32)
+    return jnp.exp(jnp.minimum(log_ratio_BxT, jnp.log(jnp.float32(cap))))
+
+
 def ppo_value_loss(
     values_BxT, old_values_BxT, returns_BxT, mask_BxT, clip_eps_value: float
 ) -> tuple[jax.Array, jax.Array, jax.Array]:

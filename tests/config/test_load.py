@@ -182,3 +182,18 @@ def test_values_that_do_not_fit_together_name_where_one_of_them_came_from(tmp_pa
         load_config(None, ["data.seq_len=4096"])
     with pytest.raises(MaxlmError, match=r"^mesh: at most one axis"):  # nothing was written: no origin to name
         from_dict({"mesh": {"data": 0}})
+
+
+def test_a_key_left_unset_takes_its_tasks_default_and_a_set_one_stays(tmp_path):
+    # rl.kl_in: ppo's KL to the reference is a reward penalty, grpo's a loss term, unless the config says otherwise.
+    assert load_config(REPO / "configs" / "ppo_arithmetic.yaml").rl.kl_in == "reward"
+    assert load_config(REPO / "configs" / "grpo_arithmetic.yaml").rl.kl_in == "loss"
+    assert load_config(REPO / "configs" / "grpo_arithmetic.yaml", ["rl.kl_in=reward"]).rl.kl_in == "reward"
+    assert load_config(write(tmp_path / "g.yaml", "task: grpo\nrl:\n  kl_in: reward\n")).rl.kl_in == "reward"
+    assert load_config(write(tmp_path / "p.yaml", "task: ppo\nrl:\n  kl_in: loss\n")).rl.kl_in == "loss"
+    # A saved config from before the key existed gets its task's default; the saved mapping itself is left as it was.
+    raw = {"task": "grpo", "rl": {"kl_coef": 0.1}}
+    assert from_dict(raw).rl.kl_in == "loss" and raw == {"task": "grpo", "rl": {"kl_coef": 0.1}}
+    assert from_dict(to_dict(load_config(REPO / "configs" / "grpo_arithmetic.yaml", ["rl.kl_in=reward"]))).rl.kl_in == "reward"
+    with pytest.raises(MaxlmError, match="rl.kl_in must be one of reward, loss"):
+        load_config(None, ["task=grpo", "rl.kl_in=both"])

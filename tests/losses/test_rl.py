@@ -15,6 +15,7 @@ from maxlm.losses.rl import (
     kl_penalty,
     ppo_policy_loss,
     ppo_value_loss,
+    tis_weights,
     token_rewards,
     whiten,
 )
@@ -177,3 +178,15 @@ def test_kl_controllers_by_hand():
     ctl = dataclasses.replace(ctl, coef=ctl.update(9.0, 256))
     assert ctl.coef == pytest.approx(0.201024)
     assert FixedKLController(coef=0.05).update(100.0, 256) == 0.05
+
+
+def test_tis_weights_are_the_capped_ratio_of_training_to_sampler_probabilities():
+    rng = np.random.default_rng(7)
+    old = -rng.exponential(2.0, (3, 9))
+    sample = -rng.exponential(2.0, (3, 9))
+    sample[0, 0], old[0, 0] = -200.0, -0.1  # a ratio of e^199.9: capped, not inf
+    got = np.asarray(tis_weights(jnp.asarray(old, jnp.float32), jnp.asarray(sample, jnp.float32), 2.0))
+    for b in range(3):
+        for t in range(9):
+            assert got[b, t] == pytest.approx(min(np.exp(old[b, t] - sample[b, t]), 2.0), rel=1e-5)
+    assert got[0, 0] == pytest.approx(2.0)

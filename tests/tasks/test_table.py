@@ -61,3 +61,15 @@ def test_rl_config_is_checked_by_its_task_before_any_work(tmp_path, task):
     with pytest.raises(MaxlmError, match="rollout rows must divide by rl.minibatches"):
         TASKS[task].check(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_rl_switches_that_do_not_fit_the_task_are_refused_before_any_work():
+    with pytest.raises(MaxlmError, match=r"rl.value_warmup_steps \(3\) warms up a value head: task grpo has none"):
+        TASKS["grpo"].check(Config(task="grpo", rl=RLConfig(value_warmup_steps=3)))
+    TASKS["ppo"].check(Config(task="ppo", rl=RLConfig(value_warmup_steps=3)))
+    for task in ("ppo", "grpo"):
+        with pytest.raises(MaxlmError, match="rl.kl_target .* adapts the KL penalty in the rewards, but rl.kl_in is loss"):
+            TASKS[task].check(Config(task=task, rl=RLConfig(kl_target=1.0, kl_in="loss")))
+        cfg = Config(task=task, rl=RLConfig(kl_target=1.0, kl_coef=0.0, kl_in="reward"))
+        TASKS[task].check(cfg)
+        assert TASKS[task].needs_reference(cfg)  # the adapted coefficient starts at 0 but moves

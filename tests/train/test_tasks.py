@@ -125,7 +125,7 @@ def test_ppo_rewards_come_from_the_reward_model(tmp_path, sft_config, rm_run, hh
     policy = from_pretrained(tmp_path / "ppo")
     tok = policy.tokenizer
     roll = Rollouts(cfg, tok, policy.graphdef, load_prompts(cfg, tok, cfg.data.train_files), services(cfg, policy.mesh, print), value_head=True)
-    _, _, texts, scores = roll.sample(policy.params, [0, 1, 2], 7, 2, 1.0)
+    _, _, texts, scores, _ = roll.sample(policy.params, [0, 1, 2], 7, 2, 1.0)
     rm = from_pretrained(rm_run)
     rm_tok = rm.tokenizer
     for i, (text, score) in enumerate(zip(texts, scores)):

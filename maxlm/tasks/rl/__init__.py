@@ -1,7 +1,8 @@
 """RL from the policy's own samples: ppo (a value head, GAE, KL in the rewards) and grpo (group-relative advantages).
 
 rollouts.py samples and scores the batches, step.py turns one into clipped updates with
-objective.py, verifiers.py holds the named rewards.
+objective.py, verifiers.py holds the named rewards. Where the KL to the reference goes
+(rl.kl_in) defaults per task in the schema (`per_task`): ppo "reward", grpo "loss".
 """
 
 from __future__ import annotations
@@ -56,9 +57,15 @@ class RolloutBatches:
         self.rollouts.set_state(state["rl"])
 
 
-def check(cfg: Config) -> None:
-    """Raises MaxlmError when the rollout rows cannot split into updates, or the prompts over the processes."""
+def check(cfg: Config, value_head: bool) -> None:
+    """Raises MaxlmError when the rollout rows cannot split into updates, or the prompts over the processes,
+    or the RL switches do not fit the task."""
     r, t = cfg.rl, cfg.train  # each count's own range (> 0) is the loader's
+    if r.value_warmup_steps and not value_head:
+        raise MaxlmError(f"rl.value_warmup_steps ({r.value_warmup_steps}) warms up a value head: task {cfg.task} has none (ppo has)")
+    if r.kl_target > 0 and r.kl_in == "loss":
+        raise MaxlmError(f"rl.kl_target ({r.kl_target}) adapts the KL penalty in the rewards, but rl.kl_in is loss "
+                         "(a fixed rl.kl_coef there): set rl.kl_in: reward or rl.kl_target: 0")
     processes = jax.process_count()
     if processes > 1 and r.reward_model:
         raise MaxlmError(f"rl.reward_model runs in one process for now; use a verifier (rl.verifier) with {processes} processes")
@@ -84,6 +91,12 @@ def _data(value_head: bool):
     return data
 
 
+def _needs_reference(cfg: Config) -> bool:
+    """Returns whether a ppo / grpo run scores its rollouts under the frozen reference."""
+    # kl_target > 0 comes with rl.kl_in reward (check), whose adapted coefficient may start at 0.
+    return cfg.rl.kl_coef > 0 or cfg.rl.kl_target > 0
+
+
 def _split(cfg: Config) -> tuple[int, int]:
     return cfg.rl.group_size, cfg.rl.minibatches
 
@@ -92,11 +105,11 @@ PPO = Task(
     name="ppo", chat=True, scalar_head="value", data=_data(True),
     objective=lambda graphdef, cfg: policy_gradient(graphdef, cfg, True),
     step=lambda graphdef, cfg, tx, objective: rollout_step(graphdef, cfg, tx, True),
-    needs_reference=lambda cfg: cfg.rl.kl_coef > 0 or cfg.rl.kl_target > 0, check=check, rollout_split=_split,
+    needs_reference=_needs_reference, check=lambda cfg: check(cfg, True), rollout_split=_split,
 )
 GRPO = Task(
     name="grpo", chat=True, scalar_head=None, data=_data(False),
     objective=lambda graphdef, cfg: policy_gradient(graphdef, cfg, False),
     step=lambda graphdef, cfg, tx, objective: rollout_step(graphdef, cfg, tx, False),
-    needs_reference=lambda cfg: cfg.rl.kl_coef > 0, check=check, rollout_split=_split,
+    needs_reference=_needs_reference, check=lambda cfg: check(cfg, False), rollout_split=_split,
 )

@@ -19,23 +19,33 @@ from maxlm.models.params import bind
 from maxlm.optim.update import Objective
 
 
-def _policy_forward(graphdef: nnx.GraphDef, params, batch: dict, values: bool) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """Returns (log p of each next token [R, S], logits [R, S, V], value-head outputs [R, S] or None)."""
+def _policy_forward(graphdef: nnx.GraphDef, params, batch: dict, values: bool, temperature: float) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Returns (log p of each next token [R, S] under softmax(logits / temperature), those logits [R, S, V],
+    value-head outputs [R, S] or None).
+
+    The rollouts were drawn from softmax(logits / rl.temperature) (then the sampler's top-k / top-p
+    filter, which this full softmax leaves out: rl.tis_cap weighs that gap), so the ratios, KL and
+    entropy are of that policy, as in TRL and verl. A row whose `policy_on` is 0 (ppo's value
+    warm-up) reads its values off a stop-gradient trunk: its value loss trains the head alone.
+    """
     model = bind(graphdef, params)
     hidden, _ = model.hidden(batch["tokens"], batch["positions"], causal_segment_mask(batch["segment_ids"]))
-    logits = model.logits(hidden)
+    logits = model.logits(hidden) / temperature
+    if values and "policy_on" in batch:
+        hidden = jnp.where(batch["policy_on"][:, None, None] > 0, hidden, jax.lax.stop_gradient(hidden))
     return token_logprobs(logits, next_targets(batch["tokens"]))[0], logits, model.scores(hidden) if values else None
 
 
-def rollout_scores(graphdef: nnx.GraphDef, value_head: bool, params, batch: dict, ref_params=None) -> dict:
+def rollout_scores(graphdef: nnx.GraphDef, value_head: bool, params, batch: dict, ref_params=None, *, temperature: float) -> dict:
     """Returns what the behaviour policy (and the reference) say of a rollout batch, per next-token position:
-    `old_logp` [R, S], `ref_logp` [R, S] (with ref_params) and, with a value head, its `old_values` [R, S]."""
-    logp, _, values = _policy_forward(graphdef, params, batch, value_head)
+    `old_logp` [R, S], `ref_logp` [R, S] (with ref_params) and, with a value head, its `old_values` [R, S];
+    log-probs at the sampling temperature."""
+    logp, _, values = _policy_forward(graphdef, params, batch, value_head, temperature)
     out = {"old_logp": logp}
     if values is not None:
         out["old_values"] = values
     if ref_params is not None:
-        out["ref_logp"] = _policy_forward(graphdef, ref_params, batch, False)[0]
+        out["ref_logp"] = _policy_forward(graphdef, ref_params, batch, False, temperature)[0]
     return jax.lax.stop_gradient(out)
 
 
@@ -43,25 +53,35 @@ def policy_gradient(graphdef: nnx.GraphDef, cfg: Config, value_head: bool) -> Ob
     """Returns the PPO / GRPO objective on prepared rollout rows (see step.rollout_step).
 
     Rows ([R, S], left-padded prompt then completion) carry, per next-token position, the
-    behaviour policy's `old_logp` and the `advantages`; ppo (value_head) adds `old_values` and
-    `returns` and adds vf_coef x the clipped value loss; grpo with a reference adds kl_coef x
-    KL(policy || ref) from `ref_logp` to the loss (ppo has it in the rewards instead). Losses are
-    token-level sums: every completion token weighs the same (as in DAPO / Dr. GRPO and
-    OpenRLHF's token mean).
+    behaviour policy's `old_logp`, the sampler's `sample_logp` and the `advantages`; ppo
+    (value_head) adds `old_values` and `returns` and adds vf_coef x the clipped value loss; with
+    rl.kl_in "loss" and a reference, kl_coef x KL(policy || ref) from `ref_logp` joins the loss
+    (grpo's default; ppo's puts it in the rewards). rl.tis_cap > 0 weighs each token's policy
+    term by min(exp(old_logp - sample_logp), cap), a constant. Optional `policy_on` [R] (ppo's
+    value warm-up): 0 drops a row's policy and KL terms. Losses are token-level sums: every
+    completion token weighs the same (as in DAPO / Dr. GRPO and OpenRLHF's token mean).
     """
     r = cfg.rl
 
     def objective(params, batch, ref_params=None):
         w = next_token_weights(batch["segment_ids"], batch["loss_mask"])
-        logp, logits, values = _policy_forward(graphdef, params, batch, value_head)
-        pg_sum, count, clip_sum = rl.ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], w, r.clip_eps)
+        logp, logits, values = _policy_forward(graphdef, params, batch, value_head, r.temperature)
         sg = jax.lax.stop_gradient
+        adv = batch["advantages"]
+        if "policy_on" in batch:
+            adv = adv * batch["policy_on"][:, None]
+        if r.tis_cap > 0:
+            # A weight > 0 factors out of the clipped max: weighing the advantage weighs the token's whole policy term.
+            adv = adv * sg(rl.tis_weights(batch["old_logp"], batch["sample_logp"], r.tis_cap))
+        pg_sum, count, clip_sum = rl.ppo_policy_loss(logp, batch["old_logp"], adv, w, r.clip_eps)
         sums = {
             "policy_loss_sum": pg_sum,
             "entropy_sum": jnp.sum(sg(rl.entropy_from_logits(logits)) * w),
             "clipfrac_sum": clip_sum,
             # How far the updates moved the policy from the one that sampled (k3, >= 0).
             "approx_kl_sum": jnp.sum(sg(rl.kl_penalty(logp, batch["old_logp"], "k3")) * w),
+            # |ratio - 1|: exactly 0 on a rollout batch's first update, when the sampling policy is the one trained.
+            "ratio_dev_sum": jnp.sum(sg(jnp.abs(jnp.exp(logp - batch["old_logp"]) - 1.0)) * w),
             "count": count,
             "tokens": jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32),
         }
@@ -70,8 +90,9 @@ def policy_gradient(graphdef: nnx.GraphDef, cfg: Config, value_head: bool) -> Ob
             vf_sum, _, vclip_sum = rl.ppo_value_loss(values, batch["old_values"], batch["returns"], w, r.value_clip_eps)
             loss = loss + r.vf_coef * vf_sum
             sums |= {"value_loss_sum": vf_sum, "value_clipfrac_sum": vclip_sum}
-        elif "ref_logp" in batch:
-            kl_sum = jnp.sum(rl.kl_penalty(logp, batch["ref_logp"], r.kl_estimator) * w)
+        if r.kl_in == "loss" and "ref_logp" in batch:
+            kl_w = w * batch["policy_on"][:, None] if "policy_on" in batch else w
+            kl_sum = jnp.sum(rl.kl_penalty(logp, batch["ref_logp"], r.kl_estimator) * kl_w)
             loss = loss + r.kl_coef * kl_sum
         sums["loss_sum"] = loss
         return loss, sums

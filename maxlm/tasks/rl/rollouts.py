@@ -7,7 +7,9 @@ samples exactly what the uninterrupted one did), scores them and lays the rows o
   tokens, segment_ids, positions, loss_mask  [R, P + N]  (R = prompts x group_size; the prompt
       left-padded to P = rl.max_prompt_len, then N = rl.max_new_tokens completion slots;
       segment 1 on real tokens up to and including the stop token, loss_mask 1 on the completion)
-  grpo: advantages [R] f32 (group-normalized scores);  ppo: scores [R] f32
+  sample_logp [R, P + N] f32: the sampler's log-prob of each completion token, at the position
+      that predicts it (as the step's old_logp), 0 elsewhere
+  grpo: advantages [R] f32 (group-normalized scores);  ppo, and grpo with rl.kl_in "reward": scores [R] f32
 It also holds ppo's KL coefficient (fixed or adaptive), which a checkpoint saves with the data state.
 """
 
@@ -104,8 +106,9 @@ class Rollouts:
                 f"rl.max_prompt_len + rl.max_new_tokens = {cfg.rl.max_prompt_len + cfg.rl.max_new_tokens} exceeds model.max_seq_len {cfg.model.max_seq_len}"
             )
 
-    def sample(self, params, indices, seed: int, group_size: int, temperature: float) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-        """Returns (token rows [R, P + N], prompt lengths [R], completion texts [R], rewards [R]), `group_size` per prompt."""
+    def sample(self, params, indices, seed: int, group_size: int, temperature: float) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """Returns (token rows [R, P + N], prompt lengths [R], completion texts [R], rewards [R], the sampler's
+        log-probs of the new tokens [R, N]), `group_size` per prompt."""
         r = self.cfg.rl
         idx = [int(i) for i in indices for _ in range(group_size)]
         out = self.generate(
@@ -123,20 +126,23 @@ class Rollouts:
             answers = [self.prompts.answers[i] for i in idx]
             scores = np.asarray([self.verify(t, a) if a is not None else 0.0 for t, a in zip(texts, answers)], np.float32)
         lens = np.asarray([len(self.prompts.ids[i]) for i in idx])
-        return rows, lens, texts, scores
+        return rows, lens, texts, scores, out.logp_NxM
 
     def __call__(self, params, indices, step: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Returns (the step's rollout batch, rollout metrics) for prompt `indices`."""
         r = self.cfg.rl
         t0 = time.perf_counter()
         seed = int(np.random.SeedSequence([self.cfg.train.seed, step]).generate_state(1)[0])
-        rows, lens, texts, scores = self.sample(params, indices, seed, r.group_size, r.temperature)
+        rows, lens, texts, scores, logp = self.sample(params, indices, seed, r.group_size, r.temperature)
         seconds = time.perf_counter() - t0
         batch = training_rows(rows, lens, r.max_prompt_len, self.stops)
+        batch["sample_logp"] = sample_logps(logp, batch["loss_mask"], r.max_prompt_len)
         if self.value_head:
             batch["scores"] = scores
         else:
             batch["advantages"] = np.asarray(rl.group_advantages(scores, r.group_size), np.float32)
+            if r.kl_in == "reward":
+                batch["scores"] = scores  # the step takes the KL to the reference off them, then groups them again
         completion = batch["loss_mask"].sum(axis=1)
         mean, mean_sq, tokens = across_processes([scores, np.square(scores), completion])
         metrics = {
@@ -145,7 +151,7 @@ class Rollouts:
             "completion_tokens": tokens,
             "generate_seconds": seconds,
         }
-        if self.value_head:
+        if r.kl_in == "reward":
             metrics["kl_coef"] = self.kl.coef
         return batch, metrics
 
@@ -172,7 +178,7 @@ class Rollouts:
         n = min(n, len(self.prompts))
         mine = list(range(n))[jax.process_index()::jax.process_count()]
         share = -(-n // jax.process_count())
-        _, _, _, scores = self.sample(params, mine + [0] * (share - len(mine)), 0, 1, 0.0)
+        scores = self.sample(params, mine + [0] * (share - len(mine)), 0, 1, 0.0)[3]
         return {"reward": across_processes([scores[: len(mine)]])[0]}
 
 
@@ -207,6 +213,15 @@ def training_rows(rows: np.ndarray, prompt_lens: np.ndarray, prompt_len: int, st
         "positions": positions.astype(np.int32),
         "loss_mask": in_completion.astype(np.float32),
     }
+
+
+def sample_logps(logp_RxN: np.ndarray, loss_mask_RxS: np.ndarray, prompt_len: int) -> np.ndarray:
+    """Returns [R, S] f32: the sampler's log-prob of each completion token at the position that predicts it
+    (column prompt_len - 1 + j for new token j, as old_logp is laid out), 0 off the completion."""
+    out = np.zeros(loss_mask_RxS.shape, np.float32)
+    n = logp_RxN.shape[1]
+    out[:, prompt_len - 1 : prompt_len - 1 + n] = logp_RxN * loss_mask_RxS[:, prompt_len : prompt_len + n]
+    return out
 
 
 def _reward_model(services: Services, path: str):

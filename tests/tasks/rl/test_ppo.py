@@ -72,6 +72,7 @@ def test_prepared_rollouts_match_each_row_run_alone():
     batch = training_rows(rows, prompt_lens, P, [stop])
     scores = np.array([1.0, -0.5, 0.25, 2.0], np.float32)
     kl_coef = 0.3
+    batch["sample_logp"] = np.zeros(rows.shape, np.float32)  # not sampled: only tis_ratio_* read it
     got, stats = prepare_rollouts(graphdef, cfg, True, params, {**batch, "scores": scores}, ref, jnp.float32(kl_coef))
     adv_raw, kl_all, cols_all = [], [], []
     for r in range(4):
