@@ -152,7 +152,8 @@ def sample(
     return np.concatenate([tokens, np.asarray(new)], axis=1), np.asarray(logp, np.float32)
 
 
-def generate(graphdef: nnx.GraphDef, cfg: ModelConfig, params: Any, prompts: Sequence[Sequence[int]] | np.ndarray, max_new_tokens: int, **kw) -> np.ndarray:
+def generate(graphdef: nnx.GraphDef, cfg: ModelConfig, params: Any, prompts: Sequence[Sequence[int]] | np.ndarray, max_new_tokens: int,
+             **kw) -> np.ndarray:
     """Returns int32 [B, T + N]: `sample`'s rows without their log-probs (the same compiled sampler)."""
     return sample(graphdef, cfg, params, prompts, max_new_tokens, **kw)[0]
 

@@ -106,7 +106,8 @@ class Rollouts:
                 f"rl.max_prompt_len + rl.max_new_tokens = {cfg.rl.max_prompt_len + cfg.rl.max_new_tokens} exceeds model.max_seq_len {cfg.model.max_seq_len}"
             )
 
-    def sample(self, params, indices, seed: int, group_size: int, temperature: float) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+    def sample(self, params, indices, seed: int, group_size: int, temperature: float
+               ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
         """Returns (token rows [R, P + N], prompt lengths [R], completion texts [R], rewards [R], the sampler's
         log-probs of the new tokens [R, N]), `group_size` per prompt."""
         r = self.cfg.rl

@@ -4,6 +4,7 @@ in numpy) and ppo's value warm-up (the policy unchanged, bit for bit)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -34,7 +35,7 @@ def _batch(tiny, task, scores=True):
 
 def test_grpo_with_the_kl_in_the_reward_groups_score_minus_the_completions_kl(tiny):
     cfg = Config(task="grpo", model=tiny.model, rl=RLConfig(group_size=2, kl_in="reward", kl_estimator="k1", minibatches=2))
-    got, stats = prepare_rollouts(tiny.graphdef, cfg, False, tiny.params, _batch(tiny, "grpo"), tiny.ref, jnp.float32(0.7))
+    got, _ = prepare_rollouts(tiny.graphdef, cfg, False, tiny.params, _batch(tiny, "grpo"), tiny.ref, jnp.float32(0.7))
     lp, ref = tiny.logp(tiny.params), tiny.logp(tiny.ref)
     reward = [tiny.scores[r] - 0.7 * sum(lp[r, t] - ref[r, t] for t in np.nonzero(tiny.w[r])[0]) for r in range(8)]
     for g in range(4):
@@ -50,12 +51,12 @@ def test_grpo_with_the_kl_in_the_reward_groups_score_minus_the_completions_kl(ti
 
 
 def test_ppo_with_the_kl_in_the_loss_leaves_it_out_of_the_rewards(tiny):
-    args = (tiny.graphdef,)
+    g = tiny.graphdef
     loss_cfg = Config(task="ppo", model=tiny.model, rl=RLConfig(kl_in="loss", minibatches=2))
     free_cfg = Config(task="ppo", model=tiny.model, rl=RLConfig(kl_in="reward", minibatches=2))
-    got, stats = prepare_rollouts(*args, loss_cfg, True, tiny.params, _batch(tiny, "ppo"), tiny.ref, jnp.float32(0.7))
-    want, _ = prepare_rollouts(*args, free_cfg, True, tiny.params, _batch(tiny, "ppo"), tiny.ref, jnp.float32(0.0))  # rewards: the score alone
-    kl_rewarded, _ = prepare_rollouts(*args, free_cfg, True, tiny.params, _batch(tiny, "ppo"), tiny.ref, jnp.float32(0.7))
+    got, stats = prepare_rollouts(g, loss_cfg, True, tiny.params, _batch(tiny, "ppo"), tiny.ref, jnp.float32(0.7))
+    want, _ = prepare_rollouts(g, free_cfg, True, tiny.params, _batch(tiny, "ppo"), tiny.ref, jnp.float32(0.0))  # rewards: the score alone
+    kl_rewarded, _ = prepare_rollouts(g, free_cfg, True, tiny.params, _batch(tiny, "ppo"), tiny.ref, jnp.float32(0.7))
     np.testing.assert_array_equal(np.asarray(got["returns"]), np.asarray(want["returns"]))
     np.testing.assert_array_equal(np.asarray(got["advantages"]), np.asarray(want["advantages"]))
     assert float(jnp.max(jnp.abs(kl_rewarded["returns"] - want["returns"]))) > 1e-3  # the KL would have moved them
@@ -95,7 +96,7 @@ def test_target_approx_kl_drops_the_update_that_measures_past_it_and_every_later
     # A target the k-th update is the first to measure past.
     k = next(i for i in range(2, len(kls)) if kls[i] > max(kls[:i]) * 1.5)
     target = (max(kls[:k]) + kls[k]) / 2
-    cfg = Config(task="grpo", model=tiny.model, train=TRAIN, rl=RLConfig(group_size=2, kl_coef=0.0, epochs=epochs, minibatches=mbs, target_approx_kl=target))
+    cfg = dataclasses.replace(base, rl=dataclasses.replace(base.rl, target_approx_kl=target))
     step = jax.jit(rollout_step(tiny.graphdef, cfg, tx, False))
     params, opt_state, m = step(tiny.params, tx.init(tiny.params), batch, None, args)
     assert float(m["updates"]) == k
