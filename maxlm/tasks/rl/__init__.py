@@ -76,8 +76,7 @@ def _data(value_head: bool):
     def data(cfg, tokenizer, graphdef, services) -> TaskData:
         rollouts, prompts = make_rollouts(cfg, tokenizer, graphdef, services, value_head)
         held_out = make_eval_rollouts(cfg, tokenizer, graphdef, services, value_head)
-        n = cfg.train.eval_steps * cfg.train.global_batch_size
-        evaluate = (lambda params, score: held_out.evaluate(params, n)) if held_out else None
+        evaluate = (lambda params, score: held_out.evaluate(params)) if held_out else None
         # The starting policy's held-out reward: the baseline every later eval_reward is read against.
         return TaskData(RolloutBatches(rollouts, prompts), evaluate, evaluate_start=True)
 

@@ -104,13 +104,16 @@ class Rollouts:
                 f"rl.max_prompt_len + rl.max_new_tokens = {cfg.rl.max_prompt_len + cfg.rl.max_new_tokens} exceeds model.max_seq_len {cfg.model.max_seq_len}"
             )
 
-    def sample(self, params, indices, seed: int, group_size: int, temperature: float) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-        """Returns (token rows [R, P + N], prompt lengths [R], completion texts [R], rewards [R]), `group_size` per prompt."""
+    def sample(self, params, indices, seed: int, group_size: int, temperature: float,
+               batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+        """Returns (token rows [R, P + N], prompt lengths [R], completion texts [R], rewards [R]), `group_size` per prompt,
+        sampled `batch_size` rows at a time (None: all at once)."""
         r = self.cfg.rl
         idx = [int(i) for i in indices for _ in range(group_size)]
         out = self.generate(
             self.graphdef, self.cfg.model, params, self.tokenizer, [self.prompts.ids[i] for i in idx], r.max_new_tokens,
             stop_ids=self.stops, prompt_len=r.max_prompt_len, seed=seed, temperature=temperature, top_k=r.top_k, top_p=r.top_p,
+            batch_size=batch_size,
         )
         rows, texts = out.rows_NxTM, out.texts
         if self.reward_model:
@@ -163,16 +166,20 @@ class Rollouts:
         """Restores `get_state`'s KL coefficient."""
         self.kl = dataclasses.replace(self.kl, coef=float(state["kl_coef"]))
 
-    def evaluate(self, params, n: int) -> dict[str, float]:
-        """Returns {"reward": mean greedy reward} over the first `n` prompts (one completion each).
+    def evaluate(self, params) -> dict[str, float]:
+        """Returns {"reward": mean greedy reward} over every held-out prompt (one completion each).
 
-        Several processes split the prompts; each pads its share to the same count with a repeat
-        that counts nothing, since every process must sample the same number of rows.
+        The same measurement as `maxlm eval exact-match` with the run's verifier and
+        rl.max_new_tokens: all records of data.eval_files (a fixed subset is chosen with their
+        `rows`), the same chat template, greedy decoding. Sampled one rollout batch of rows at a
+        time; several processes split the prompts, each padding its share to the same count with
+        a repeat that counts nothing, since every process must sample the same number of rows.
         """
-        n = min(n, len(self.prompts))
+        n = len(self.prompts)
         mine = list(range(n))[jax.process_index()::jax.process_count()]
         share = -(-n // jax.process_count())
-        _, _, _, scores = self.sample(params, mine + [0] * (share - len(mine)), 0, 1, 0.0)
+        rows = min(share, self.cfg.train.global_batch_size * self.cfg.rl.group_size // jax.process_count())
+        _, _, _, scores = self.sample(params, mine + [0] * (share - len(mine)), 0, 1, 0.0, batch_size=rows)
         return {"reward": across_processes([scores[: len(mine)]])[0]}
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from maxlm.config import Config, MeshConfig, ModelConfig, RLConfig
+from maxlm.eval.generation import exact_match
+from maxlm.infer.pretrained import from_pretrained
 from maxlm.models import params as params_lib
 from maxlm.models.llama import causal_segment_mask
 from maxlm.parallel.mesh import make_mesh
@@ -141,8 +143,9 @@ def test_rl_run_logs_its_metrics_and_resumes_exactly_after_kill_9(tmp_path, sft_
     import time
 
     extra, keys, exact, close = PER_TASK[task]
+    held_out = "data.eval_files=[{path: 'builtin:arithmetic@eval', rows: '0:40'}]"
     over = [f"train.init_from={sft_run}", "train.steps=6", "train.global_batch_size=4", "train.log_every=1", "train.eval_every=3",
-            "train.eval_steps=1", "checkpoint.interval_steps=3", *extra]
+            held_out, "checkpoint.interval_steps=3", *extra]
     cfg = REPO / "configs" / f"{task}_arithmetic.yaml"
     _cli(cfg, *over, f"run_dir={tmp_path / 'full'}")
     part = tmp_path / "part"
@@ -156,6 +159,11 @@ def test_rl_run_logs_its_metrics_and_resumes_exactly_after_kill_9(tmp_path, sft_
     full, again = _rows(tmp_path / "full"), _rows(part)
     assert sorted(full) == sorted(again) == list(range(7))  # step 0: the starting policy's held-out reward
     assert "eval_reward" in full[0] and "eval_reward" in full[3]
+    # The in-run held-out reward is `maxlm eval exact-match` on the same prompts of the same checkpoint.
+    start = exact_match(from_pretrained(str(sft_run)), "builtin:arithmetic@eval", "arithmetic_exact", 6, rows="0:40")
+    assert start["n"] == 40 and full[0]["eval_reward"] == pytest.approx(start["accuracy"], abs=1e-9)
+    last = exact_match(from_pretrained(str(tmp_path / "full")), "builtin:arithmetic@eval", "arithmetic_exact", 6, rows="0:40")
+    assert full[6]["eval_reward"] == pytest.approx(last["accuracy"], abs=1e-9)
     assert {"reward_mean", "kl", "entropy", "clipfrac", "generation_fraction", "completion_tokens"} | keys <= set(full[1])
     assert full[1]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1 samples from the reference itself
     if task == "ppo":
