@@ -57,8 +57,9 @@ def rollout_step(graphdef, cfg: Config, tx: optax.GradientTransformation, value_
     args = {"kl_coef": f32, "step": i32} (host scalars).
 
     One call is one rollout batch: `prepare_rollouts` under the policy that sampled it, then
-    rl.epochs passes of rl.minibatches clipped updates over shuffled rows, each a `train_step`
-    (so clipping, accumulation and the non-finite guard are the ones every task has). Metrics are
+    rl.epochs passes of rl.minibatches clipped updates over shuffled rows, each a `train_step` on the
+    minibatch with its rl.loss_agg weights (`weigh_tokens`; so clipping, accumulation and the
+    non-finite guard are the ones every task has). Metrics are
     the rollout statistics plus the means over the updates. The shuffle is seeded by
     (train.seed, step): a resumed run repeats it.
     """
