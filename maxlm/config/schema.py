@@ -161,7 +161,16 @@ class RLConfig:
     kl_estimator: Literal["k1", "k3", "abs", "mse"] = "k3"
     kl_target: float = ranged(0.0, ge=0)  # ppo, > 0: adapt kl_coef (Ziegler et al. 2019) toward this KL summed over a completion
     kl_horizon: float = ranged(10000.0, gt=0)  # ppo: the adaptive controller's horizon, in completions
-    clip_eps: float = ranged(0.2, gt=0)
+    advantage: Literal["group", "rloo", "reinforce_pp"] = "group"  # grpo's baseline (losses/rl.py ADVANTAGE_KINDS); ppo: GAE
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # grpo: divide by the group's / batch's reward std, or not (Dr. GRPO)
+    loss_agg: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"  # the policy loss's mean (losses/rl.py aggregation_weights)
+    clip_eps_low: float = ranged(0.2, gt=0, lt=1)  # the ratio is clipped to [1 - low, 1 + high]
+    clip_eps_high: float = ranged(0.2, gt=0)  # DAPO's clip-higher: 0.28; GSPO (importance_ratio: sequence): 3e-4 / 4e-4
+    importance_ratio: Literal["token", "sequence"] = "token"  # sequence: GSPO's length-normalized sequence ratio
+    dynamic_sampling: bool = False  # grpo (DAPO): drop groups of equal rewards, refill from further prompts
+    max_sampling_rounds: int = ranged(4, gt=0)  # dynamic_sampling: batches of prompts sampled at most per step
+    overlong_buffer: int = ranged(0, ge=0)  # DAPO's soft overlong punishment over the last this many of max_new_tokens; 0: off
+    overlong_penalty: float = ranged(1.0, ge=0)  # the punishment of a completion that fills max_new_tokens
     epochs: int = ranged(1, gt=0)  # passes over each rollout batch
     minibatches: int = ranged(1, gt=0)  # optimizer updates per pass; the rollout rows split evenly
     gamma: float = ranged(1.0, ge=0, le=1)  # ppo: discount
@@ -224,6 +233,21 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """A key that no longer exists: the keys that took its value, and a hint."""
+
+    by: tuple[str, ...]
+    hint: str
+
+
+# A config a user writes with one of these keys is refused, naming the new keys; a checkpoint's saved
+# config (written by an older maxlm) is read with the old value moved to them (load.from_dict).
+REPLACED_KEYS = {
+    "rl.clip_eps": Replaced(("rl.clip_eps_low", "rl.clip_eps_high"), "set both to the old value for the same clipping"),
+}
 
 
 class Inconsistent(MaxlmError):

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from maxlm.config import Config
+from maxlm.config import Config, RLConfig
 from maxlm.data.pipeline import DataIterator
 from maxlm.errors import MaxlmError
 from maxlm.tasks.rl.objective import policy_gradient
@@ -36,7 +36,7 @@ class RolloutBatches:
 
     def next(self, params: Any, step: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Returns (the step's rollout batch, rollout metrics)."""
-        return self.rollouts(params, next(self.prompts), step)
+        return self.rollouts(params, self.prompts, step)
 
     def step_args(self, step: int) -> dict[str, np.ndarray]:
         """Returns the KL coefficient and the step number the rollout step takes."""
@@ -65,11 +65,37 @@ def check(cfg: Config) -> None:
     if t.global_batch_size % processes:
         raise MaxlmError(f"train.global_batch_size ({t.global_batch_size}) prompts must divide by the number of processes ({processes})")
     rows = t.global_batch_size * r.group_size
+    if r.overlong_buffer > r.max_new_tokens:
+        raise MaxlmError(f"rl.overlong_buffer ({r.overlong_buffer}) must be <= rl.max_new_tokens ({r.max_new_tokens}): it is the last "
+                         "stretch of the completion budget where DAPO's overlong punishment grows")
     if rows % (r.minibatches * t.grad_accum_steps):
         raise MaxlmError(
             f"train.global_batch_size x rl.group_size = {rows} rollout rows must divide by "
             f"rl.minibatches ({r.minibatches}) x train.grad_accum_steps ({t.grad_accum_steps})"
         )
+
+
+def check_grpo(cfg: Config) -> None:
+    """Raises MaxlmError for `check`'s faults and for rl.* menu choices that do not fit together."""
+    check(cfg)
+    r = cfg.rl
+    if r.advantage == "reinforce_pp" and r.scale_rewards != "group":
+        raise MaxlmError(f"rl.scale_rewards={r.scale_rewards} does not apply to rl.advantage=reinforce_pp, which always divides by the "
+                         "std over the whole batch of the group-centred rewards (REINFORCE++-baseline); leave rl.scale_rewards at its default")
+    if r.advantage == "rloo" and r.group_size < 2:
+        raise MaxlmError(f"rl.advantage=rloo needs rl.group_size >= 2 (a leave-one-out mean of the others), got {r.group_size}")
+    if r.dynamic_sampling and r.group_size < 2:
+        raise MaxlmError(f"rl.dynamic_sampling drops groups of equal rewards: every group of rl.group_size={r.group_size} is one; use >= 2")
+
+
+def check_ppo(cfg: Config) -> None:
+    """Raises MaxlmError for `check`'s faults and for grpo-only rl.* keys set under task ppo."""
+    check(cfg)
+    r, default = cfg.rl, RLConfig()
+    for key in ("advantage", "scale_rewards", "dynamic_sampling"):
+        if getattr(r, key) != getattr(default, key):
+            raise MaxlmError(f"rl.{key}={getattr(r, key)} is a grpo choice; task ppo's advantages are GAE on its value head "
+                             f"(leave rl.{key} at {getattr(default, key)})")
 
 
 def _data(value_head: bool):
@@ -91,11 +117,11 @@ PPO = Task(
     name="ppo", chat=True, scalar_head="value", data=_data(True),
     objective=lambda graphdef, cfg: policy_gradient(graphdef, cfg, True),
     step=lambda graphdef, cfg, tx, objective: rollout_step(graphdef, cfg, tx, True),
-    needs_reference=lambda cfg: cfg.rl.kl_coef > 0 or cfg.rl.kl_target > 0, check=check, rollout_split=_split,
+    needs_reference=lambda cfg: cfg.rl.kl_coef > 0 or cfg.rl.kl_target > 0, check=check_ppo, rollout_split=_split,
 )
 GRPO = Task(
     name="grpo", chat=True, scalar_head=None, data=_data(False),
     objective=lambda graphdef, cfg: policy_gradient(graphdef, cfg, False),
     step=lambda graphdef, cfg, tx, objective: rollout_step(graphdef, cfg, tx, False),
-    needs_reference=lambda cfg: cfg.rl.kl_coef > 0, check=check, rollout_split=_split,
+    needs_reference=lambda cfg: cfg.rl.kl_coef > 0, check=check_grpo, rollout_split=_split,
 )

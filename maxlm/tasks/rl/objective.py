@@ -45,16 +45,22 @@ def policy_gradient(graphdef: nnx.GraphDef, cfg: Config, value_head: bool) -> Ob
     Rows ([R, S], left-padded prompt then completion) carry, per next-token position, the
     behaviour policy's `old_logp` and the `advantages`; ppo (value_head) adds `old_values` and
     `returns` and adds vf_coef x the clipped value loss; grpo with a reference adds kl_coef x
-    KL(policy || ref) from `ref_logp` to the loss (ppo has it in the rewards instead). Losses are
-    token-level sums: every completion token weighs the same (as in DAPO / Dr. GRPO and
-    OpenRLHF's token mean).
+    KL(policy || ref) from `ref_logp` to the loss (ppo has it in the rewards instead). The policy
+    and KL terms weigh each token by the rows' `loss_weights` (rl.loss_agg over the whole
+    minibatch, see step.weigh_tokens; token_mean: every completion token the same, as in DAPO and
+    OpenRLHF); the value loss and the logged entropy, clipfrac and approx_kl are token means.
+    The ratio is per token or GSPO's per sequence (rl.importance_ratio), clipped to
+    [1 - rl.clip_eps_low, 1 + rl.clip_eps_high].
     """
     r = cfg.rl
 
     def objective(params, batch, ref_params=None):
         w = next_token_weights(batch["segment_ids"], batch["loss_mask"])
         logp, logits, values = _policy_forward(graphdef, params, batch, value_head)
-        pg_sum, count, clip_sum = rl.ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], w, r.clip_eps)
+        agg = batch["loss_weights"]
+        pg_sum, count, clip_sum = rl.ppo_policy_loss(
+            logp, batch["old_logp"], batch["advantages"], w, r.clip_eps_low, r.clip_eps_high, r.importance_ratio, agg
+        )
         sg = jax.lax.stop_gradient
         sums = {
             "policy_loss_sum": pg_sum,
@@ -71,7 +77,7 @@ def policy_gradient(graphdef: nnx.GraphDef, cfg: Config, value_head: bool) -> Ob
             loss = loss + r.vf_coef * vf_sum
             sums |= {"value_loss_sum": vf_sum, "value_clipfrac_sum": vclip_sum}
         elif "ref_logp" in batch:
-            kl_sum = jnp.sum(rl.kl_penalty(logp, batch["ref_logp"], r.kl_estimator) * w)
+            kl_sum = jnp.sum(rl.kl_penalty(logp, batch["ref_logp"], r.kl_estimator) * agg)
             loss = loss + r.kl_coef * kl_sum
         sums["loss_sum"] = loss
         return loss, sums

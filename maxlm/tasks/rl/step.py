@@ -45,13 +45,21 @@ def prepare_rollouts(graphdef, cfg: Config, value_head: bool, params, batch: dic
     return rows | {"advantages": batch["advantages"][:, None] * w}, stats
 
 
+def weigh_tokens(cfg: Config, minibatch: dict) -> dict:
+    """Returns `minibatch` with `loss_weights` [R, S]: rl.loss_agg's per-token weights of the policy loss
+    over the whole minibatch (so gradient accumulation's microbatches add up to its exact mean)."""
+    w = next_token_weights(minibatch["segment_ids"], minibatch["loss_mask"])
+    return minibatch | {"loss_weights": rl.aggregation_weights(w, cfg.rl.loss_agg, cfg.rl.max_new_tokens)}
+
+
 def rollout_step(graphdef, cfg: Config, tx: optax.GradientTransformation, value_head: bool) -> Callable:
     """Returns step(params, opt_state, batch, ref_params, args) -> (params, opt_state, metrics) for ppo/grpo;
     args = {"kl_coef": f32, "step": i32} (host scalars).
 
     One call is one rollout batch: `prepare_rollouts` under the policy that sampled it, then
-    rl.epochs passes of rl.minibatches clipped updates over shuffled rows, each a `train_step`
-    (so clipping, accumulation and the non-finite guard are the ones every task has). Metrics are
+    rl.epochs passes of rl.minibatches clipped updates over shuffled rows, each a `train_step` on the
+    minibatch with its rl.loss_agg weights (`weigh_tokens`; so clipping, accumulation and the
+    non-finite guard are the ones every task has). Metrics are
     the rollout statistics plus the means over the updates. The shuffle is seeded by
     (train.seed, step): a resumed run repeats it.
     """
@@ -68,7 +76,7 @@ def rollout_step(graphdef, cfg: Config, tx: optax.GradientTransformation, value_
             mbs = microbatches(jax.tree.map(lambda x: x[perm], prepared), r.minibatches)
 
             def one(c, mb):
-                p, o, m = update(*c, mb)
+                p, o, m = update(*c, weigh_tokens(cfg, mb))
                 return (p, o), m
 
             return jax.lax.scan(one, carry, mbs)

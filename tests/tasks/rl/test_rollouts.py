@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maxlm.config import Config, DataConfig, MeshConfig, ModelConfig, RLConfig, SourceConfig
+from maxlm.config import Config, DataConfig, MeshConfig, ModelConfig, RLConfig, SourceConfig, TrainConfig
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
 from maxlm.tasks.rl.rollouts import Rollouts, load_prompts, training_rows
@@ -57,3 +57,106 @@ def test_greedy_rollouts_are_the_argmax_of_the_training_forward(tokenizer):
         cols = np.nonzero(batch["loss_mask"][r])[0]
         # Each completion token is what the training forward predicts from the tokens before it.
         np.testing.assert_array_equal(pred[r, cols - 1], batch["tokens"][r, cols])
+
+
+def scripted_services(answer_of: dict, reply, seeds: list):
+    """Services whose `generate` writes `reply(prompt index, row in group, seed) -> (correct?, length)` completions."""
+    from types import SimpleNamespace
+
+    from maxlm.tasks.task import Services
+
+    def generate(graphdef, model_cfg, params, tokenizer, prompts, max_new_tokens, *, stop_ids, prompt_len, seed, **sampling):
+        seeds.append(seed)
+        rows = np.full((len(prompts), prompt_len + max_new_tokens), 3, np.int32)
+        texts = []
+        for i, ids in enumerate(prompts):
+            rows[i, prompt_len - len(ids):prompt_len] = ids
+            p = answer_of[tuple(ids)][0]
+            correct, length = reply(p, i % 2, seed)
+            if length < max_new_tokens:
+                rows[i, prompt_len + length - 1] = stop_ids[0]
+            texts.append(answer_of[tuple(ids)][1] if correct else "no")
+        return SimpleNamespace(rows_NxTM=rows, texts=texts)
+
+    return Services(mesh=None, log=print, reference=None, generate=generate, reward_model=None)
+
+
+def scripted_run(tokenizer, reply, **rl):
+    """(RolloutBatches over builtin:arithmetic rows 0:40 with the scripted sampler, seeds it was called with, a twin prompt iterator)."""
+    from maxlm.tasks.rl import RolloutBatches
+    from maxlm.tasks.rl.rollouts import make_rollouts, prompt_batches
+
+    cfg = Config(task="grpo", data=DataConfig(train_files=[SourceConfig(path="builtin:arithmetic", rows="0:40")]),
+                 train=TrainConfig(global_batch_size=4, seed=3),
+                 rl=RLConfig(group_size=2, max_prompt_len=40, max_new_tokens=8, **rl))
+    seeds: list = []
+    prompts = load_prompts(cfg, tokenizer, cfg.data.train_files)
+    answer_of = {tuple(ids): (i, prompts.answers[i]) for i, ids in enumerate(prompts.ids)}
+    rollouts, iterator = make_rollouts(cfg, tokenizer, None, scripted_services(answer_of, reply, seeds), False)
+    return RolloutBatches(rollouts, iterator), seeds, iter(prompt_batches(cfg, prompts, 0, 1)), answer_of
+
+
+def round_seed(step, k):
+    return int(np.random.SeedSequence([3, step] + ([k] if k else [])).generate_state(1)[0])
+
+
+def prompt_of_rows(batch, answer_of):
+    """The prompt index of each row of a laid-out batch (its prompt's tokens, the padding dropped)."""
+    prompt = batch["tokens"][:, :40] * (batch["segment_ids"][:, :40] > 0)
+    return [answer_of[tuple(int(t) for t in row if t)][0] for row in prompt]
+
+
+def test_dynamic_sampling_refills_with_informative_groups_in_sampling_order(tokenizer):
+    # Even prompts: the group's first completion is right, the second wrong; odd prompts: both wrong.
+    reply = lambda p, j, seed: (p % 2 == 0 and j == 0, 4)
+    batches, seeds, twin, answer_of = scripted_run(tokenizer, reply, dynamic_sampling=True, max_sampling_rounds=4)
+    batch, metrics = batches.next(None, 1)
+    # By hand: draw prompt batches until 4 even prompts have been seen (at most 4 batches).
+    kept, dropped, rounds = [], 0, 0
+    while len(kept) < 4 and rounds < 4:
+        drawn = [int(p) for p in next(twin)]
+        rounds += 1
+        kept += [p for p in drawn if p % 2 == 0]
+        dropped += sum(p % 2 for p in drawn)
+    assert rounds > 1  # the data makes the step refill
+    assert prompt_of_rows(batch, answer_of) == [p for p in kept[:4] for _ in range(2)]
+    assert seeds == [round_seed(1, k) for k in range(rounds)]
+    assert metrics["dropped_groups"] == dropped and metrics["padded_groups"] == 0 and metrics["sampling_rounds"] == rounds
+    # each kept group scores [1, 0]: advantages ±0.5 / (std 0.7071 + 1e-6)
+    np.testing.assert_allclose(batch["advantages"], [0.5 / (0.5 ** 0.5 + 1e-6), -0.5 / (0.5 ** 0.5 + 1e-6)] * 4, rtol=1e-6)
+    assert batch["loss_mask"].sum(axis=1).tolist() == [4] * 8
+    # The prompt iterator's position is the checkpointed state: a restored twin continues exactly.
+    state = batches.get_state()
+    again, _, _, _ = scripted_run(tokenizer, reply, dynamic_sampling=True, max_sampling_rounds=4)
+    again.set_state(state)
+    b2, b2_again = batches.next(None, 2)[0], again.next(None, 2)[0]
+    for k in b2:
+        np.testing.assert_array_equal(b2[k], b2_again[k])
+
+
+def test_dynamic_sampling_short_of_groups_pads_with_masked_dropped_groups(tokenizer):
+    # Only prompts divisible by 7 get a right answer; lengths differ by row but overlong shaping is off.
+    reply = lambda p, j, seed: (p % 7 == 0 and j == 1, 3 + j)
+    batches, seeds, twin, answer_of = scripted_run(tokenizer, reply, dynamic_sampling=True, max_sampling_rounds=2)
+    batch, metrics = batches.next(None, 5)
+    drawn = [int(p) for _ in range(2) for p in next(twin)]
+    informative = [p for p in drawn if p % 7 == 0][:4]
+    uninformative = [p for p in drawn if p % 7][: 4 - len(informative)]
+    assert 0 < len(informative) < 4  # the data leaves the step short
+    assert prompt_of_rows(batch, answer_of) == [p for p in informative + uninformative for _ in range(2)]
+    trained = np.repeat([1] * len(informative) + [0] * len(uninformative), 2)
+    np.testing.assert_array_equal(batch["loss_mask"].sum(axis=1) > 0, trained > 0)
+    assert np.all(batch["advantages"][trained == 0] == 0) and np.all(batch["advantages"][trained > 0] != 0)
+    assert batch["tokens"].shape == (8, 48)  # the step's shape does not change
+    assert metrics["padded_groups"] == len(uninformative) and metrics["sampling_rounds"] == 2 == len(seeds)
+    assert metrics["dropped_groups"] == 8 - sum(p % 7 == 0 for p in drawn)
+
+
+def test_overlong_shaping_lowers_the_scores_before_the_advantages(tokenizer):
+    # All answers right; lengths 2 (first row of a group) and 8 = max_new_tokens (second): buffer 3, penalty 0.6.
+    reply = lambda p, j, seed: (True, 2 if j == 0 else 8)
+    batches, _, _, _ = scripted_run(tokenizer, reply, overlong_buffer=3, overlong_penalty=0.6, scale_rewards="none")
+    batch, metrics = batches.next(None, 1)
+    # scores 1 and 1 - 0.6 x (8 - 5) / 3 = 0.4: centred ±0.3 with no std division
+    np.testing.assert_allclose(batch["advantages"], [0.3, -0.3] * 4, rtol=1e-5)
+    assert metrics["reward_mean"] == 1.0 and metrics["overlong_penalty"] == pytest.approx(0.3)
