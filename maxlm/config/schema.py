@@ -17,7 +17,7 @@ from maxlm.errors import MaxlmError
 
 Task = Literal["pretrain", "sft", "rm", "dpo", "ppo", "grpo"]
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
-Verifier = Literal["arithmetic_exact", "gsm8k_exact", "format"]  # the names of maxlm/tasks/rl/verifiers.py VERIFIERS
+Verifier = Literal["arithmetic_exact", "gsm8k_exact", "format", "sort_exact"]  # the names of maxlm/tasks/rl/verifiers.py VERIFIERS
 ChatTemplate = Literal["default", "llama3", "chatml", "hf"]  # the names of maxlm/data/chat.py TEMPLATES, plus hf
 Remat = Literal["none", "full", "dots", "dots_no_batch"]  # the names of maxlm/models/llama.py REMAT_POLICIES
 

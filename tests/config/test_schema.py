@@ -112,7 +112,7 @@ def test_a_replaced_key_is_refused_naming_the_keys_that_replace_it(tmp_path):
 def test_choices_are_read_from_the_types():
     hints = typing.get_type_hints(PreferenceConfig)
     assert choices(hints["kind"]) == ("sigmoid", "ipo", "hinge", "simpo", "orpo")
-    with pytest.raises(MaxlmError, match=r"rl\.verifier must be one of arithmetic_exact, gsm8k_exact, format; got 'gsm8k'"):
+    with pytest.raises(MaxlmError, match=r"rl\.verifier must be one of arithmetic_exact, gsm8k_exact, format, sort_exact; got 'gsm8k'"):
         load_config(None, ["rl.verifier=gsm8k"])
     with pytest.raises(MaxlmError, match=r"task must be one of pretrain, sft, rm, dpo, ppo, grpo; got 'dop'; did you mean 'dpo'\?"):
         load_config(None, ["task=dop"])
