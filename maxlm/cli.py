@@ -252,7 +252,7 @@ def _add_eval(sub) -> None:
     em = ev.add_parser("exact-match", parents=[records, report], help="greedy answers to prompt records checked by a verifier: prints {\"accuracy\", \"n\", ...}")
     em.add_argument("path", help="run dir, checkpoint, step dir or HF dir")
     em.add_argument("--data", required=True, help="{\"prompt\", \"answer\"} or gsm8k {\"question\", \"answer\"} records (jsonl/json/parquet)")
-    em.add_argument("--verifier", default="gsm8k_exact", help="exact (string equality), gsm8k_exact, arithmetic_exact or format")
+    em.add_argument("--verifier", default="gsm8k_exact", help="exact (string equality), gsm8k_exact, arithmetic_exact, sort_exact or format")
     em.add_argument("--max-new-tokens", type=flag_type(SampleConfig, "max_new_tokens"), default=256)
     em.add_argument("--rows", default="", help="a slice of the records, e.g. 0:200")
     em.add_argument("--batch-size", type=int, default=16)

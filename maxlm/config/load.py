@@ -8,6 +8,7 @@ file, or the override text.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from maxlm.config.ranges import out_of_range
-from maxlm.config.schema import Config, Inconsistent, choices, task_defaults, validate
+from maxlm.config.schema import REPLACED_KEYS, Config, Inconsistent, choices, task_defaults, validate
 from maxlm.errors import MaxlmError
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
@@ -117,6 +118,9 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def _unknown_key(key: str, cls: type, prefix: str, where: str) -> MaxlmError:
+    if prefix + key in REPLACED_KEYS:
+        new = REPLACED_KEYS[prefix + key]
+        return MaxlmError(f"{where}: {prefix + key} is no longer a key; it is replaced by {' and '.join(new.by)} ({new.hint})")
     near = difflib.get_close_matches(key, _all_keys(cls), n=1, cutoff=0.5)
     hint = f"; did you mean {prefix + near[0]}?" if near else f"; valid: {', '.join(_fields(cls))}"
     return MaxlmError(f"{where}: unknown key {prefix + key}{hint}")
@@ -301,6 +305,21 @@ def _check_key(dotted: str, where: str) -> None:
         prefix += part + "."
 
 
+def _moved_to_successors(raw: dict) -> dict:
+    """Returns a copy of the nested dicts `raw` with each REPLACED_KEYS value under the keys that replaced it."""
+    raw = copy.deepcopy(raw)
+    for old, new in REPLACED_KEYS.items():
+        *path, name = old.split(".")
+        section = raw
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict) and name in section:
+            value = section.pop(name)
+            for key in new.by:
+                section.setdefault(key.rsplit(".", 1)[-1], value)
+    return raw
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
     """Returns the validated Config from a YAML file (or defaults) plus `a.b=v` overrides."""
     raw, origins = _read_chain(Path(path).resolve(), str(path)) if path else ({}, {})
@@ -322,7 +341,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
 
 
 def from_dict(raw: dict, where: str = "config") -> Config:
-    """Returns a validated Config from plain nested dicts (e.g. a checkpoint's saved config)."""
-    cfg = build(Config, _with_task_defaults(raw), "", Where(where))
+    """Returns a validated Config from plain nested dicts (e.g. a checkpoint's saved config), replaced keys moved to their
+    successors and each key the config leaves unset at its task's default."""
+    cfg = build(Config, _with_task_defaults(_moved_to_successors(raw)), "", Where(where))
     validate(cfg)
     return cfg

@@ -17,7 +17,7 @@ from maxlm.errors import MaxlmError
 
 Task = Literal["pretrain", "sft", "rm", "dpo", "ppo", "grpo"]
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
-Verifier = Literal["arithmetic_exact", "gsm8k_exact", "format"]  # the names of maxlm/tasks/rl/verifiers.py VERIFIERS
+Verifier = Literal["arithmetic_exact", "gsm8k_exact", "format", "sort_exact"]  # the names of maxlm/tasks/rl/verifiers.py VERIFIERS
 ChatTemplate = Literal["default", "llama3", "chatml", "hf"]  # the names of maxlm/data/chat.py TEMPLATES, plus hf
 Remat = Literal["none", "full", "dots", "dots_no_batch"]  # the names of maxlm/models/llama.py REMAT_POLICIES
 
@@ -174,11 +174,20 @@ class RLConfig:
     top_p: float = ranged(1.0, gt=0, le=1)
     verifier: Verifier = "arithmetic_exact"  # unused when reward_model is set
     reward_model: str = ""  # a task: rm run (dir or checkpoint): its score is the reward, instead of the verifier's
-    kl_coef: float = ranged(0.04, ge=0)  # KL to the frozen train.init_from model; grpo: in the loss, ppo: per-token reward penalty
+    kl_coef: float = ranged(0.04, ge=0)  # KL to the frozen train.init_from model; in the loss or the per-token rewards: rl.kl_in
     kl_estimator: Literal["k1", "k3", "abs", "mse"] = "k3"
-    kl_target: float = ranged(0.0, ge=0)  # ppo, > 0: adapt kl_coef (Ziegler et al. 2019) toward this KL summed over a completion
+    kl_target: float = ranged(0.0, ge=0)  # > 0 (rl.kl_in reward): adapt kl_coef (Ziegler et al. 2019) toward this KL summed over a completion
     kl_horizon: float = ranged(10000.0, gt=0)  # ppo: the adaptive controller's horizon, in completions
-    clip_eps: float = ranged(0.2, gt=0)
+    advantage: Literal["group", "rloo", "reinforce_pp"] = "group"  # grpo's baseline (losses/rl.py ADVANTAGE_KINDS); ppo: GAE
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # grpo: divide by the group's / batch's reward std, or not (Dr. GRPO)
+    loss_agg: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"  # the policy loss's mean (losses/rl.py aggregation_weights)
+    clip_eps_low: float = ranged(0.2, gt=0, lt=1)  # the ratio is clipped to [1 - low, 1 + high]
+    clip_eps_high: float = ranged(0.2, gt=0)  # DAPO's clip-higher: 0.28; GSPO (importance_ratio: sequence): 3e-4 / 4e-4
+    importance_ratio: Literal["token", "sequence"] = "token"  # sequence: GSPO's length-normalized sequence ratio
+    dynamic_sampling: bool = False  # grpo (DAPO): drop groups of equal rewards, refill from further prompts
+    max_sampling_rounds: int = ranged(4, gt=0)  # dynamic_sampling: batches of prompts sampled at most per step
+    overlong_buffer: int = ranged(0, ge=0)  # DAPO's soft overlong punishment over the last this many of max_new_tokens; 0: off
+    overlong_penalty: float = ranged(1.0, ge=0)  # the punishment of a completion that fills max_new_tokens
     epochs: int = ranged(1, gt=0)  # passes over each rollout batch
     minibatches: int = ranged(1, gt=0)  # optimizer updates per pass; the rollout rows split evenly
     gamma: float = ranged(1.0, ge=0, le=1)  # ppo: discount
@@ -245,6 +254,21 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """A key that no longer exists: the keys that took its value, and a hint."""
+
+    by: tuple[str, ...]
+    hint: str
+
+
+# A config a user writes with one of these keys is refused, naming the new keys; a checkpoint's saved
+# config (written by an older maxlm) is read with the old value moved to them (load.from_dict).
+REPLACED_KEYS = {
+    "rl.clip_eps": Replaced(("rl.clip_eps_low", "rl.clip_eps_high"), "set both to the old value for the same clipping"),
+}
 
 
 class Inconsistent(MaxlmError):

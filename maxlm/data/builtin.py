@@ -6,6 +6,8 @@ docstring, comment block or topic is one document. A file goes wholly to the tra
 eval split (`builtin:stdlib-docs@eval`, about 2% of files) by a hash of its path, and exact
 duplicates are dropped, so the two splits share no document. The corpus is written once
 as jsonl under `cache_dir("builtin")` and read from there like any other source.
+The verifiable tasks made on the spot (`builtin:arithmetic`, `builtin:sort`, each with an
+`@eval` split) live in their own modules; GENERATED maps their names here.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from maxlm.data import arithmetic, sorting
 from maxlm.files.atomic import write_atomic
 from maxlm.files.cache import cache_dir
 from maxlm.errors import MaxlmError
@@ -27,6 +30,11 @@ VERSION = 2  # bump when extraction changes; it names the cache files
 EVAL_EVERY = 50  # one file in 50 is held out
 MIN_CHARS = 64
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+# The verifiable tasks made on the spot: builtin name -> the function writing (once) and returning its jsonl.
+GENERATED = {
+    **{name: arithmetic.arithmetic_path for name in arithmetic.NAMES},
+    **{name: sorting.sort_path for name in sorting.NAMES},
+}
 _WORD = re.compile(r"[A-Za-z][a-z]*[.,;:!?)]*$|\(?[A-Za-z][a-z]*$")
 
 
@@ -37,12 +45,10 @@ def is_builtin(path: str) -> bool:
 
 def builtin_path(name: str) -> str:
     """Returns the jsonl path of builtin corpus `name`, building the corpus on first use."""
-    from maxlm.data import arithmetic
-
-    if name in arithmetic.NAMES:
-        return arithmetic.arithmetic_path(name)
+    if name in GENERATED:
+        return GENERATED[name](name)
     if name not in SPLITS:
-        raise MaxlmError(f"unknown builtin corpus {name!r}; available: {', '.join([*SPLITS, *arithmetic.NAMES])}")
+        raise MaxlmError(f"unknown builtin corpus {name!r}; available: {', '.join([*SPLITS, *GENERATED])}")
     paths = {split: _cache_path(split) for split in ("train", "eval")}
     if not all(p.exists() for p in paths.values()):
         print(f"building {name.split('@')[0]} from {_stdlib()} (once) ...", file=sys.stderr, flush=True)

@@ -9,13 +9,13 @@ import typing
 import pytest
 
 from maxlm.config import (ChatTemplate, Config, PreferenceConfig, Remat, RLConfig, check_ranges, choices, field_range,
-                          load_config, validate)
+                          from_dict, load_config, to_dict, validate)
 from maxlm.data.chat import TEMPLATES
 from maxlm.errors import MaxlmError
 from maxlm.models.llama import REMAT_POLICIES
 from maxlm.losses.preference import PREFERENCE_KINDS
 from maxlm.tasks.rl.verifiers import VERIFIERS
-from maxlm.losses.rl import KL_KINDS
+from maxlm.losses.rl import ADVANTAGE_KINDS, IMPORTANCE_RATIOS, KL_KINDS, LOSS_AGGREGATIONS, REWARD_SCALES
 
 # (override, the range its message states); each value flips or breaks the objective, or fails later today
 OUT_OF_RANGE = [
@@ -31,8 +31,9 @@ OUT_OF_RANGE = [
     ("dpo.gamma=-1", ">= 0"), ("rm.center_coef=-1", ">= 0"),
     ("sample.temperature=-1", ">= 0"), ("sample.top_p=0", "in (0, 1]"), ("sample.top_p=1.5", "in (0, 1]"),
     ("sample.top_k=-1", ">= 0"), ("sample.max_new_tokens=0", "> 0"),
-    ("rl.temperature=0", "> 0"), ("rl.top_p=2", "in (0, 1]"), ("rl.top_k=-2", ">= 0"),
-    ("rl.clip_eps=0", "> 0"), ("rl.lam=1.5", "in [0, 1]"), ("rl.gamma=-0.1", "in [0, 1]"),
+    ("rl.temperature=0", "> 0"), ("rl.temperature=-0.5", "> 0"), ("rl.top_p=2", "in (0, 1]"), ("rl.top_k=-2", ">= 0"),
+    ("rl.clip_eps_low=0", "in (0, 1)"), ("rl.clip_eps_low=1", "in (0, 1)"), ("rl.clip_eps_high=0", "> 0"),
+    ("rl.max_sampling_rounds=0", "> 0"), ("rl.overlong_buffer=-1", ">= 0"), ("rl.overlong_penalty=-1", ">= 0"), ("rl.lam=1.5", "in [0, 1]"), ("rl.gamma=-0.1", "in [0, 1]"),
     ("rl.kl_coef=-0.01", ">= 0"), ("rl.kl_target=-1", ">= 0"), ("rl.kl_horizon=0", "> 0"),
     ("rl.vf_coef=-1", ">= 0"), ("rl.value_clip_eps=0", "> 0"), ("rl.tis_cap=-1", ">= 0"),
     ("rl.target_approx_kl=-0.1", ">= 0"), ("rl.value_warmup_steps=-1", ">= 0"),
@@ -88,15 +89,31 @@ def test_every_default_lies_in_its_range_and_every_numeric_field_states_one():
 
 def test_a_range_is_checked_on_configs_built_in_python_too():
     cfg = Config()
-    cfg.rl.clip_eps = -0.2
-    with pytest.raises(MaxlmError, match=r"^rl\.clip_eps must be > 0, got -0\.2$"):
+    cfg.rl.clip_eps_high = -0.2
+    with pytest.raises(MaxlmError, match=r"^rl\.clip_eps_high must be > 0, got -0\.2$"):
         validate(cfg)
+
+
+def test_a_replaced_key_is_refused_naming_the_keys_that_replace_it(tmp_path):
+    stated = "rl.clip_eps is no longer a key; it is replaced by rl.clip_eps_low and rl.clip_eps_high"
+    with pytest.raises(MaxlmError, match=f"^override 'rl.clip_eps=0.2': {stated}"):
+        load_config(None, ["rl.clip_eps=0.2"])
+    path = tmp_path / "old.yaml"
+    path.write_text("task: grpo\nrl:\n  group_size: 4\n  clip_eps: 0.2\n")
+    with pytest.raises(MaxlmError, match=f"^{re.escape(str(path))}:4: {stated}"):
+        load_config(path)
+    # A checkpoint saved by an older maxlm still loads: its value moves to the keys that replaced it.
+    saved = to_dict(Config())
+    del saved["rl"]["clip_eps_low"], saved["rl"]["clip_eps_high"]
+    saved["rl"]["clip_eps"] = 0.3
+    cfg = from_dict(saved)
+    assert (cfg.rl.clip_eps_low, cfg.rl.clip_eps_high) == (0.3, 0.3) and "clip_eps" in saved["rl"]
 
 
 def test_choices_are_read_from_the_types():
     hints = typing.get_type_hints(PreferenceConfig)
     assert choices(hints["kind"]) == ("sigmoid", "ipo", "hinge", "simpo", "orpo")
-    with pytest.raises(MaxlmError, match=r"rl\.verifier must be one of arithmetic_exact, gsm8k_exact, format; got 'gsm8k'"):
+    with pytest.raises(MaxlmError, match=r"rl\.verifier must be one of arithmetic_exact, gsm8k_exact, format, sort_exact; got 'gsm8k'"):
         load_config(None, ["rl.verifier=gsm8k"])
     with pytest.raises(MaxlmError, match=r"task must be one of pretrain, sft, rm, dpo, ppo, grpo; got 'dop'; did you mean 'dpo'\?"):
         load_config(None, ["task=dop"])
@@ -108,6 +125,10 @@ def test_each_choice_type_names_exactly_what_its_registry_holds():
              **{f"dpo.{k}": v for k, v in typing.get_type_hints(PreferenceConfig).items()}}
     assert set(choices(hints["rl.verifier"])) == set(VERIFIERS)
     assert set(choices(hints["rl.kl_estimator"])) == set(KL_KINDS)
+    assert set(choices(hints["rl.advantage"])) == set(ADVANTAGE_KINDS)
+    assert set(choices(hints["rl.scale_rewards"])) == set(REWARD_SCALES)
+    assert set(choices(hints["rl.loss_agg"])) == set(LOSS_AGGREGATIONS)
+    assert set(choices(hints["rl.importance_ratio"])) == set(IMPORTANCE_RATIOS)
     assert set(choices(hints["dpo.kind"])) == set(PREFERENCE_KINDS)
     assert set(choices(ChatTemplate)) == set(TEMPLATES) | {"hf"}
     assert set(choices(Remat)) == set(REMAT_POLICIES) | {"none"}

@@ -73,3 +73,26 @@ def test_rl_switches_that_do_not_fit_the_task_are_refused_before_any_work():
         cfg = Config(task=task, rl=RLConfig(kl_target=1.0, kl_coef=0.0, kl_in="reward"))
         TASKS[task].check(cfg)
         assert TASKS[task].needs_reference(cfg)  # the adapted coefficient starts at 0 but moves
+
+
+@pytest.mark.parametrize("task, rl, message", [
+    ("ppo", dict(advantage="rloo"), "rl.advantage=rloo is a grpo choice; task ppo's advantages are GAE"),
+    ("ppo", dict(scale_rewards="none"), "rl.scale_rewards=none is a grpo choice"),
+    ("ppo", dict(dynamic_sampling=True), "rl.dynamic_sampling=True is a grpo choice"),
+    ("grpo", dict(advantage="reinforce_pp", scale_rewards="batch"), "rl.scale_rewards=batch does not apply to rl.advantage=reinforce_pp"),
+    ("grpo", dict(advantage="rloo", group_size=1), "rl.advantage=rloo needs rl.group_size >= 2"),
+    ("grpo", dict(dynamic_sampling=True, group_size=1), "rl.dynamic_sampling drops groups of equal rewards"),
+    ("grpo", dict(overlong_buffer=33), r"rl.overlong_buffer \(33\) must be <= rl.max_new_tokens \(32\)"),
+    ("ppo", dict(overlong_buffer=33), r"rl.overlong_buffer \(33\) must be <= rl.max_new_tokens \(32\)"),
+])
+def test_rl_menu_choices_that_do_not_fit_are_refused_naming_the_keys(tmp_path, task, rl, message):
+    cfg = Config(task=task, run_dir=str(tmp_path / "run"), rl=RLConfig(**rl))
+    with pytest.raises(MaxlmError, match=message):
+        train(cfg, log=lambda *_: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_rl_menu_choices_that_fit_pass_the_check():
+    TASKS["grpo"].check(Config(task="grpo", rl=RLConfig(advantage="reinforce_pp", loss_agg="constant", dynamic_sampling=True,
+                                                        importance_ratio="sequence", overlong_buffer=32)))
+    TASKS["ppo"].check(Config(task="ppo", rl=RLConfig(loss_agg="sequence_mean", clip_eps_high=0.28, overlong_buffer=8)))

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from maxlm.config import Config
+from maxlm.config import Config, RLConfig
 from maxlm.data.pipeline import DataIterator
 from maxlm.errors import MaxlmError
 from maxlm.tasks.rl.objective import policy_gradient
@@ -37,7 +37,7 @@ class RolloutBatches:
 
     def next(self, params: Any, step: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Returns (the step's rollout batch, rollout metrics)."""
-        return self.rollouts(params, next(self.prompts), step)
+        return self.rollouts(params, self.prompts, step)
 
     def step_args(self, step: int) -> dict[str, np.ndarray]:
         """Returns the KL coefficient and the step number the rollout step takes."""
@@ -57,12 +57,10 @@ class RolloutBatches:
         self.rollouts.set_state(state["rl"])
 
 
-def check(cfg: Config, value_head: bool) -> None:
+def check(cfg: Config) -> None:
     """Raises MaxlmError when the rollout rows cannot split into updates, or the prompts over the processes,
-    or the RL switches do not fit the task."""
+    or the KL switches do not fit together."""
     r, t = cfg.rl, cfg.train  # each count's own range (> 0) is the loader's
-    if r.value_warmup_steps and not value_head:
-        raise MaxlmError(f"rl.value_warmup_steps ({r.value_warmup_steps}) warms up a value head: task {cfg.task} has none (ppo has)")
     if r.kl_target > 0 and r.kl_in == "loss":
         raise MaxlmError(f"rl.kl_target ({r.kl_target}) adapts the KL penalty in the rewards, but rl.kl_in is loss "
                          "(a fixed rl.kl_coef there): set rl.kl_in: reward or rl.kl_target: 0")
@@ -72,6 +70,9 @@ def check(cfg: Config, value_head: bool) -> None:
     if t.global_batch_size % processes:
         raise MaxlmError(f"train.global_batch_size ({t.global_batch_size}) prompts must divide by the number of processes ({processes})")
     rows = t.global_batch_size * r.group_size
+    if r.overlong_buffer > r.max_new_tokens:
+        raise MaxlmError(f"rl.overlong_buffer ({r.overlong_buffer}) must be <= rl.max_new_tokens ({r.max_new_tokens}): it is the last "
+                         "stretch of the completion budget where DAPO's overlong punishment grows")
     if rows % (r.minibatches * t.grad_accum_steps):
         raise MaxlmError(
             f"train.global_batch_size x rl.group_size = {rows} rollout rows must divide by "
@@ -79,12 +80,36 @@ def check(cfg: Config, value_head: bool) -> None:
         )
 
 
+def check_grpo(cfg: Config) -> None:
+    """Raises MaxlmError for `check`'s faults and for rl.* menu choices that do not fit together or need a value head."""
+    check(cfg)
+    r = cfg.rl
+    if r.value_warmup_steps:
+        raise MaxlmError(f"rl.value_warmup_steps ({r.value_warmup_steps}) warms up a value head: task grpo has none (ppo has)")
+    if r.advantage == "reinforce_pp" and r.scale_rewards != "group":
+        raise MaxlmError(f"rl.scale_rewards={r.scale_rewards} does not apply to rl.advantage=reinforce_pp, which always divides by the "
+                         "std over the whole batch of the group-centred rewards (REINFORCE++-baseline); leave rl.scale_rewards at its default")
+    if r.advantage == "rloo" and r.group_size < 2:
+        raise MaxlmError(f"rl.advantage=rloo needs rl.group_size >= 2 (a leave-one-out mean of the others), got {r.group_size}")
+    if r.dynamic_sampling and r.group_size < 2:
+        raise MaxlmError(f"rl.dynamic_sampling drops groups of equal rewards: every group of rl.group_size={r.group_size} is one; use >= 2")
+
+
+def check_ppo(cfg: Config) -> None:
+    """Raises MaxlmError for `check`'s faults and for grpo-only rl.* keys set under task ppo."""
+    check(cfg)
+    r, default = cfg.rl, RLConfig()
+    for key in ("advantage", "scale_rewards", "dynamic_sampling"):
+        if getattr(r, key) != getattr(default, key):
+            raise MaxlmError(f"rl.{key}={getattr(r, key)} is a grpo choice; task ppo's advantages are GAE on its value head "
+                             f"(leave rl.{key} at {getattr(default, key)})")
+
+
 def _data(value_head: bool):
     def data(cfg, tokenizer, graphdef, services) -> TaskData:
         rollouts, prompts = make_rollouts(cfg, tokenizer, graphdef, services, value_head)
         held_out = make_eval_rollouts(cfg, tokenizer, graphdef, services, value_head)
-        n = cfg.train.eval_steps * cfg.train.global_batch_size
-        evaluate = (lambda params, score: held_out.evaluate(params, n)) if held_out else None
+        evaluate = (lambda params, score: held_out.evaluate(params)) if held_out else None
         # The starting policy's held-out reward: the baseline every later eval_reward is read against.
         return TaskData(RolloutBatches(rollouts, prompts), evaluate, evaluate_start=True)
 
@@ -105,11 +130,11 @@ PPO = Task(
     name="ppo", chat=True, scalar_head="value", data=_data(True),
     objective=lambda graphdef, cfg: policy_gradient(graphdef, cfg, True),
     step=lambda graphdef, cfg, tx, objective: rollout_step(graphdef, cfg, tx, True),
-    needs_reference=_needs_reference, check=lambda cfg: check(cfg, True), rollout_split=_split,
+    needs_reference=_needs_reference, check=check_ppo, rollout_split=_split,
 )
 GRPO = Task(
     name="grpo", chat=True, scalar_head=None, data=_data(False),
     objective=lambda graphdef, cfg: policy_gradient(graphdef, cfg, False),
     step=lambda graphdef, cfg, tx, objective: rollout_step(graphdef, cfg, tx, False),
-    needs_reference=_needs_reference, check=lambda cfg: check(cfg, False), rollout_split=_split,
+    needs_reference=_needs_reference, check=check_grpo, rollout_split=_split,
 )

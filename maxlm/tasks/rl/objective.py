@@ -56,16 +56,20 @@ def policy_gradient(graphdef: nnx.GraphDef, cfg: Config, value_head: bool) -> Ob
     behaviour policy's `old_logp`, the sampler's `sample_logp` and the `advantages`; ppo
     (value_head) adds `old_values` and `returns` and adds vf_coef x the clipped value loss; with
     rl.kl_in "loss" and a reference, kl_coef x KL(policy || ref) from `ref_logp` joins the loss
-    (grpo's default; ppo's puts it in the rewards). rl.tis_cap > 0 weighs each token's policy
-    term by min(exp(old_logp - sample_logp), cap), a constant. Optional `policy_on` [R] (ppo's
-    value warm-up): 0 drops a row's policy and KL terms. Losses are token-level sums: every
-    completion token weighs the same (as in DAPO / Dr. GRPO and OpenRLHF's token mean).
+    (grpo's default; ppo's puts it in the rewards). The policy and KL terms weigh each token by
+    the rows' `loss_weights` (rl.loss_agg over the whole minibatch, see step.weigh_tokens;
+    token_mean: every completion token the same, as in DAPO and OpenRLHF); the value loss and the
+    logged entropy, clipfrac and approx_kl are token means. The ratio is per token or GSPO's per
+    sequence (rl.importance_ratio), clipped to [1 - rl.clip_eps_low, 1 + rl.clip_eps_high].
+    rl.tis_cap > 0 weighs each token's policy term by min(exp(old_logp - sample_logp), cap), a
+    constant. Optional `policy_on` [R] (ppo's value warm-up): 0 drops a row's policy and KL terms.
     """
     r = cfg.rl
 
     def objective(params, batch, ref_params=None):
         w = next_token_weights(batch["segment_ids"], batch["loss_mask"])
         logp, logits, values = _policy_forward(graphdef, params, batch, value_head, r.temperature)
+        agg = batch["loss_weights"]
         sg = jax.lax.stop_gradient
         adv = batch["advantages"]
         if "policy_on" in batch:
@@ -73,7 +77,9 @@ def policy_gradient(graphdef: nnx.GraphDef, cfg: Config, value_head: bool) -> Ob
         if r.tis_cap > 0:
             # A weight > 0 factors out of the clipped max: weighing the advantage weighs the token's whole policy term.
             adv = adv * sg(rl.tis_weights(batch["old_logp"], batch["sample_logp"], r.tis_cap))
-        pg_sum, count, clip_sum = rl.ppo_policy_loss(logp, batch["old_logp"], adv, w, r.clip_eps)
+        pg_sum, count, clip_sum = rl.ppo_policy_loss(
+            logp, batch["old_logp"], adv, w, r.clip_eps_low, r.clip_eps_high, r.importance_ratio, agg
+        )
         sums = {
             "policy_loss_sum": pg_sum,
             "entropy_sum": jnp.sum(sg(rl.entropy_from_logits(logits)) * w),
@@ -91,7 +97,7 @@ def policy_gradient(graphdef: nnx.GraphDef, cfg: Config, value_head: bool) -> Ob
             loss = loss + r.vf_coef * vf_sum
             sums |= {"value_loss_sum": vf_sum, "value_clipfrac_sum": vclip_sum}
         if r.kl_in == "loss" and "ref_logp" in batch:
-            kl_w = w * batch["policy_on"][:, None] if "policy_on" in batch else w
+            kl_w = agg * batch["policy_on"][:, None] if "policy_on" in batch else agg
             kl_sum = jnp.sum(rl.kl_penalty(logp, batch["ref_logp"], r.kl_estimator) * kl_w)
             loss = loss + r.kl_coef * kl_sum
         sums["loss_sum"] = loss

@@ -9,7 +9,16 @@ samples exactly what the uninterrupted one did), scores them and lays the rows o
       segment 1 on real tokens up to and including the stop token, loss_mask 1 on the completion)
   sample_logp [R, P + N] f32: the sampler's log-prob of each completion token, at the position
       that predicts it (as the step's old_logp), 0 elsewhere
-  grpo: advantages [R] f32 (group-normalized scores);  ppo, and grpo with rl.kl_in "reward": scores [R] f32
+  grpo: advantages [R] f32 (rl.advantage over the scores);  ppo: scores [R] f32;  grpo with
+      rl.kl_in "reward": also scores [R] and trained [R] f32 (0 on dynamic sampling's padding
+      groups), from which the step takes the advantages of score - KL to the reference
+Scores are the verifier's (or reward model's), less DAPO's overlong punishment when
+rl.overlong_buffer > 0. With rl.dynamic_sampling (DAPO) a group whose scores are all equal (its
+advantages would all be 0) is dropped and further prompt batches are sampled, up to
+rl.max_sampling_rounds, until every process has a full batch of informative groups; short of
+that, dropped groups fill the batch with their loss_mask zeroed (they train nothing), so every
+step has the same rows. Round k of step s is seeded by (seed, s, k); the prompt iterator's
+position, checkpointed, says how many batches were used.
 It also holds ppo's KL coefficient (fixed or adaptive), which a checkpoint saves with the data state.
 """
 
@@ -24,7 +33,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from maxlm.config import Config
+from maxlm.config import Config, RLConfig
 from maxlm.data import chat
 from maxlm.data.pipeline import DataIterator
 from maxlm.data.records import Prompt, RecordFile
@@ -85,6 +94,19 @@ def prompt_batches(cfg: Config, prompts: PromptSet, process_index: int, process_
     return ds.repeat().batch(per_process, drop_remainder=True).to_iter_dataset()
 
 
+@dataclasses.dataclass
+class Sampled:
+    """One round of a step's rollouts: training rows [R, S] (see `training_rows`), raw and shaped scores [R]."""
+
+    rows: dict[str, np.ndarray]
+    raw: np.ndarray  # the verifier's or reward model's
+    scores: np.ndarray  # raw less the overlong punishment
+
+    def informative(self, group_size: int) -> np.ndarray:
+        """Returns [R / G] bool: the groups whose scores are not all equal."""
+        return np.ptp(self.scores.reshape(-1, group_size), axis=1) > 0
+
+
 class Rollouts:
     """Samples, scores and lays out one step's rollouts for the current params.
 
@@ -106,15 +128,16 @@ class Rollouts:
                 f"rl.max_prompt_len + rl.max_new_tokens = {cfg.rl.max_prompt_len + cfg.rl.max_new_tokens} exceeds model.max_seq_len {cfg.model.max_seq_len}"
             )
 
-    def sample(self, params, indices, seed: int, group_size: int, temperature: float
-               ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+    def sample(self, params, indices, seed: int, group_size: int, temperature: float,
+               batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
         """Returns (token rows [R, P + N], prompt lengths [R], completion texts [R], rewards [R], the sampler's
-        log-probs of the new tokens [R, N]), `group_size` per prompt."""
+        log-probs of the new tokens [R, N]), `group_size` per prompt, sampled `batch_size` rows at a time (None: all at once)."""
         r = self.cfg.rl
         idx = [int(i) for i in indices for _ in range(group_size)]
         out = self.generate(
             self.graphdef, self.cfg.model, params, self.tokenizer, [self.prompts.ids[i] for i in idx], r.max_new_tokens,
             stop_ids=self.stops, prompt_len=r.max_prompt_len, seed=seed, temperature=temperature, top_k=r.top_k, top_p=r.top_p,
+            batch_size=batch_size,
         )
         rows, texts = out.rows_NxTM, out.texts
         if self.reward_model:
@@ -129,29 +152,62 @@ class Rollouts:
         lens = np.asarray([len(self.prompts.ids[i]) for i in idx])
         return rows, lens, texts, scores, out.logp_NxM
 
-    def __call__(self, params, indices, step: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """Returns (the step's rollout batch, rollout metrics) for prompt `indices`."""
+    def sample_round(self, params, indices, seed: int) -> Sampled:
+        """Returns the training rows and scores of `rl.group_size` sampled completions for each prompt of `indices`."""
         r = self.cfg.rl
-        t0 = time.perf_counter()
-        seed = int(np.random.SeedSequence([self.cfg.train.seed, step]).generate_state(1)[0])
-        rows, lens, texts, scores, logp = self.sample(params, indices, seed, r.group_size, r.temperature)
-        seconds = time.perf_counter() - t0
+        rows, lens, _, raw, logp = self.sample(params, indices, seed, r.group_size, r.temperature)
         batch = training_rows(rows, lens, r.max_prompt_len, self.stops)
         batch["sample_logp"] = sample_logps(logp, batch["loss_mask"], r.max_prompt_len)
+        penalty = rl.overlong_penalty(batch["loss_mask"].sum(axis=1), r.max_new_tokens, r.overlong_buffer, r.overlong_penalty)
+        return Sampled(batch, raw, raw - np.asarray(penalty, np.float32) if r.overlong_buffer else raw)
+
+    def rounds(self, params, prompts, step: int) -> list[Sampled]:
+        """Returns the step's sampled rounds: one, or (rl.dynamic_sampling) up to rl.max_sampling_rounds,
+        until every process holds a batch's worth of informative groups."""
+        r = self.cfg.rl
+        out: list[Sampled] = []
+        for k in range(r.max_sampling_rounds if r.dynamic_sampling else 1):
+            # Round 0 keeps the seed of a run without dynamic sampling.
+            seed = int(np.random.SeedSequence([self.cfg.train.seed, step] + ([k] if k else [])).generate_state(1)[0])
+            out.append(self.sample_round(params, next(prompts), seed))
+            kept = sum(int(s.informative(r.group_size).sum()) for s in out)
+            # Every process samples in every round (the sampler is one program over the mesh): stop together.
+            if r.dynamic_sampling and fewest_over_processes(kept) * r.group_size >= len(out[0].raw):
+                break
+        return out
+
+    def __call__(self, params, prompts, step: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Returns (the step's rollout batch, rollout metrics), its prompts drawn from the index batches of `prompts`."""
+        r = self.cfg.rl
+        t0 = time.perf_counter()
+        sampled = self.rounds(params, prompts, step)
+        seconds = time.perf_counter() - t0
+        batch, scores, trained = select_groups(sampled, r.group_size) if r.dynamic_sampling else (
+            dict(sampled[0].rows), sampled[0].scores, np.ones_like(sampled[0].scores))
         if self.value_head:
             batch["scores"] = scores
         else:
-            batch["advantages"] = np.asarray(rl.group_advantages(scores, r.group_size), np.float32)
+            batch["advantages"] = advantages(r, scores, trained)
             if r.kl_in == "reward":
-                batch["scores"] = scores  # the step takes the KL to the reference off them, then groups them again
-        completion = batch["loss_mask"].sum(axis=1)
-        mean, mean_sq, tokens = across_processes([scores, np.square(scores), completion])
+                # The step takes the KL to the reference off the scores, then runs rl.advantage on them again.
+                batch |= {"scores": scores, "trained": trained}
+        raw = np.concatenate([s.raw for s in sampled])
+        completion = np.concatenate([s.rows["loss_mask"].sum(axis=1) for s in sampled])
+        mean, mean_sq, tokens = across_processes([raw, np.square(raw), completion])
         metrics = {
-            "reward_mean": mean,
+            "reward_mean": mean,  # over every completion sampled this step, before any shaping
             "reward_std": float(np.sqrt(max(mean_sq - mean * mean, 0.0))),
             "completion_tokens": tokens,
             "generate_seconds": seconds,
         }
+        if r.overlong_buffer:
+            metrics["overlong_penalty"] = across_processes([np.concatenate([s.raw - s.scores for s in sampled])])[0]
+        if r.dynamic_sampling:
+            informative = np.concatenate([s.informative(r.group_size) for s in sampled])
+            dropped, padded = across_processes([~informative, trained[:: r.group_size] == 0])
+            prompts_per_round = self.cfg.train.global_batch_size
+            metrics |= {"dropped_groups": round(dropped * len(sampled) * prompts_per_round),
+                        "padded_groups": round(padded * prompts_per_round), "sampling_rounds": len(sampled)}
         if r.kl_in == "reward":
             metrics["kl_coef"] = self.kl.coef
         return batch, metrics
@@ -170,16 +226,20 @@ class Rollouts:
         """Restores `get_state`'s KL coefficient."""
         self.kl = dataclasses.replace(self.kl, coef=float(state["kl_coef"]))
 
-    def evaluate(self, params, n: int) -> dict[str, float]:
-        """Returns {"reward": mean greedy reward} over the first `n` prompts (one completion each).
+    def evaluate(self, params) -> dict[str, float]:
+        """Returns {"reward": mean greedy reward} over every held-out prompt (one completion each).
 
-        Several processes split the prompts; each pads its share to the same count with a repeat
-        that counts nothing, since every process must sample the same number of rows.
+        The same measurement as `maxlm eval exact-match` with the run's verifier and
+        rl.max_new_tokens: all records of data.eval_files (a fixed subset is chosen with their
+        `rows`), the same chat template, greedy decoding. Sampled one rollout batch of rows at a
+        time; several processes split the prompts, each padding its share to the same count with
+        a repeat that counts nothing, since every process must sample the same number of rows.
         """
-        n = min(n, len(self.prompts))
+        n = len(self.prompts)
         mine = list(range(n))[jax.process_index()::jax.process_count()]
         share = -(-n // jax.process_count())
-        scores = self.sample(params, mine + [0] * (share - len(mine)), 0, 1, 0.0)[3]
+        rows = min(share, self.cfg.train.global_batch_size * self.cfg.rl.group_size // jax.process_count())
+        scores = self.sample(params, mine + [0] * (share - len(mine)), 0, 1, 0.0, batch_size=rows)[3]
         return {"reward": across_processes([scores[: len(mine)]])[0]}
 
 
@@ -189,6 +249,46 @@ def across_processes(values: list[np.ndarray]) -> list[float]:
     if jax.process_count() > 1:
         sums = np.asarray(multihost_utils.process_allgather(sums.astype(np.float32))).reshape(-1, len(values), 2).sum(axis=0)
     return [float(s / max(c, 1.0)) for s, c in sums]
+
+
+def select_groups(sampled: list[Sampled], group_size: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Returns (rows [R, S], scores [R], trained [R] f32 0/1) of R = the first round's rows: its count of
+    informative groups taken in sampling order over the rounds, then, when there are too few, dropped
+    groups with their loss_mask zeroed (trained 0), so the batch keeps its shape. Every key of the rows
+    (sample_logp too) is taken row for row, so it stays aligned with its tokens."""
+    need = len(sampled[0].raw) // group_size
+    informative = np.concatenate([s.informative(group_size) for s in sampled])
+    order = np.concatenate([np.flatnonzero(informative), np.flatnonzero(~informative)])[:need]
+    row_idx = (order[:, None] * group_size + np.arange(group_size)[None, :]).reshape(-1)
+    rows = {k: np.concatenate([s.rows[k] for s in sampled])[row_idx] for k in sampled[0].rows}
+    trained = np.repeat(informative[order], group_size).astype(np.float32)
+    rows["loss_mask"] = rows["loss_mask"] * trained[:, None]
+    return rows, np.concatenate([s.scores for s in sampled])[row_idx], trained
+
+
+def advantages(r: RLConfig, scores: np.ndarray, trained: np.ndarray) -> np.ndarray:
+    """Returns rl.advantage's advantages [R] f32 for this process's rows, from the trained rows of every
+    process (a batch std is over the global batch); 0 on rows not trained."""
+    all_scores, all_trained = global_rows(scores), global_rows(trained) > 0
+    out = np.zeros(all_scores.shape, np.float32)
+    if all_trained.any():
+        out[all_trained] = np.asarray(rl.group_advantages(all_scores[all_trained], r.group_size, r.advantage, r.scale_rewards))
+    n = len(scores)
+    return out[jax.process_index() * n : (jax.process_index() + 1) * n]
+
+
+def global_rows(x: np.ndarray) -> np.ndarray:
+    """Returns the rows of `x` of every process, in process order (`x` itself when one process runs)."""
+    if jax.process_count() == 1:
+        return x
+    return np.asarray(multihost_utils.process_allgather(x)).reshape(-1, *x.shape[1:])
+
+
+def fewest_over_processes(n: int) -> int:
+    """Returns the smallest of every process's `n` (`n` itself when one process runs)."""
+    if jax.process_count() == 1:
+        return n
+    return int(np.min(multihost_utils.process_allgather(np.int32(n))))
 
 
 def training_rows(rows: np.ndarray, prompt_lens: np.ndarray, prompt_len: int, stops: list[int]) -> dict[str, np.ndarray]:

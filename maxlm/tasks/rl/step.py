@@ -21,9 +21,9 @@ def prepare_rollouts(graphdef, cfg: Config, value_head: bool, params, batch: dic
 
     ppo (value_head): rewards are the score on the last completion token (with rl.kl_in "reward":
     plus kl_coef x (-KL to the reference) on every one), then GAE and (rl.whiten_advantages)
-    whitening; grpo: the group advantages broadcast over each completion's tokens (with rl.kl_in
-    "reward": of score - kl_coef x the completion's summed KL, as verl's GRPO with
-    use_kl_in_reward). Statistics include `tis_ratio_mean` / `tis_ratio_max`, exp(old_logp -
+    whitening; grpo: rl.advantage's advantages broadcast over each completion's tokens (with
+    rl.kl_in "reward": taken here of score - kl_coef x the completion's summed KL, as verl's GRPO
+    with use_kl_in_reward, rows not `trained` left out and given 0). Statistics include `tis_ratio_mean` / `tis_ratio_max`, exp(old_logp -
     sample_logp) over the completion tokens: how far the training forward is from the sampler.
     """
     r = cfg.rl
@@ -43,7 +43,7 @@ def prepare_rollouts(graphdef, cfg: Config, value_head: bool, params, batch: dic
     if "ref_logp" in scored:
         kl = rl.kl_penalty(scored["old_logp"], scored["ref_logp"], r.kl_estimator) * w
         stats |= {"kl": jnp.sum(kl) / n, "kl_sequence": jnp.mean(jnp.sum(kl, axis=-1))}
-    rows = {k: v for k, v in batch.items() if k not in ("scores", "advantages")} | scored
+    rows = {k: v for k, v in batch.items() if k not in ("scores", "advantages", "trained")} | scored
     reward_kl = kl if r.kl_in == "reward" else jnp.zeros_like(kl)
     if value_head:
         rewards = rl.token_rewards(batch["scores"], reward_kl, w, kl_coef)
@@ -53,9 +53,19 @@ def prepare_rollouts(graphdef, cfg: Config, value_head: bool, params, batch: dic
         stats |= {"value_mean": jnp.sum(scored["old_values"] * w) / n, "return_mean": jnp.sum(returns * w) / n}
         return rows | {"advantages": adv, "returns": returns}, stats
     if r.kl_in == "reward" and "ref_logp" in scored:
-        # Rows of one prompt stay consecutive in the global batch (each process holds whole groups).
-        return rows | {"advantages": rl.group_advantages(batch["scores"] - kl_coef * jnp.sum(kl, axis=-1), r.group_size)[:, None] * w}, stats
+        # The global batch: a batch std (rl.scale_rewards batch, reinforce_pp) is over every process's rows,
+        # whose groups stay whole and consecutive (each process holds whole groups), as rollouts.advantages has them.
+        shaped = batch["scores"] - kl_coef * jnp.sum(kl, axis=-1)
+        adv = rl.group_advantages(shaped, r.group_size, r.advantage, r.scale_rewards, valid_B=batch["trained"])
+        return rows | {"advantages": adv[:, None] * w}, stats
     return rows | {"advantages": batch["advantages"][:, None] * w}, stats
+
+
+def weigh_tokens(cfg: Config, minibatch: dict) -> dict:
+    """Returns `minibatch` with `loss_weights` [R, S]: rl.loss_agg's per-token weights of the policy loss
+    over the whole minibatch (so gradient accumulation's microbatches add up to its exact mean)."""
+    w = next_token_weights(minibatch["segment_ids"], minibatch["loss_mask"])
+    return minibatch | {"loss_weights": rl.aggregation_weights(w, cfg.rl.loss_agg, cfg.rl.max_new_tokens)}
 
 
 def rollout_step(graphdef, cfg: Config, tx: optax.GradientTransformation, value_head: bool) -> Callable:
@@ -63,11 +73,12 @@ def rollout_step(graphdef, cfg: Config, tx: optax.GradientTransformation, value_
     args = {"kl_coef": f32, "step": i32} (host scalars).
 
     One call is one rollout batch: `prepare_rollouts` under the policy that sampled it, then
-    rl.epochs passes of rl.minibatches clipped updates over shuffled rows, each a `train_step`
-    (so clipping, accumulation and the non-finite guard are the ones every task has). Metrics are
-    the rollout statistics plus the means over the updates done (`updates` of them), and
-    `ratio_first`, the mean |ratio - 1| of the first update (0: the trained policy is the one that
-    sampled). The shuffle is seeded by (train.seed, step): a resumed run repeats it.
+    rl.epochs passes of rl.minibatches clipped updates over shuffled rows, each a `train_step` on the
+    minibatch with its rl.loss_agg weights (`weigh_tokens`; so clipping, accumulation and the
+    non-finite guard are the ones every task has). Metrics are the rollout statistics plus the
+    means over the updates done (`updates` of them), and `ratio_first`, the mean |ratio - 1| of
+    the first update (0: the trained policy is the one that sampled). The shuffle is seeded by
+    (train.seed, step): a resumed run repeats it.
     rl.target_approx_kl > 0: an update whose minibatch measures (before it) an approx KL to the
     sampling policy above the target is dropped with every later one of the batch (the target_kl
     early stop of OpenAI Spinning Up's PPO and SB3). rl.value_warmup_steps: steps 1..N train the
@@ -86,7 +97,7 @@ def rollout_step(graphdef, cfg: Config, tx: optax.GradientTransformation, value_
             prepared["policy_on"] = jnp.broadcast_to(jnp.logical_not(warm), (rows,)).astype(jnp.float32)
 
         def one_update(p, o, mb):
-            new_p, new_o, m = update(p, o, mb)
+            new_p, new_o, m = update(p, o, weigh_tokens(cfg, mb))
             if r.value_warmup_steps > 0:
                 # The policy's grads are 0 in warm-up, but AdamW's decoupled weight decay would still move it.
                 new_p = jax.tree_util.tree_map_with_path(lambda path, a, b: a if _is_value_head(path) else jnp.where(warm, b, a), new_p, p)

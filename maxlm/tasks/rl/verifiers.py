@@ -75,10 +75,19 @@ def arithmetic_exact(completion: str, answer: str) -> float:
     return float(gold is not None and bool(found) and found[0] == gold)
 
 
+def sort_exact(completion: str, answer: str) -> float:
+    """Returns 1.0 if the completion's whitespace-separated items are the answer's, in order, else 0.0.
+
+    Strict on purpose: a reply with an item too many or too few ("1 3 7 9 9") is wrong.
+    """
+    return float(completion.split() == answer.split())
+
+
 VERIFIERS: dict[str, Callable[[str, str], float]] = {
     "gsm8k_exact": gsm8k_exact,
     "format": format_reward,
     "arithmetic_exact": arithmetic_exact,
+    "sort_exact": sort_exact,
 }
 
 

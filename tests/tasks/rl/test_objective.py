@@ -1,6 +1,7 @@
 """The PPO / GRPO objective on prepared rollout rows against plain numpy loops: the policy at the
-sampling temperature, truncated importance sampling (rl.tis_cap), the KL to the reference in the
-loss (rl.kl_in), and ppo's value warm-up (the head alone trains)."""
+sampling temperature, truncated importance sampling (rl.tis_cap) with each ratio, clip range and
+loss aggregation, the KL to the reference in the loss (rl.kl_in), and ppo's value warm-up (the
+head alone trains)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from maxlm.config import Config, RLConfig
 from maxlm.tasks.rl.objective import policy_gradient
+from maxlm.tasks.rl.step import weigh_tokens
 
 
 def _config(task="grpo", **rl):
@@ -25,27 +27,40 @@ def _rows(tiny, rng, temperature):
     old = (logp + rng.normal(scale=0.3, size=logp.shape)) * tiny.w
     sample = (old + rng.normal(scale=0.5, size=logp.shape)) * tiny.w
     adv = rng.normal(size=logp.shape) * tiny.w
-    batch = {k: jnp.asarray(v) for k, v in tiny.batch.items()}
+    batch = {k: jnp.asarray(v) for k, v in tiny.batch.items()} | {"loss_weights": jnp.asarray(tiny.w, jnp.float32)}  # token_mean
     return logp, old, sample, adv, batch | {"old_logp": jnp.asarray(old, jnp.float32), "sample_logp": jnp.asarray(sample, jnp.float32),
                                             "advantages": jnp.asarray(adv, jnp.float32)}
 
 
-def _clipped_term(logp, old, a, eps):
-    ratio = math.exp(logp - old)
-    return max(-a * ratio, -a * min(max(ratio, 1 - eps), 1 + eps)), -a * min(max(ratio, 1 - eps), 1 + eps) > -a * ratio
+def _clipped_term(ratio, a, low, high):
+    clipped = -a * min(max(ratio, 1 - low), 1 + high)
+    return max(-a * ratio, clipped), clipped > -a * ratio
 
 
-@pytest.mark.parametrize("cap", [0.0, 1.5, 1e6])
-def test_truncated_importance_weights_multiply_each_tokens_clipped_policy_term(tiny, cap):
+@pytest.mark.parametrize("cap, ratio_kind, agg, low, high", [
+    (0.0, "token", "token_mean", 0.2, 0.2), (1.5, "token", "token_mean", 0.2, 0.2), (1e6, "token", "token_mean", 0.2, 0.2),
+    (1.5, "token", "constant", 0.1, 0.28),  # clip-higher, Dr. GRPO's constant
+    (1.5, "sequence", "sequence_mean", 0.05, 0.08),  # GSPO
+])
+def test_truncated_importance_weights_multiply_each_tokens_clipped_policy_term(tiny, cap, ratio_kind, agg, low, high):
     rng = np.random.default_rng(1)
-    temperature, eps = 0.8, 0.2
+    temperature = 0.8
     logp, old, sample, adv, batch = _rows(tiny, rng, temperature)
-    _, sums = policy_gradient(tiny.graphdef, _config(tis_cap=cap, clip_eps=eps, temperature=temperature, kl_coef=0.0), False)(tiny.params, batch)
+    cfg = _config(tis_cap=cap, clip_eps_low=low, clip_eps_high=high, importance_ratio=ratio_kind, loss_agg=agg,
+                  temperature=temperature, kl_coef=0.0, max_new_tokens=6)
+    batch = weigh_tokens(cfg, batch)
+    _, sums = policy_gradient(tiny.graphdef, cfg, False)(tiny.params, batch)
+    lengths = tiny.w.sum(axis=1)
+    rows, tokens = int((lengths > 0).sum()), tiny.w.sum()
     want, clipped, weights = 0.0, 0, []
     for r, t in zip(*np.nonzero(tiny.w)):
-        term, cut = _clipped_term(logp[r, t], old[r, t], adv[r, t], eps)
+        on = np.nonzero(tiny.w[r])[0]
+        seq = math.exp(sum(logp[r, u] - old[r, u] for u in on) / len(on))
+        term, cut = _clipped_term(seq if ratio_kind == "sequence" else math.exp(logp[r, t] - old[r, t]), adv[r, t], low, high)
         weight = min(math.exp(old[r, t] - sample[r, t]), cap) if cap > 0 else 1.0  # TIS: min(p_train / p_sampler, cap)
-        want += weight * term
+        # rl.loss_agg as a weight on the token sum that the objective's caller divides by the token count
+        agg_w = {"token_mean": 1.0, "sequence_mean": tokens / (rows * lengths[r]), "constant": tokens / (rows * 6)}[agg]
+        want += agg_w * weight * term
         clipped += cut
         weights.append(weight)
     if cap == 1.5:

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from maxlm.config import Config, MeshConfig, ModelConfig, RLConfig
+from maxlm.eval.generation import exact_match
+from maxlm.infer.pretrained import from_pretrained
 from maxlm.models import params as params_lib
 from maxlm.models.llama import causal_segment_mask
 from maxlm.parallel.mesh import make_mesh
@@ -133,17 +135,27 @@ PER_TASK = {
     "ppo": (["rl.group_size=2", "rl.kl_target=0.01", "rl.kl_horizon=20"],
             {"kl_coef", "value_loss", "value_clipfrac", "approx_kl"}, ("reward_mean", "kl_coef"), ("loss", "kl", "value_loss")),
     "grpo": (["rl.group_size=4", "rl.epochs=2", "rl.minibatches=2"], {"reward_std", "approx_kl"}, ("reward_mean",), ("loss", "kl")),
+    # The menu at once: RLOO without std scaling, sequence-mean loss over accumulated microbatches, GSPO's
+    # ratio with clip-higher, DAPO's dynamic sampling (the prompt iterator moves a varying number of
+    # batches a step: the checkpoint must say where) and overlong shaping (it makes the groups differ).
+    "grpo_menu": (["rl.group_size=4", "rl.minibatches=2", "train.grad_accum_steps=2", "rl.advantage=rloo", "rl.scale_rewards=none",
+                   "rl.loss_agg=sequence_mean", "rl.importance_ratio=sequence", "rl.clip_eps_high=0.28", "rl.dynamic_sampling=true",
+                   "rl.max_sampling_rounds=2", "rl.overlong_buffer=4"],
+                  {"dropped_groups", "padded_groups", "sampling_rounds", "overlong_penalty", "approx_kl"},
+                  ("reward_mean", "dropped_groups", "padded_groups", "sampling_rounds", "overlong_penalty"), ("loss", "kl", "policy_loss")),
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["ppo", "grpo"])
-def test_rl_run_logs_its_metrics_and_resumes_exactly_after_kill_9(tmp_path, sft_run, task):
+@pytest.mark.parametrize("name", ["ppo", "grpo", "grpo_menu"])
+def test_rl_run_logs_its_metrics_and_resumes_exactly_after_kill_9(tmp_path, sft_run, name):
     import time
 
-    extra, keys, exact, close = PER_TASK[task]
+    task = name.split("_")[0]
+    extra, keys, exact, close = PER_TASK[name]
+    held_out = "data.eval_files=[{path: 'builtin:arithmetic@eval', rows: '0:40'}]"
     over = [f"train.init_from={sft_run}", "train.steps=6", "train.global_batch_size=4", "train.log_every=1", "train.eval_every=3",
-            "train.eval_steps=1", "checkpoint.interval_steps=3", *extra]
+            held_out, "checkpoint.interval_steps=3", *extra]
     cfg = REPO / "configs" / f"{task}_arithmetic.yaml"
     _cli(cfg, *over, f"run_dir={tmp_path / 'full'}")
     part = tmp_path / "part"
@@ -157,10 +169,16 @@ def test_rl_run_logs_its_metrics_and_resumes_exactly_after_kill_9(tmp_path, sft_
     full, again = _rows(tmp_path / "full"), _rows(part)
     assert sorted(full) == sorted(again) == list(range(7))  # step 0: the starting policy's held-out reward
     assert "eval_reward" in full[0] and "eval_reward" in full[3]
+    # The in-run held-out reward is `maxlm eval exact-match` on the same prompts of the same checkpoint.
+    start = exact_match(from_pretrained(str(sft_run)), "builtin:arithmetic@eval", "arithmetic_exact", 6, rows="0:40")
+    assert start["n"] == 40 and full[0]["eval_reward"] == pytest.approx(start["accuracy"], abs=1e-9)
+    last = exact_match(from_pretrained(str(tmp_path / "full")), "builtin:arithmetic@eval", "arithmetic_exact", 6, rows="0:40")
+    assert full[6]["eval_reward"] == pytest.approx(last["accuracy"], abs=1e-9)
     assert {"reward_mean", "kl", "entropy", "clipfrac", "generation_fraction", "completion_tokens"} | keys <= set(full[1])
     assert full[1]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1 samples from the reference itself
     if task == "ppo":
         assert full[6]["kl_coef"] != full[1]["kl_coef"]  # the controller moved it
+    assert any(full[s]["grad_norm"] > 0 for s in range(1, 7))  # it trains
     for s in range(1, 7):
         for k in exact:
             assert full[s][k] == again[s][k], (s, k)

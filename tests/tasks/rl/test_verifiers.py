@@ -1,12 +1,13 @@
-"""Verifier rewards on every real GSM8K training answer, and on hand-written edge cases."""
+"""Verifier rewards on every real GSM8K training answer and builtin:sort record, and on hand-written edge cases."""
 
 import json
 import re
 
 import pytest
 
+from maxlm.data import sorting
 from maxlm.errors import MaxlmError
-from maxlm.tasks.rl.verifiers import FORMAT_REWARD, VERIFIERS, arithmetic_exact, format_reward, gsm8k_exact, verifier
+from maxlm.tasks.rl.verifiers import FORMAT_REWARD, VERIFIERS, arithmetic_exact, format_reward, gsm8k_exact, sort_exact, verifier
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,32 @@ def test_format_and_arithmetic():
     assert arithmetic_exact("13570", "1357") == 0.0
 
 
+@pytest.mark.parametrize(
+    "completion,want",
+    [
+        ("1 3 7 9", 1.0),
+        ("  1 3  7 9\n", 1.0),  # spacing around and between the items does not count
+        ("1 7 3 9", 0.0),  # the right digits out of order
+        ("1 3 7", 0.0),  # one item short
+        ("1 3 7 9 9", 0.0),  # one item too many
+        ("1 3 7 9.", 0.0),
+        ("1,3,7,9", 0.0),  # the items are space-separated
+        ("13 7 9", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_sort_exact_edge_cases(completion, want):
+    assert sort_exact(completion, "1 3 7 9") == want
+
+
+def test_sort_exact_on_the_builtin_records():
+    for r in sorting.records("eval"):
+        assert sort_exact(r["answer"], r["answer"]) == 1.0
+        assert sort_exact(r["prompt"].removeprefix("Sort: "), r["answer"]) == float(r["prompt"] == "Sort: " + r["answer"])
+
+
 def test_registry():
-    assert set(VERIFIERS) == {"gsm8k_exact", "format", "arithmetic_exact"}
+    assert set(VERIFIERS) == {"gsm8k_exact", "format", "arithmetic_exact", "sort_exact"}
     assert verifier("gsm8k_exact") is gsm8k_exact
-    with pytest.raises(MaxlmError, match=re.escape("valid verifiers: arithmetic_exact, format, gsm8k_exact")):
+    with pytest.raises(MaxlmError, match=re.escape("valid verifiers: arithmetic_exact, format, gsm8k_exact, sort_exact")):
         verifier("gsm8k")
