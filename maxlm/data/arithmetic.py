@@ -9,11 +9,9 @@ eval split (`@eval`, one pair in ten) holds no sum the train split does.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 
-from maxlm.files.atomic import write_atomic
-from maxlm.files.cache import cache_dir
+from maxlm.files.cache import cached_jsonl
 
 NAMES = {"builtin:arithmetic": "train", "builtin:arithmetic@eval": "eval"}
 VERSION = 1
@@ -36,8 +34,4 @@ def records(split: str) -> list[dict]:
 def arithmetic_path(name: str) -> str:
     """Returns the jsonl file of `builtin:arithmetic[@eval]`, writing it on first use."""
     split = NAMES[name]
-    path = cache_dir("builtin") / f"arithmetic-v{VERSION}-{split}.jsonl"
-    if not path.exists():
-        data = "".join(json.dumps(r) + "\n" for r in records(split)).encode()
-        write_atomic(path, lambda f: f.write(data))
-    return str(path)
+    return cached_jsonl(f"arithmetic-v{VERSION}-{split}.jsonl", lambda: records(split))

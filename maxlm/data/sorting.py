@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import random
 
-from maxlm.files.atomic import write_atomic
-from maxlm.files.cache import cache_dir
+from maxlm.files.cache import cached_jsonl
 
 NAMES = {"builtin:sort": "train", "builtin:sort@eval": "eval"}
 VERSION = 1
@@ -63,8 +61,4 @@ def records(split: str) -> list[dict]:
 def sort_path(name: str) -> str:
     """Returns the jsonl file of `builtin:sort[@eval]`, writing it on first use."""
     split = NAMES[name]
-    path = cache_dir("builtin") / f"sort-v{VERSION}-{split}.jsonl"
-    if not path.exists():
-        data = "".join(json.dumps(r) + "\n" for r in records(split)).encode()
-        write_atomic(path, lambda f: f.write(data))
-    return str(path)
+    return cached_jsonl(f"sort-v{VERSION}-{split}.jsonl", lambda: records(split))

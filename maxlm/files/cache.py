@@ -4,8 +4,10 @@ appears whole or not at all (`atomic.write_atomic`)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from maxlm.errors import MaxlmError
@@ -19,6 +21,15 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cached_jsonl(name: str, make_records: Callable[[], list[dict]]) -> str:
+    """Returns the path of `cache_dir("builtin")/name`, written once as jsonl from `make_records()` (a generated data set)."""
+    path = cache_dir("builtin") / name
+    if not path.exists():
+        data = "".join(json.dumps(r) + "\n" for r in make_records()).encode()
+        write_atomic(path, lambda f: f.write(data))
+    return str(path)
 
 
 def decompressed(path: str, compression: str) -> str:
