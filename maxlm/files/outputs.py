@@ -8,7 +8,7 @@ the user passes --overwrite.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from maxlm.errors import MaxlmError
@@ -42,15 +42,18 @@ def check_output(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str, 
                 raise MaxlmError(f"{flag} {path}: is also the input ({in_flag}) and would replace it; choose another path{hint}")
 
 
-def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool | None = False, ours: bool = False,
-                     what: str = "") -> None:
+def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool | None = False,
+                     ours: bool | Callable[[], bool] = False, what: str = "") -> None:
     """Raises MaxlmError when `path` is a file, unwritable, or a non-empty directory that is not `ours` and `overwrite` is not given.
 
-    `ours` says the directory holds this command's own earlier output (a run to resume); `overwrite=None`
-    says the command has no --overwrite.
+    `ours` says the directory holds this command's own earlier output (a run to resume); a callable
+    is asked only after the directory was listed non-empty, so files that another process of the
+    same run writes meanwhile (its lock) are seen by it. `overwrite=None` says the command has no --overwrite.
     """
     path = Path(path)
     check_writable_dir(path, flag)  # a directory, or one that can be made, that takes a write
-    if path.is_dir() and not ours and not overwrite and any(not p.name.startswith(PROBE_PREFIX) for p in path.iterdir()):
+    if not path.is_dir() or overwrite or not any(not p.name.startswith(PROBE_PREFIX) for p in path.iterdir()):
+        return
+    if not (ours() if callable(ours) else ours):
         hint = "" if overwrite is None else ", or pass --overwrite (which replaces only the files this command writes)"
         raise MaxlmError(f"{flag} {path}: exists and is not empty{what}; choose another directory{hint}")

@@ -74,7 +74,10 @@ def export_dir(cfg: Config) -> Path | None:
 def check_outputs(cfg: Config) -> None:
     """Raises MaxlmError when run_dir or export.hf_dir holds files this run did not write."""
     run_dir = Path(cfg.run_dir).resolve()
-    ours = any((run_dir / n).exists() for n in RUN_FILES) or any(run_dir.glob(".lock.*"))  # other processes' locks
+
+    def ours() -> bool:  # asked after the listing: another process of this run may lock the dir (.lock) in between
+        return any((run_dir / n).exists() for n in RUN_FILES) or any(run_dir.glob(".lock.*"))
+
     check_output_dir(run_dir, "run_dir", None, ours=ours,
                      what=" and holds no maxlm run (config.yaml, checkpoints/)")
     out = export_dir(cfg)

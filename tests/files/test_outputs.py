@@ -46,3 +46,22 @@ def test_another_processs_write_probe_does_not_make_a_directory_foreign(tmp_path
     (tmp_path / "notes.txt").write_text("mine\n")
     with pytest.raises(MaxlmError, match="exists and is not empty"):
         check_output_dir(tmp_path, "run_dir", None)
+
+
+def test_ours_is_asked_after_the_listing_so_a_lock_taken_meanwhile_counts(tmp_path):
+    # Process 0 of a run locks the empty run_dir while process 1 checks it: process 1 must see the lock.
+    asked = []
+
+    def ours():
+        asked.append(sorted(p.name for p in tmp_path.iterdir()))
+        return (tmp_path / ".lock").exists()
+
+    check_output_dir(tmp_path, "run_dir", None, ours=ours)
+    assert asked == []  # empty: nothing to ask about
+    (tmp_path / ".lock").write_text("")
+    check_output_dir(tmp_path, "run_dir", None, ours=ours)
+    assert asked == [[".lock"]]
+    (tmp_path / ".lock").unlink()
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(MaxlmError, match="exists and is not empty"):
+        check_output_dir(tmp_path, "run_dir", None, ours=ours)
