@@ -238,7 +238,7 @@ def _add_eval(sub) -> None:
     er.add_argument("--data", required=True, help="pairs file or glob (prompt/chosen/rejected, ranked lists, or hh-rlhf dialogues)")
     er.add_argument("--rows", default="", help="a slice of the records, e.g. 1200: (held-out part)")
     er.add_argument("--batch-size", type=int, default=16)
-    er.add_argument("--seq-len", type=int, default=None, help="default: the run's data.seq_len; longer pairs are skipped and counted")
+    er.add_argument("--seq-len", type=int, default=None, help="default: the run's data.seq_len; a longer pair has its prompt cut from the left (replies whole), counted in \"truncated\"")
     er.set_defaults(fn=cmd_eval_rm)
 
     ep = ev.add_parser("perplexity", parents=[records, report], help="token-level perplexity on held-out text: prints {\"perplexity\", \"nll\", \"tokens\", ...}")

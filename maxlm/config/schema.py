@@ -97,6 +97,7 @@ class DataConfig:
     seqio_task: str = ""  # a registered seqio Task or Mixture (needs the [seqio] extra)
     seq_len: int = ranged(512, gt=0)
     on_bad_record: Literal["error", "skip"] = "error"  # skip: skipped records are counted in metrics
+    pair_truncation: Literal["skip", "left"] = "skip"  # rm/dpo: a pair over seq_len is a bad record, or its prompt is cut from the left (replies whole)
     shuffle: bool = True
     add_bos: bool = True
     add_eos: bool = True

@@ -98,6 +98,46 @@ def encode_pair(
     return encode_completion(tokenizer, template, prompt, chosen), encode_completion(tokenizer, template, prompt, rejected)
 
 
+def fit_prompt(
+    tokenizer: Tokenizer, template: str, prompt: str | Sequence[Message], completions: Sequence[str], max_len: int
+) -> tuple[list[Message], bool]:
+    """Returns (prompt, cut): the prompt, its earliest text removed until prompt + each completion is <= max_len tokens.
+
+    The left truncation of reward models and pairs, which keeps the completions whole and the
+    template's structure intact. Leading system messages stay; the earliest other message loses
+    tokens from the start of its text, or goes whole when all of its text is not enough (with the
+    assistant turns right after it, so what is left still opens with a user turn). Every kept
+    message keeps its header and end-of-turn marker: the model reads a real conversation that
+    starts later. A prompt that fits comes back unchanged (cut=False). When the completions do not
+    fit even after an empty last turn, that shortest prompt comes back and the caller sees the
+    conversation is still too long.
+    """
+    messages = _as_messages(prompt)
+
+    def excess(msgs: list[Message]) -> int:
+        return max(len(encode_completion(tokenizer, template, msgs, c)[0]) for c in completions) - max_len
+
+    over = excess(messages)
+    if over <= 0:
+        return messages, False
+    n_system = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    system, turns = messages[:n_system], messages[n_system:]
+    while over > 0 and turns and (len(turns) > 1 or turns[0]["content"]):
+        text = turns[0]["content"]
+        ids = _encode_text(tokenizer, text)
+        if len(turns) > 1 and len(ids) <= over:
+            turns = turns[1:]
+            while len(turns) > 1 and turns[0]["role"] != "user":
+                turns = turns[1:]
+        else:
+            # Cut by tokens of the text alone: in context it may encode a token or two differently,
+            # which the next round measures and cuts again.
+            kept = tokenizer.decode(ids[over:]) if len(ids) > over else ""
+            turns = [{**turns[0], "content": kept if len(kept) < len(text) else text[1:]}, *turns[1:]]
+        over = excess(system + turns)
+    return system + turns, True
+
+
 def render_chat(tokenizer: Tokenizer, template: str, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
     """Returns the conversation as the template renders it (BOS/EOS ids of `default` shown as <s>, </s>)."""
     return "".join(text for text, _ in segments(tokenizer, template, messages, add_generation_prompt))

@@ -27,10 +27,15 @@ log = logging.getLogger(__name__)
 
 
 class Examples:
-    """A random-access list of encoded examples (a Grain data source), with the skip count."""
+    """A random-access list of encoded examples (a Grain data source), with the counts of skipped and cut records.
 
-    def __init__(self, name: str, items: list, skipped: int):
+    `cut`: pairs read with data.pair_truncation=left whose prompt lost its earliest text to fit
+    ({"prompt": n, "replies": m}; "replies": the reply alone was too long and lost its end too).
+    """
+
+    def __init__(self, name: str, items: list, skipped: int, cut: dict[str, int] | None = None):
         self.name, self.items, self.skipped = name, items, skipped
+        self.cut = cut or {"prompt": 0, "replies": 0}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -48,8 +53,13 @@ def _sft_example(tokenizer: Tokenizer, template: str, record: Chat, seq_len: int
     return {"ids": np.asarray(ids, np.int32), "mask": np.asarray(mask, np.float32)}
 
 
-def _pair_example(tokenizer: Tokenizer, template: str, record: Pair, seq_len: int, pad_id: int) -> dict:
-    rows = chat.encode_pair(tokenizer, template, record.prompt, record.chosen, record.rejected)
+def _pair_example(tokenizer: Tokenizer, template: str, record: Pair, seq_len: int, pad_id: int, truncation: str) -> tuple[dict, str]:
+    """Returns (example, cut): cut "" (as read), "prompt" (its earliest text removed) or "replies" (the replies cut too)."""
+    prompt, cut = record.prompt, ""
+    if truncation == "left":
+        prompt, prompt_cut = chat.fit_prompt(tokenizer, template, prompt, (record.chosen, record.rejected), seq_len)
+        cut = "prompt" if prompt_cut else ""
+    rows = chat.encode_pair(tokenizer, template, prompt, record.chosen, record.rejected)
     out = {
         "tokens": np.full((2, seq_len), pad_id, np.int32),
         "segment_ids": np.zeros((2, seq_len), np.int32),
@@ -57,6 +67,9 @@ def _pair_example(tokenizer: Tokenizer, template: str, record: Pair, seq_len: in
         "loss_mask": np.zeros((2, seq_len), np.float32),
     }
     for i, (ids, mask) in enumerate(rows):
+        if len(ids) > seq_len and truncation == "left":
+            # The reply alone is longer than what the prompt's cut could free: the last resort is its end.
+            ids, mask, cut = ids[:seq_len], mask[:seq_len], "replies"
         if len(ids) > seq_len:
             raise ValueError(f"prompt + {'chosen' if i == 0 else 'rejected'} is {len(ids)} tokens, longer than data.seq_len={seq_len}")
         if not any(mask):
@@ -70,7 +83,7 @@ def _pair_example(tokenizer: Tokenizer, template: str, record: Pair, seq_len: in
         raise ValueError("chosen and rejected encode to the same tokens")
     out["margin"] = np.float32(record.margin or 0.0)
     out["pair_mask"] = np.float32(1.0)
-    return out
+    return out, cut
 
 
 def record_texts(path: str, task: str, on_bad_record: str) -> list[str]:
@@ -88,14 +101,18 @@ def record_texts(path: str, task: str, on_bad_record: str) -> list[str]:
 
 
 def encode_file(
-    path: str, task: str, tokenizer: Tokenizer, template: str, seq_len: int, on_bad_record: str, rows: str = ""
+    path: str, task: str, tokenizer: Tokenizer, template: str, seq_len: int, on_bad_record: str, rows: str = "",
+    pair_truncation: str = "skip",
 ) -> Examples:
     """Returns the encoded examples of every file `path` names (a file or glob) for `task`.
 
     `rows` ("start:stop") selects records by their place in the files, before any is dropped
     for length, so a train/held-out split does not move when data.seq_len changes.
+    `pair_truncation` (data.pair_truncation): "skip" drops (or, on_bad_record=error, refuses) a
+    pair longer than seq_len; "left" cuts its prompt from the left (`chat.fit_prompt`) instead.
     """
     items, skipped, first_bad, records = [], 0, None, []
+    cut = {"prompt": 0, "replies": 0}
     for f in expand(path):
         reader = RecordFile(f, task, on_bad_record)
         skipped += reader.skipped
@@ -108,7 +125,10 @@ def encode_file(
             if isinstance(record, Chat):
                 items.append(_sft_example(tokenizer, template, record, seq_len))
             else:
-                items.append(_pair_example(tokenizer, template, record, seq_len, tokenizer.pad_id))
+                item, how = _pair_example(tokenizer, template, record, seq_len, tokenizer.pad_id, pair_truncation)
+                items.append(item)
+                cut["prompt"] += how != ""  # "replies": the prompt was cut as far as it goes first
+                cut["replies"] += how == "replies"
         except ValueError as e:
             message = f"{record.where}: {e}"
             if on_bad_record == "error":
@@ -117,6 +137,9 @@ def encode_file(
             skipped += 1
     if first_bad:
         log.warning("skipped records that do not fit, first: %s", first_bad)
+    if cut["prompt"]:
+        log.info("%s: %d pairs had their prompt cut from the left to fit seq_len=%d (%d of them their replies too)",
+                 path, cut["prompt"], seq_len, cut["replies"])
     if not items:
         raise MaxlmError(f"{path}: no usable {task} examples" + (f" ({skipped} skipped)" if skipped else ""))
-    return Examples(path, items, skipped)
+    return Examples(path, items, skipped, cut)

@@ -190,7 +190,8 @@ def _open(cfg: Config, src: SourceConfig, tokenizer: Tokenizer):
         return open_source(src, cfg.data.on_bad_record)
     if not src.path:
         raise MaxlmError(f"task {cfg.task}: a data source has an empty path; expected a jsonl/json/parquet file or glob")
-    return encode_file(src.path, cfg.task, tokenizer, cfg.data.chat_template, cfg.data.seq_len, cfg.data.on_bad_record, src.rows)
+    d = cfg.data
+    return encode_file(src.path, cfg.task, tokenizer, d.chat_template, d.seq_len, d.on_bad_record, src.rows, d.pair_truncation)
 
 
 def _rows(cfg: Config, ds: grain.MapDataset, tokenizer: Tokenizer) -> grain.IterDataset:

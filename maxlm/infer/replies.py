@@ -60,19 +60,23 @@ class ScoringModel:
         total, count = self.scorer.logprobs([ids for ids, _, _ in rows], [m for _, m, _ in rows])
         return total, count, np.asarray([t for _, _, t in rows], bool)
 
-    def reply_rewards(self, prompts: Sequence[Sequence[Message]], replies: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (reward [N] f64, tokens [N] int64) of each rendered conversation; reward NaN where tokens > max_len.
+    def reply_rewards(self, prompts: Sequence[Sequence[Message]], replies: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (reward [N] f64, tokens [N] int64, truncated [N] bool) of each rendered conversation.
 
-        Too-long conversations are not scored: cutting them would move the token the reward is read at.
+        A conversation longer than model.max_seq_len is read as reward training reads pairs
+        (data.pair_truncation=left): its prompt loses its earliest text (`chat.fit_prompt`) and the
+        reply stays whole, so the reward is still read over the whole reply. `tokens` counts the
+        scored conversation; the reward is NaN where the reply alone does not fit (tokens > max_len).
         """
         require_reward_model(self.scorer.model.config, self.name)
-        encoded = [self.encode_reply(p, r) for p, r in zip(prompts, replies)]
+        fitted = [chat.fit_prompt(self.tokenizer, self.template, p, [r], self.max_len) for p, r in zip(prompts, replies)]
+        encoded = [self.encode_reply(p, r) for (p, _), r in zip(fitted, replies)]
         tokens = np.asarray([len(ids) for ids, _ in encoded], np.int64)
         reward = np.full(len(encoded), np.nan)
         fits = np.flatnonzero(tokens <= self.max_len)
         if fits.size:
             reward[fits] = self.scorer.rewards([encoded[i][0] for i in fits], [encoded[i][1] for i in fits])
-        return reward, tokens
+        return reward, tokens, np.asarray([cut for _, cut in fitted], bool)
 
 
 def fit(ids: list[int], mask: list[int], max_len: int) -> tuple[list[int], list[int], bool]:

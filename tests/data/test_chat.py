@@ -7,8 +7,10 @@ import pytest
 
 from maxlm.data.chat import (
     encode_chat,
+    encode_completion,
     encode_pair,
     encode_prompt,
+    fit_prompt,
     render_chat,
     stop_ids,
 )
@@ -217,3 +219,50 @@ def test_unusable_templates_fail_clearly(hf_dirs, sp_tokenizer):
         encode_chat(eos_at_end, "hf", CHATS[2])
     with pytest.raises(MaxlmError, match="at least one message"):
         encode_chat(sp_tokenizer, "default", [])
+
+
+# ---------------------------------------------------------------- left truncation of a prompt (fit_prompt)
+
+LONG = "The quick brown fox jumps over the lazy dog while the cat watches from the window. " * 6
+REPLIES = ("Why did the cat sit on the computer? To keep an eye on the mouse.", "No.")
+
+
+def longest(tok, name, prompt) -> int:
+    return max(len(encode_completion(tok, name, prompt, r)[0]) for r in REPLIES)
+
+
+@pytest.mark.parametrize("name", ["default", "chatml"])
+def test_fit_prompt_cuts_the_earliest_text_and_keeps_the_replies_whole(name, hf_dirs, sp_tokenizer):
+    tok = sp_tokenizer if name == "default" else load_tokenizer(hf_dirs["chatml"])
+    prompt = [user(LONG), assistant("Paris is the capital of France."), user("Tell me a joke about cats.")]
+    full = longest(tok, name, prompt)
+    assert fit_prompt(tok, name, prompt, REPLIES, full) == (prompt, False)  # fits: unchanged
+    last_turn = longest(tok, name, prompt[2:])
+    for max_len in range(last_turn, full, 7):
+        fitted, cut = fit_prompt(tok, name, prompt, REPLIES, max_len)
+        assert cut and longest(tok, name, fitted) <= max_len
+        assert fitted[0]["role"] == "user" and fitted[-1] == prompt[-1]
+        kept = prompt[len(prompt) - len(fitted):]
+        assert fitted[1:] == kept[1:] and kept[0]["content"].endswith(fitted[0]["content"])  # only its start is gone
+        if kept[0]["content"] != fitted[0]["content"]:
+            assert longest(tok, name, fitted) >= max_len - 3  # cut by tokens, not far more than needed
+        for reply in REPLIES:
+            ids, mask = encode_completion(tok, name, fitted, reply)
+            whole_ids, whole_mask = encode_completion(tok, name, prompt, reply)
+            assert blocks(ids, mask) == blocks(whole_ids, whole_mask)[-1:]  # the reply and its end marker, whole
+            assert ids[: len(ids) - sum(mask)][:2] == whole_ids[:2]  # the template's opening stays
+    # The long first turn gone entirely: the assistant turn after it goes too, so a user turn leads.
+    assert fit_prompt(tok, name, prompt, REPLIES, last_turn) == ([prompt[2]], True)
+
+
+def test_fit_prompt_keeps_system_messages_and_stops_at_an_empty_last_turn(sp_tokenizer):
+    tok = sp_tokenizer
+    system = {"role": "system", "content": "You are terse."}
+    prompt = [system, user(LONG)]
+    bare = longest(tok, "default", [system, user("")])
+    fitted, cut = fit_prompt(tok, "default", prompt, REPLIES, bare + 5)
+    assert cut and fitted[0] == system and 0 < len(fitted[1]["content"]) < len(LONG)
+    assert longest(tok, "default", fitted) <= bare + 5
+    # Replies that do not fit even after an empty user turn: the shortest prompt, still too long.
+    fitted, cut = fit_prompt(tok, "default", prompt, REPLIES, bare - 1)
+    assert cut and fitted == [system, user("")] and longest(tok, "default", fitted) > bare - 1

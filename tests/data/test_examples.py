@@ -76,6 +76,30 @@ def test_rows_slice_records_before_length_filtering(tokenizer, tmp_path):
         encode_file(path, "rm", tokenizer, "default", 96, "skip", "5")
 
 
+def test_left_truncation_keeps_long_pairs_with_whole_replies_and_counts_them(tokenizer, tmp_path):
+    long_prompt = [{"role": "user", "content": "tell me of the king " * 40}, {"role": "assistant", "content": "He is dead."},
+                   {"role": "user", "content": PAIRS[1]["prompt"]}]
+    records = [PAIRS[0], dict(PAIRS[1], prompt=long_prompt), dict(PAIRS[2], chosen="long " * 300)]
+    path = write_records(tmp_path / "pairs.jsonl", records)
+    skipping = encode_file(path, "rm", tokenizer, "default", 96, "skip")
+    assert len(skipping) == 1 and skipping.skipped == 2 and skipping.cut == {"prompt": 0, "replies": 0}
+    ex = encode_file(path, "rm", tokenizer, "default", 96, "error", pair_truncation="left")
+    assert len(ex) == 3 and ex.skipped == 0 and ex.cut == {"prompt": 2, "replies": 1}
+    for k in ("tokens", "loss_mask", "segment_ids"):  # a pair that fits is encoded as before
+        np.testing.assert_array_equal(ex[0][k], skipping[0][k])
+    for i, reply in enumerate([PAIRS[1]["chosen"], PAIRS[1]["rejected"]]):
+        n = int(ex[1]["segment_ids"][i].sum())
+        ids, mask = ex[1]["tokens"][i, :n].tolist(), ex[1]["loss_mask"][i, :n].tolist()
+        assert ids[0] == tokenizer.bos_id and n <= 96
+        # Whole reply, after the latest user turn and the assistant header of the uncut prompt.
+        assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == reply + tokenizer.decode([tokenizer.eos_id])
+        tail = chat.encode_prompt(tokenizer, "default", long_prompt[2:])[1:]
+        assert ids[: mask.index(1)][-len(tail):] == tail
+    # A reply longer than the row: the prompt is as short as it gets and the reply loses its end.
+    bare = len(chat.encode_prompt(tokenizer, "default", [{"role": "user", "content": ""}]))
+    assert ex[2]["segment_ids"][0].sum() == 96 and ex[2]["loss_mask"][0].sum() == 96 - bare
+
+
 def test_pair_batches_resume_and_eval_pads_with_empty_pairs(tokenizer, tmp_path):
     path = write_records(tmp_path / "pairs.jsonl", PAIRS)
     src = SourceConfig(path=path)

@@ -188,11 +188,17 @@ def test_rm_filter_keeps_the_highest_rewards(runs, small_pool, one_device):
     rm = load_scoring_model(str(runs["rm"]), mesh=one_device)
     sel = select_rm(pool, rm, 2)
     fits = [i for i, r in enumerate(pool.records) if len(rm.encode_reply(r.prompt, r.response)[0]) <= MAX_LEN]
-    assert sel.summary["too_long"] == len(pool) - len(fits) > 0
+    # Too long: the prompt is cut from the left (scored), or the reply alone does not fit (not scored).
+    alone = [len(rm.encode_reply([{"role": "user", "content": ""}], r.response)[0]) <= MAX_LEN for r in pool.records]
+    assert sel.summary["truncated"] == len(pool) - len(fits) > 0
+    assert sel.summary["too_long"] == alone.count(False) > 0
+    scored = np.isfinite(sel.fields["score"])
+    assert scored.tolist() == alone
     ids = [rm.encode_reply(pool.records[i].prompt, pool.records[i].response)[0] for i in fits]
     reward = rm.scorer.rewards(ids)
-    np.testing.assert_allclose(sel.fields["score"][fits], reward, rtol=1e-6)
-    assert sel.order.tolist() == [fits[j] for j in np.argsort(-reward, kind="stable")[:2]]
+    np.testing.assert_allclose(sel.fields["score"][fits], reward, rtol=1e-6)  # those that fit: as before
+    best = np.argsort(-np.where(scored, sel.fields["score"], -np.inf), kind="stable")[:2]
+    assert sel.order.tolist() == best.tolist()
     with pytest.raises(MaxlmError, match="not a reward model"):
         select_rm(pool, load_scoring_model(str(runs["lm_a"]), mesh=one_device), 2)
 

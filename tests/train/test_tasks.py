@@ -64,7 +64,8 @@ def rm_run(tmp_path_factory, sft_config, hh) -> Path:
     """A reward model trained through the CLI from the SFT config."""
     d = tmp_path_factory.mktemp("rm")
     cfg = write_config(d / "rm.yaml", task="rm", run_dir=str(d / "rm"),
-                       data={"train_files": [{"path": hh, "rows": "0:300"}], "eval_files": [{"path": hh, "rows": "300:360"}]},
+                       data={"train_files": [{"path": hh, "rows": "0:300"}], "eval_files": [{"path": hh, "rows": "300:360"}],
+                             "pair_truncation": "left"},  # the rule eval rm reads pairs with
                        train={"steps": 8, "learning_rate": 3e-3, "init_from": sft_config, "eval_every": 8, "eval_steps": 20})
     assert cli_main(["train", cfg]) == 0
     return d / "rm"
@@ -81,7 +82,8 @@ def test_rm_from_sft_config_learns_and_eval_rm_prints_accuracy(rm_run, hh, capsy
     from maxlm.data.records import read_records
 
     malformed = read_records(hh, "rm", "skip")[1]  # counted for the whole file, like training's skipped_records
-    assert out["n"] > 0 and out["n"] + out["skipped"] == 60 + malformed and 0.0 <= out["accuracy"] <= 1.0
+    # Every pair of the 60 is scored, the long ones with their prompt cut.
+    assert out["n"] == 60 and out["skipped"] == malformed and out["truncated"] > 0 and 0.0 <= out["accuracy"] <= 1.0
     # The same pairs through the training loop's eval give the same accuracy.
     assert out["accuracy"] == pytest.approx(rows[-1]["eval_accuracy"], abs=1e-6)
 

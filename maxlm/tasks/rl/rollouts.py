@@ -141,10 +141,12 @@ class Rollouts:
         )
         rows, texts = out.rows_NxTM, out.texts
         if self.reward_model:
-            scores, tokens = self.reward_model.reply_rewards([self.prompts.prompts[i] for i in idx], texts)
+            # A prompt too long for the reward model is cut from the left, as its training read pairs.
+            scores, tokens, _ = self.reward_model.reply_rewards([self.prompts.prompts[i] for i in idx], texts)
             if np.any(tokens > self.reward_model.max_len):
-                raise MaxlmError(f"rl.reward_model {self.reward_model.name}: a rollout is {tokens.max()} tokens in its chat template, "
-                                 f"more than its model.max_seq_len {self.reward_model.max_len}; lower rl.max_new_tokens")
+                raise MaxlmError(f"rl.reward_model {self.reward_model.name}: a rollout's reply is {tokens.max()} tokens in its chat "
+                                 f"template with its prompt cut, more than its model.max_seq_len {self.reward_model.max_len}; "
+                                 "lower rl.max_new_tokens")
             scores = scores.astype(np.float32)
         else:
             answers = [self.prompts.answers[i] for i in idx]
