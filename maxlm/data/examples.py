@@ -18,8 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from maxlm.data import chat
-from maxlm.data.records import Chat, Pair, RecordFile
-from maxlm.data.sources import expand, row_slice
+from maxlm.data.records import Chat, Pair, read_records
 from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import BadRecordError, MaxlmError
 
@@ -86,17 +85,16 @@ def _pair_example(tokenizer: Tokenizer, template: str, record: Pair, seq_len: in
     return out, cut
 
 
-def record_texts(path: str, task: str, on_bad_record: str) -> list[str]:
-    """Returns every message and completion text of the records `path` names (tokenizer training)."""
+def record_texts(path: str, task: str, on_bad_record: str, rows: str = "") -> list[str]:
+    """Returns every message and completion text of the records `path` names in `rows` (tokenizer training)."""
     texts = []
-    for f in expand(path):
-        for r in RecordFile(f, task, on_bad_record).records:
-            if isinstance(r, Chat):
-                texts += [m["content"] for m in r.messages]
-            elif isinstance(r, Pair):
-                texts += [m["content"] for m in r.prompt] + [r.chosen, r.rejected]
-            else:
-                texts += [m["content"] for m in r.prompt] + ([r.answer] if r.answer else [])
+    for r in read_records(path, task, on_bad_record, rows=rows)[0]:
+        if isinstance(r, Chat):
+            texts += [m["content"] for m in r.messages]
+        elif isinstance(r, Pair):
+            texts += [m["content"] for m in r.prompt] + [r.chosen, r.rejected]
+        else:
+            texts += [m["content"] for m in r.prompt] + ([r.answer] if r.answer else [])
     return texts
 
 
@@ -111,15 +109,9 @@ def encode_file(
     `pair_truncation` (data.pair_truncation): "skip" drops (or, on_bad_record=error, refuses) a
     pair longer than seq_len; "left" cuts its prompt from the left (`chat.fit_prompt`) instead.
     """
-    items, skipped, first_bad, records = [], 0, None, []
+    items, first_bad = [], None
     cut = {"prompt": 0, "replies": 0}
-    for f in expand(path):
-        reader = RecordFile(f, task, on_bad_record)
-        skipped += reader.skipped
-        records += reader.records
-    records = records[row_slice(rows, len(records), path)]
-    if not records:
-        raise MaxlmError(f"{path}: rows {rows!r} selects none of its records")
+    records, skipped = read_records(path, task, on_bad_record, rows=rows)
     for record in tqdm(records, desc=f"encode {path}", unit="rec", leave=False, mininterval=2.0, disable=len(records) < 5000):
         try:
             if isinstance(record, Chat):

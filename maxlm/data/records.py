@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from maxlm.data.sources import expand
+from maxlm.data.sources import expand, row_slice
 from maxlm.errors import MaxlmError
 from maxlm.files import formats
 from maxlm.files.formats import BadRecord, as_record, record_text
@@ -308,13 +308,13 @@ ADAPT = {"gsm8k": _gsm8k, "alpaca": _alpaca, "hh_rlhf": _hh_rlhf}
 
 
 class RecordFile(Reader):
-    """The normalized records of one file; bad ones stop the read or are counted (`skipped`)."""
+    """The normalized records of one file (or of `items`, its raw records); bad ones stop the read or are counted (`skipped`)."""
 
-    def __init__(self, path: str, task: str, on_bad_record: str = "error", adapter: str = "auto"):
+    def __init__(self, path: str, task: str, on_bad_record: str = "error", adapter: str = "auto", items=None):
         super().__init__(path, on_bad_record)
         _check_choices(task, adapter)
         self.records: list[Record] = []
-        for lineno, raw in raw_records(path):
+        for lineno, raw in raw_records(path) if items is None else items:
             try:
                 record = as_record(raw)
                 self.records.extend(_normalize(task, record, adapter, f"{path}:{lineno}"))
@@ -328,16 +328,29 @@ class RecordFile(Reader):
         return self.records[i]
 
 
-def read_records(path: str, task: str, on_bad_record: str = "error", adapter: str = "auto") -> tuple[list[Record], int]:
-    """Returns (the normalized records of a file or glob, how many bad records were skipped).
+def read_records(path: str, task: str, on_bad_record: str = "error", adapter: str = "auto",
+                 rows: str = "") -> tuple[list[Record], int]:
+    """Returns (the normalized records of `rows` of a file or glob, how many bad records of them were skipped).
 
-    Post-training sets are small next to pretraining corpora, so they are held in memory.
+    `rows` ("start:stop", `sources.row_slice`) counts the raw records of the files in order, bad
+    ones included, so a split names the same lines whether or not some of them are malformed and
+    `skipped` counts only the bad ones it selects. Post-training sets are small next to
+    pretraining corpora, so they are held in memory.
     """
-    files = [RecordFile(f, task, on_bad_record, adapter) for f in expand(path)]
-    records = [r for f in files for r in f.records]
-    skipped = sum(f.skipped for f in files)
+    files = [(f, list(raw_records(f))) for f in expand(path)]
+    total = sum(len(items) for _, items in files)
+    keep = range(total)[row_slice(rows, total, path)]
+    if rows and not keep:
+        raise MaxlmError(f"{path}: rows {rows!r} selects none of its {total} records")
+    read, offset = [], 0
+    for f, items in files:
+        read.append(RecordFile(f, task, on_bad_record, adapter, items[max(keep.start - offset, 0):max(keep.stop - offset, 0)]))
+        offset += len(items)
+    records = [r for f in read for r in f.records]
+    skipped = sum(f.skipped for f in read)
     if not records:
-        raise MaxlmError(f"{path}: no {task} records" + (f" ({skipped} bad records skipped)" if skipped else ""))
+        where = f" in rows {rows!r}" if rows else ""
+        raise MaxlmError(f"{path}: no {task} records{where}" + (f" ({skipped} bad records skipped)" if skipped else ""))
     return records, skipped
 
 

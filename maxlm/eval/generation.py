@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from maxlm.data.records import Prompt, read_records
-from maxlm.data.sources import row_slice
 from maxlm.errors import MaxlmError
 from maxlm.infer.pretrained import Pretrained, prompt_text
 from maxlm.tasks.rl.verifiers import VERIFIERS, verifier
@@ -94,11 +93,7 @@ def exact_match(
 
 def read_prompts(path: str, rows: str = "", on_bad_record: str = "error") -> tuple[list[Prompt], int]:
     """Returns (the prompt records of `path` in `rows`, how many malformed records were skipped), read like grpo prompts."""
-    records, bad = read_records(path, "grpo", on_bad_record)
-    records = records[row_slice(rows, len(records), path)]
-    if not records:
-        raise MaxlmError(f"{path}: rows {rows!r} selects none of its records")
-    return records, bad
+    return read_records(path, "grpo", on_bad_record, rows=rows)
 
 
 def _pow2_ceil(n: int) -> int:

@@ -119,7 +119,7 @@ def no_check(cfg: Config) -> None:
 
 def record_text_source(cfg: Config) -> Callable[[], Iterable[str]]:
     """Returns texts() -> the message and completion texts of the training records (to train a tokenizer on)."""
-    return lambda: (t for s in train_sources(cfg.data) for t in record_texts(s.path, cfg.task, cfg.data.on_bad_record))
+    return lambda: (t for s in train_sources(cfg.data) for t in record_texts(s.path, cfg.task, cfg.data.on_bad_record, s.rows))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -123,6 +123,22 @@ def test_files_stop_or_skip_on_bad_records(tmp_path):
         read_records(empty, "sft", on_bad_record="skip")
 
 
+def test_rows_count_raw_records_bad_ones_included_across_a_glob(tmp_path):
+    good = lambda i: json.dumps({"prompt": f"Q{i}", "chosen": "a", "rejected": "b"})
+    _write_lines(tmp_path / "a.jsonl", [good(0), "{not json", good(2)])
+    _write_lines(tmp_path / "b.jsonl", [good(3), json.dumps({"prompt": "Q", "chosen": "a", "rejected": "a"}), good(5)])
+    glob = str(tmp_path / "*.jsonl")
+    prompts = lambda records: [r.prompt[0]["content"] for r in records]
+    records, skipped = read_records(glob, "rm", "skip", rows="0:3")  # a split does not move with the bad record in it
+    assert (prompts(records), skipped) == (["Q0", "Q2"], 1)
+    records, skipped = read_records(glob, "rm", "skip", rows="2:")
+    assert (prompts(records), skipped) == (["Q2", "Q3", "Q5"], 1)
+    assert prompts(read_records(glob, "rm", "error", rows="5:")[0]) == ["Q5"]  # the bad lines are outside
+    assert prompts(read_records(glob, "rm", "skip", rows="-2:")[0]) == ["Q5"]
+    with pytest.raises(MaxlmError, match=r"rows '6:' selects none of its 6 records"):
+        read_records(glob, "rm", "skip", rows="6:")
+
+
 def test_gzip_json_array_and_parquet_files(tmp_path):
     rows = [{"prompt": "p1", "response": "r1"}, {"prompt": "p2", "response": "r2"}]
     gz = tmp_path / "sft.jsonl.gz"
@@ -229,6 +245,9 @@ def test_hh_rlhf_harmless(shared_data):
     assert (len(pairs), skipped) == (1495, 5)
     bad = sorted({f"{path}:{n}" for n in range(1, 1501)} - {p.where for p in pairs}, key=lambda w: int(w.rsplit(":", 1)[1]))
     assert bad == [f"{path}:{n}" for n in (87, 517, 926, 1104, 1255)]
+    train, held = (read_records(path, "rm", "skip", rows=r) for r in ("0:1200", "1200:"))
+    assert (len(train[0]), train[1], len(held[0]), held[1]) == (1196, 4, 299, 1)
+    assert int(held[0][0].where.rsplit(":", 1)[1]) == 1201  # the held-out part starts at line 1201 whatever is bad before it
     with gzip.open(path, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     with pytest.raises(MaxlmError, match="do not share the dialogue"):

@@ -36,8 +36,8 @@ from jax.experimental import multihost_utils
 from maxlm.config import Config, RLConfig
 from maxlm.data import chat
 from maxlm.data.pipeline import DataIterator
-from maxlm.data.records import Prompt, RecordFile
-from maxlm.data.sources import expand, row_slice, train_sources
+from maxlm.data.records import read_records
+from maxlm.data.sources import train_sources
 from maxlm.data.tokenizers import Tokenizer
 from maxlm.errors import BadRecordError, MaxlmError
 from maxlm.losses import rl
@@ -64,12 +64,9 @@ def load_prompts(cfg: Config, tokenizer: Tokenizer, sources) -> PromptSet:
     """Returns the prompts of `sources` rendered with the chat template; too-long ones are errors or counted skips."""
     ids, answers, texts, skipped = [], [], [], 0
     for src in sources:
-        records: list[Prompt] = []
-        for f in expand(src.path):
-            reader = RecordFile(f, cfg.task, cfg.data.on_bad_record)
-            skipped += reader.skipped
-            records += reader.records
-        for r in records[row_slice(src.rows, len(records), src.path)]:
+        records, bad = read_records(src.path, cfg.task, cfg.data.on_bad_record, rows=src.rows)
+        skipped += bad
+        for r in records:
             p = chat.encode_prompt(tokenizer, cfg.data.chat_template, r.prompt)
             if len(p) > cfg.rl.max_prompt_len:
                 message = f"{r.where}: prompt is {len(p)} tokens, longer than rl.max_prompt_len={cfg.rl.max_prompt_len}"
