@@ -1,4 +1,4 @@
-"""Hugging Face `config.json` <-> maxlm ModelConfig, for Llama and Qwen2 decoders.
+"""Hugging Face `config.json` <-> maxlm ModelConfig, for Llama, Qwen2 and Qwen3 decoders.
 
 Reads both the transformers 5 layout (`rope_parameters`, holding `rope_theta`) and the
 older one (top-level `rope_theta`, `rope_scaling` with `type` or `rope_type`); writes both,
@@ -14,10 +14,10 @@ from typing import Any
 from maxlm.config import ModelConfig, RopeScalingConfig, head_dim
 from maxlm.errors import MaxlmError
 
-CAUSAL_LM = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+CAUSAL_LM = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 ARCHITECTURE = {family: arch for arch, family in CAUSAL_LM.items()}
 # A model with a scalar (reward / value) head exports as a one-label sequence classifier.
-SEQUENCE_CLASSIFIER = {"llama": "LlamaForSequenceClassification", "qwen2": "Qwen2ForSequenceClassification"}
+SEQUENCE_CLASSIFIER = {family: arch.replace("ForCausalLM", "ForSequenceClassification") for family, arch in ARCHITECTURE.items()}
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -38,7 +38,7 @@ def read_config_json(hf_dir: Path) -> dict:
 
 
 def model_config(raw: dict, where: str) -> ModelConfig:
-    """Returns the ModelConfig of an HF Llama / Qwen2 causal-LM config; `where` names the file in errors."""
+    """Returns the ModelConfig of an HF Llama / Qwen2 / Qwen3 causal-LM config; `where` names the file in errors."""
     archs = raw.get("architectures") or [raw.get("model_type", "(none given)")]
     arch = archs[0]
     if arch not in CAUSAL_LM:
@@ -71,8 +71,9 @@ def model_config(raw: dict, where: str) -> ModelConfig:
         rope_theta=float(theta),
         rope_scaling=scaling,
         norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        # Qwen2 always has q/k/v biases; Llama has them (and an o_proj bias) with attention_bias.
+        # Qwen2 always has q/k/v biases; Llama and Qwen3 have them (and an o_proj bias) with attention_bias.
         qkv_bias=family == "qwen2" or bool(raw.get("attention_bias", False)),
+        qk_norm=family == "qwen3",
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
     )
 
@@ -143,8 +144,10 @@ def hf_config(m: ModelConfig, *, dtype: str, bos_id: int | None, eos_id: int | N
         "eos_token_id": eos_id,
         "pad_token_id": pad_id,
     }
+    if m.family in ("llama", "qwen3"):
+        out.update(attention_bias=m.qkv_bias)
     if m.family == "llama":
-        out.update(attention_bias=m.qkv_bias, mlp_bias=False)
+        out.update(mlp_bias=False)
     else:
         out.update(use_sliding_window=False, sliding_window=None, max_window_layers=m.num_layers)
     if score:
