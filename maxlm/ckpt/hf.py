@@ -1,4 +1,4 @@
-"""Hugging Face interop: import Llama / Qwen2 / Qwen3 safetensors models as maxlm runs, export runs back.
+"""Hugging Face interop: import Llama / Qwen2 / Qwen3 / Mistral safetensors models as maxlm runs, export runs back.
 
 `import_hf` reads tensor by tensor and fills one stacked leaf at a time, placing each on
 the devices before the next is read. `export_hf` streams: every HF tensor is produced from
@@ -50,7 +50,7 @@ PARAM_DTYPES = ("float32", "bfloat16")
 
 
 def read_hf(hf_dir: str | os.PathLike, dtype: str = "float32", mesh: Mesh | None = None) -> tuple[Config, Any]:
-    """Returns (config, params) of an HF Llama / Qwen2 / Qwen3 model dir; params in `dtype`, sharded over `mesh`.
+    """Returns (config, params) of an HF Llama / Qwen2 / Qwen3 / Mistral model dir; params in `dtype`, sharded over `mesh`.
 
     The default mesh puts every local device on the fsdp axis, so a model larger than one
     device's memory still loads. Host memory holds one stacked leaf at a time.
@@ -146,7 +146,7 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
               overwrite: bool = False) -> Path:
     """Returns `out_dir`, an HF model dir written from a maxlm run dir, its checkpoints/ dir or one step dir.
 
-    Llama runs become LlamaForCausalLM, Qwen2 / Qwen3 runs Qwen2 / Qwen3ForCausalLM; a run with a scalar head
+    Llama runs become LlamaForCausalLM, Qwen2 / Qwen3 / Mistral runs Qwen2 / Qwen3 / MistralForCausalLM; a run with a scalar head
     becomes the family's ForSequenceClassification (num_labels=1, `score.weight` [1, D]; no LM head).
     Weights keep their stored dtype; shards hold whole layers, up to `max_shard_bytes` each.
     A non-empty `out_dir` is refused unless `overwrite`; then only the files an export writes are

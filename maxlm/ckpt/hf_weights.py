@@ -1,4 +1,4 @@
-"""Tensor names and layouts between maxlm params and HF Llama/Qwen2/Qwen3 safetensors; reading and
+"""Tensor names and layouts between maxlm params and HF Llama/Qwen2/Qwen3/Mistral safetensors; reading and
 streaming-writing those files.
 
 maxlm weights put the contracted (input) dims first: q `[D, N, H]`, o `[N, H, D]`,

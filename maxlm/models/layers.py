@@ -1,4 +1,5 @@
-"""Decoder building blocks: RMSNorm, RoPE (incl. llama3 scaling), GQA attention (optional q/k norms), SwiGLU.
+"""Decoder building blocks: RMSNorm, RoPE (incl. llama3 scaling), GQA attention (optional q/k norms and
+sliding window), SwiGLU.
 
 Letters: B batch, T query length, S key length, D model, N query heads, K kv heads,
 H head dim, F mlp, V vocab, L layers.
@@ -83,6 +84,12 @@ def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq: jax.Arr
     return out.astype(x_BxTxNxH.dtype)
 
 
+def sliding_window_mask(t: int, s: int, first_slot, window: int) -> jax.Array:
+    """Returns the [1, T, S] bool band: query slot first_slot + i sees key slot j when it lies fewer than `window` behind."""
+    slots_T = first_slot + jnp.arange(t)
+    return (slots_T[:, None] - jnp.arange(s)[None, :] < window)[None]
+
+
 @dataclasses.dataclass
 class KVCache:
     """One layer's preallocated keys and values; `k`/`v`: [B, S, K, H]."""
@@ -96,12 +103,13 @@ jax.tree_util.register_dataclass(KVCache, data_fields=["k", "v"], meta_fields=[]
 
 class Attention(nnx.Module):
     """Grouped-query attention with RoPE (after per-head q/k RMSNorm with `qk_norm`); attends within a
-    segment, optionally through a KV cache."""
+    segment and, with `sliding_window`, to the last keys only; optionally through a KV cache."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
         self.qkv_bias = cfg.qkv_bias
         self.qk_norm = cfg.qk_norm
+        self.window = cfg.sliding_window
         self.impl = cfg.attention
         # Plain tuple: module attributes must be hashable static data, unlike the config dataclass.
         sc = cfg.rope_scaling
@@ -144,8 +152,12 @@ class Attention(nnx.Module):
             v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(cache.v, v_BxSxKxH.astype(cache.v.dtype), cache_index, axis=1)
             cache = KVCache(k_BxSxKxH, v_BxSxKxH)
             k_BxSxKxH, v_BxSxKxH = k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt)
+        if self.window:
+            # Slots, not positions: within a segment, and between a cache's valid slots, the two differ by the same.
+            first = 0 if cache_index is None else cache_index
+            mask_BxTxS = mask_BxTxS & sliding_window_mask(mask_BxTxS.shape[1], mask_BxTxS.shape[2], first, self.window)
         if cache is None and self.impl == "xla":
-            out_BxTxNxH = block_causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)
+            out_BxTxNxH = block_causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, self.window)
         else:
             out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None, :, :], implementation=self.impl)
         out = linear(out_BxTxNxH, self.o[...], n_in=2)

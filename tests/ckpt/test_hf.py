@@ -104,9 +104,21 @@ def qwen3(tmp_path_factory):
     return model, hf_dir, run
 
 
-# Per fixture: (num_kv_heads, head_dim, tie_embeddings, qkv_bias, qk_norm, rope scaling type) of the import.
-IMPORTED = {"llama": (2, 16, False, False, False, "llama3"), "qwen2": (2, 16, True, True, False, "none"),
-            "qwen3": (2, 24, True, False, True, "none")}
+@pytest.fixture(scope="module")
+def mistral(tmp_path_factory):
+    """Returns (torch model, HF dir, imported run dir) of a Mistral whose sliding window (8) is far
+    shorter than the T = 48 tokens scored and the 18 slots generated."""
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(**SHAPE, sliding_window=8, rope_theta=10000.0)
+    model = randomized(transformers.MistralForCausalLM(cfg))
+    hf_dir = tmp_path_factory.mktemp("mistral_hf")
+    model.save_pretrained(hf_dir)
+    return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("mistral_run") / "run")
+
+
+# Per fixture: (num_kv_heads, head_dim, tie_embeddings, qkv_bias, qk_norm, sliding_window, rope scaling type) of the import.
+IMPORTED = {"llama": (2, 16, False, False, False, 0, "llama3"), "qwen2": (2, 16, True, True, False, 0, "none"),
+            "qwen3": (2, 24, True, False, True, 0, "none"), "mistral": (2, 16, False, False, False, 8, "none")}
 
 
 @pytest.mark.parametrize("which", IMPORTED)
@@ -115,7 +127,7 @@ def test_import_matches_transformers_logits(which, request, tokens):
     loaded = maxlm.from_pretrained(run)
     m = loaded.config.model
     assert m.family == which
-    assert (m.num_kv_heads, head_dim(m), m.tie_embeddings, m.qkv_bias, m.qk_norm, m.rope_scaling.type) == IMPORTED[which]
+    assert (m.num_kv_heads, head_dim(m), m.tie_embeddings, m.qkv_bias, m.qk_norm, m.sliding_window, m.rope_scaling.type) == IMPORTED[which]
     ref = torch_logits(model, tokens)
     diff = np.abs(np.asarray(loaded(tokens)) - ref).max()
     print(f"{which} import: max |logits - transformers| = {diff:.2e}")
@@ -145,10 +157,10 @@ def test_export_round_trips_through_transformers(which, request, tokens, tmp_pat
     diff = np.abs(torch_logits(reloaded, tokens) - torch_logits(model, tokens)).max()
     print(f"{which} export: max |logit diff| = {diff:.1e}")
     assert diff <= 1e-6
-    if which != "llama":
+    if IMPORTED[which][2]:  # tied
         assert "lm_head.weight" not in index["weight_map"]
         assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
-    else:
+    if which == "llama":
         # The HF tokenizer the import copied comes back out unchanged.
         tok = transformers.AutoTokenizer.from_pretrained(out)
         assert [tok.encode(t, add_special_tokens=False) for t in TEXTS] == [
@@ -173,7 +185,8 @@ def _maxlm_run(tmp_path: Path, sp_model: Path, **model) -> tuple[Path, Config]:
 
 # Qwen3 here is untied with attention_bias (q/k/v biases, a zero o_proj bias written), head_dim 24.
 @pytest.mark.parametrize("model", [dict(family="llama", qkv_bias=True), dict(family="qwen2", tie_embeddings=True),
-                                   dict(family="qwen3", qk_norm=True, qkv_bias=True, head_dim=24)])
+                                   dict(family="qwen3", qk_norm=True, qkv_bias=True, head_dim=24),
+                                   dict(family="mistral", sliding_window=8)])
 def test_export_of_maxlm_trained_model(model, tmp_path, sp_model):
     run, cfg = _maxlm_run(tmp_path, sp_model, **model)
     out = export_hf(run / "checkpoints" / "5", tmp_path / "hf")  # a step dir works as well as the run
@@ -300,7 +313,7 @@ def test_unsupported_architecture_names_file_and_architecture(tmp_path):
         import_hf(tmp_path, tmp_path / "out")
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "config.json") in msg and "GPT2LMHeadModel" in msg
-    assert msg.endswith("(supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)")
+    assert msg.endswith("(supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM)")
     assert not (tmp_path / "out").exists()
 
 

@@ -17,6 +17,7 @@ from maxlm.models.llama import Decoder
 CFG = ModelConfig(vocab_size=101, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, dtype="float32", max_seq_len=64)
 # Qwen3's switches: q/k norms, and a head_dim that is not hidden_size / num_heads (8).
 QWEN3 = dataclasses.replace(CFG, family="qwen3", qk_norm=True, head_dim=12, tie_embeddings=True)
+MISTRAL = dataclasses.replace(CFG, family="mistral", sliding_window=4)
 
 
 def test_packed_row_equals_documents_alone():
@@ -30,7 +31,7 @@ def test_packed_row_equals_documents_alone():
     np.testing.assert_allclose(out[:, 5:12], model(b), atol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", [CFG, QWEN3], ids=["llama", "qwen3"])
+@pytest.mark.parametrize("cfg", [CFG, QWEN3, MISTRAL], ids=["llama", "qwen3", "mistral"])
 @pytest.mark.parametrize("change", [{"scan_layers": False}, {"remat": "full"}, {"remat": "dots_no_batch"}])
 def test_scan_unrolled_and_remat_agree(change, cfg):
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
