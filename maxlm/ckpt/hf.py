@@ -1,4 +1,4 @@
-"""Hugging Face interop: import Llama / Qwen2 safetensors models as maxlm runs, export runs back.
+"""Hugging Face interop: import Llama / Qwen2 / Qwen3 / Mistral safetensors models as maxlm runs, export runs back.
 
 `import_hf` reads tensor by tensor and fills one stacked leaf at a time, placing each on
 the devices before the next is read. `export_hf` streams: every HF tensor is produced from
@@ -50,7 +50,7 @@ PARAM_DTYPES = ("float32", "bfloat16")
 
 
 def read_hf(hf_dir: str | os.PathLike, dtype: str = "float32", mesh: Mesh | None = None) -> tuple[Config, Any]:
-    """Returns (config, params) of an HF Llama / Qwen2 model dir; params in `dtype`, sharded over `mesh`.
+    """Returns (config, params) of an HF Llama / Qwen2 / Qwen3 / Mistral model dir; params in `dtype`, sharded over `mesh`.
 
     The default mesh puts every local device on the fsdp axis, so a model larger than one
     device's memory still loads. Host memory holds one stacked leaf at a time.
@@ -146,7 +146,7 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
               overwrite: bool = False) -> Path:
     """Returns `out_dir`, an HF model dir written from a maxlm run dir, its checkpoints/ dir or one step dir.
 
-    Llama runs become LlamaForCausalLM, Qwen2 runs Qwen2ForCausalLM; a run with a scalar head
+    Llama runs become LlamaForCausalLM, Qwen2 / Qwen3 / Mistral runs Qwen2 / Qwen3 / MistralForCausalLM; a run with a scalar head
     becomes the family's ForSequenceClassification (num_labels=1, `score.weight` [1, D]; no LM head).
     Weights keep their stored dtype; shards hold whole layers, up to `max_shard_bytes` each.
     A non-empty `out_dir` is refused unless `overwrite`; then only the files an export writes are
@@ -188,8 +188,8 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
         _write_json(tmp / "generation_config.json", generation_config(bos, eos, None, s.temperature, s.top_k, s.top_p))
         if tok_src:
             write_hf_tokenizer(tok_src, tmp)
-            if m.family == "qwen2" and tok_src.is_file():
-                print(f"warning: {out_dir}: AutoTokenizer loads every qwen2 model's tokenizer as Qwen2Tokenizer (byte-level BPE), "
+            if m.family in ("qwen2", "qwen3") and tok_src.is_file():
+                print(f"warning: {out_dir}: AutoTokenizer loads every {m.family} model's tokenizer as Qwen2Tokenizer (byte-level BPE), "
                       "which does not reproduce this sentencepiece tokenizer; load it with transformers.PreTrainedTokenizerFast",
                       file=sys.stderr, flush=True)
         atomic.replace_dir(tmp, out_dir, stale=_exported_shards(out_dir))
@@ -232,11 +232,11 @@ def _tensor_groups(stored: StoredStep, dtype: str) -> list[list[tuple[str, Entry
             _stored(stored, f"layers/{sub}", i, layer_name(i, name), layout, dtype)
             for sub, (name, layout) in LAYER_TENSORS.items() if f"layers/{sub}" in stored.leaves
         ]
-        # HF's modules have biases maxlm's may lack: Qwen2's q/k/v always, Llama's o_proj with attention_bias.
+        # HF's modules have biases maxlm's may lack: Qwen2's q/k/v always, Llama's / Qwen3's o_proj with attention_bias.
         if m.family == "qwen2" and not m.qkv_bias:
             heads = {"q": m.num_heads, "k": m.num_kv_heads, "v": m.num_kv_heads}
             group += [_zeros(layer_name(i, f"self_attn.{p}_proj.bias"), (n * hd,), dtype) for p, n in heads.items()]
-        if m.family == "llama" and m.qkv_bias:
+        if m.family in ("llama", "qwen3") and m.qkv_bias:
             group.append(_zeros(layer_name(i, "self_attn.o_proj.bias"), (m.hidden_size,), dtype))
         groups.append(group)
     last = [_stored(stored, "final_norm/scale", None, *TOP_TENSORS["final_norm/scale"], dtype)]

@@ -1,4 +1,4 @@
-"""Hugging Face `config.json` <-> maxlm ModelConfig, for Llama and Qwen2 decoders.
+"""Hugging Face `config.json` <-> maxlm ModelConfig, for Llama, Qwen2, Qwen3 and Mistral decoders.
 
 Reads both the transformers 5 layout (`rope_parameters`, holding `rope_theta`) and the
 older one (top-level `rope_theta`, `rope_scaling` with `type` or `rope_type`); writes both,
@@ -14,10 +14,10 @@ from typing import Any
 from maxlm.config import ModelConfig, RopeScalingConfig, head_dim
 from maxlm.errors import MaxlmError
 
-CAUSAL_LM = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+CAUSAL_LM = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "MistralForCausalLM": "mistral"}
 ARCHITECTURE = {family: arch for arch, family in CAUSAL_LM.items()}
 # A model with a scalar (reward / value) head exports as a one-label sequence classifier.
-SEQUENCE_CLASSIFIER = {"llama": "LlamaForSequenceClassification", "qwen2": "Qwen2ForSequenceClassification"}
+SEQUENCE_CLASSIFIER = {family: arch.replace("ForCausalLM", "ForSequenceClassification") for family, arch in ARCHITECTURE.items()}
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -38,7 +38,7 @@ def read_config_json(hf_dir: Path) -> dict:
 
 
 def model_config(raw: dict, where: str) -> ModelConfig:
-    """Returns the ModelConfig of an HF Llama / Qwen2 causal-LM config; `where` names the file in errors."""
+    """Returns the ModelConfig of an HF Llama / Qwen2 / Qwen3 / Mistral causal-LM config; `where` names the file in errors."""
     archs = raw.get("architectures") or [raw.get("model_type", "(none given)")]
     arch = archs[0]
     if arch not in CAUSAL_LM:
@@ -55,7 +55,7 @@ def model_config(raw: dict, where: str) -> ModelConfig:
     if raw.get("mlp_bias"):
         raise MaxlmError(f"{where}: mlp_bias true is not supported (maxlm's MLP has no biases)")
     if raw.get("use_sliding_window"):
-        raise MaxlmError(f"{where}: use_sliding_window true is not supported (maxlm attends over the full context)")
+        raise MaxlmError(f"{where}: use_sliding_window true is not supported (per-layer windows; maxlm slides one only for MistralForCausalLM)")
     heads = need("num_attention_heads")
     theta, scaling = _rope(raw, where)
     return ModelConfig(
@@ -71,8 +71,11 @@ def model_config(raw: dict, where: str) -> ModelConfig:
         rope_theta=float(theta),
         rope_scaling=scaling,
         norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        # Qwen2 always has q/k/v biases; Llama has them (and an o_proj bias) with attention_bias.
+        # Qwen2 always has q/k/v biases; Llama and Qwen3 have them (and an o_proj bias) with attention_bias.
         qkv_bias=family == "qwen2" or bool(raw.get("attention_bias", False)),
+        qk_norm=family == "qwen3",
+        # Mistral slides on every layer (Qwen's use_sliding_window, refused above, is per layer).
+        sliding_window=(raw.get("sliding_window") or 0) if family == "mistral" else 0,
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
     )
 
@@ -143,10 +146,14 @@ def hf_config(m: ModelConfig, *, dtype: str, bos_id: int | None, eos_id: int | N
         "eos_token_id": eos_id,
         "pad_token_id": pad_id,
     }
+    if m.family in ("llama", "qwen3"):
+        out.update(attention_bias=m.qkv_bias)
     if m.family == "llama":
-        out.update(attention_bias=m.qkv_bias, mlp_bias=False)
-    else:
+        out.update(mlp_bias=False)
+    if m.family in ("qwen2", "qwen3"):
         out.update(use_sliding_window=False, sliding_window=None, max_window_layers=m.num_layers)
+    if m.family == "mistral":
+        out.update(sliding_window=m.sliding_window or None)
     if score:
         out.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     return out

@@ -1,4 +1,4 @@
-"""Tensor names and layouts between maxlm params and HF Llama/Qwen2 safetensors; reading and
+"""Tensor names and layouts between maxlm params and HF Llama/Qwen2/Qwen3/Mistral safetensors; reading and
 streaming-writing those files.
 
 maxlm weights put the contracted (input) dims first: q `[D, N, H]`, o `[N, H, D]`,
@@ -35,6 +35,8 @@ LAYER_TENSORS: dict[str, tuple[str, Layout]] = {
     "attn/q_bias": ("self_attn.q_proj.bias", "flat"),
     "attn/k_bias": ("self_attn.k_proj.bias", "flat"),
     "attn/v_bias": ("self_attn.v_proj.bias", "flat"),
+    "attn/q_norm/scale": ("self_attn.q_norm.weight", "flat"),
+    "attn/k_norm/scale": ("self_attn.k_norm.weight", "flat"),
     "attn_norm/scale": ("input_layernorm.weight", "flat"),
     "mlp_norm/scale": ("post_attention_layernorm.weight", "flat"),
     "mlp/gate": ("mlp.gate_proj.weight", 1),
@@ -48,7 +50,7 @@ TOP_TENSORS: dict[str, tuple[str, Layout]] = {
     "score_head": ("score.weight", "row"),
 }
 # HF tensors with no maxlm counterpart that an import may drop: a rotary cache some old
-# checkpoints saved, and Llama's o_proj bias (attention_bias), accepted only when all zero.
+# checkpoints saved, and Llama's / Qwen3's o_proj bias (attention_bias), accepted only when all zero.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 ZERO_ONLY_SUFFIX = "self_attn.o_proj.bias"
 

@@ -52,9 +52,9 @@ class RopeScalingConfig:
 
 @dataclass
 class ModelConfig:
-    """Decoder shape and numerics; covers Llama 2, Llama 3.x and Qwen2."""
+    """Decoder shape and numerics; covers Llama 2, Llama 3.x, Qwen2, Qwen3 and Mistral."""
 
-    family: Literal["llama", "qwen2"] = "llama"  # naming used for HF export
+    family: Literal["llama", "qwen2", "qwen3", "mistral"] = "llama"  # naming used for HF export
     vocab_size: int = ranged(0, ge=0)  # 0: taken from the tokenizer
     hidden_size: int = ranged(256, gt=0)
     num_layers: int = ranged(4, gt=0)
@@ -67,6 +67,8 @@ class ModelConfig:
     rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     norm_eps: float = ranged(1e-5, gt=0)
     qkv_bias: bool = False
+    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3); true exactly for family qwen3
+    sliding_window: int = ranged(0, ge=0)  # a query sees the keys this many positions back, itself included (Mistral); 0: all
     tie_embeddings: bool = False
     dtype: ComputeDtype = "bfloat16"  # compute dtype; logits and loss are always f32
     param_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -307,6 +309,18 @@ def validate(cfg: Config) -> None:
     if m.head_dim == 0 and m.hidden_size % m.num_heads:
         raise Inconsistent(f"model.hidden_size ({m.hidden_size}) must divide by model.num_heads ({m.num_heads}) or set model.head_dim",
                            "model.hidden_size", "model.num_heads")
+    if m.qk_norm != (m.family == "qwen3"):
+        # Qwen3's HF classes always hold q/k norms and the others never do: a mismatch could not be exported.
+        msg = ("model.family qwen3 needs model.qk_norm: true (Qwen3 normalizes each query and key head)" if m.family == "qwen3" else
+               f"model.qk_norm: true needs model.family qwen3 (a {m.family} model has no q/k norms in Hugging Face)")
+        raise Inconsistent(msg, "model.qk_norm", "model.family")
+    # Mistral's HF classes are the ones with a sliding window on every layer, and have no biases.
+    if m.sliding_window and m.family != "mistral":
+        raise Inconsistent(f"model.sliding_window ({m.sliding_window}) needs model.family mistral (a {m.family} model attends over the full context)",
+                           "model.sliding_window", "model.family")
+    if m.qkv_bias and m.family == "mistral":
+        raise Inconsistent("model.qkv_bias: true is not available for model.family mistral (Mistral has no attention biases)",
+                           "model.qkv_bias", "model.family")
     if t.global_batch_size % t.grad_accum_steps:
         raise Inconsistent(
             f"train.global_batch_size ({t.global_batch_size}) must divide by train.grad_accum_steps ({t.grad_accum_steps})",

@@ -1,4 +1,5 @@
-"""Decoder building blocks: RMSNorm, RoPE (incl. llama3 scaling), GQA attention, SwiGLU.
+"""Decoder building blocks: RMSNorm, RoPE (incl. llama3 scaling), GQA attention (optional q/k norms and
+sliding window), SwiGLU.
 
 Letters: B batch, T query length, S key length, D model, N query heads, K kv heads,
 H head dim, F mlp, V vocab, L layers.
@@ -42,16 +43,17 @@ def linear(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Arr
 
 
 class RMSNorm(nnx.Module):
-    """x / rms(x) * scale, computed in f32."""
+    """x / rms(x) * scale over the last axis (D by default; H for q/k norms), computed in f32."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, size: int | None = None, axis: str = "embed"):
         self.eps = cfg.norm_eps
-        self.scale = param(rngs, (cfg.hidden_size,), ("embed",), cfg, init="ones")
+        self.scale = param(rngs, (size or cfg.hidden_size,), (axis,), cfg, init="ones")
 
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        x = x_BxTxD.astype(jnp.float32)
+    def __call__(self, x_xC: jax.Array) -> jax.Array:
+        """Returns `x_xC` ([..., C]: [B, T, D], or [B, T, N, H] for q/k) normalized over C, in its dtype."""
+        x = x_xC.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        return (x * self.scale[...].astype(jnp.float32)).astype(x_BxTxD.dtype)
+        return (x * self.scale[...].astype(jnp.float32)).astype(x_xC.dtype)
 
 
 def rope_inv_freq(dim: int, theta: float, scaling: RopeScalingConfig) -> jax.Array:
@@ -82,6 +84,12 @@ def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq: jax.Arr
     return out.astype(x_BxTxNxH.dtype)
 
 
+def sliding_window_mask(t: int, s: int, first_slot, window: int) -> jax.Array:
+    """Returns the [1, T, S] bool band: query slot first_slot + i sees key slot j when it lies fewer than `window` behind."""
+    slots_T = first_slot + jnp.arange(t)
+    return (slots_T[:, None] - jnp.arange(s)[None, :] < window)[None]
+
+
 @dataclasses.dataclass
 class KVCache:
     """One layer's preallocated keys and values; `k`/`v`: [B, S, K, H]."""
@@ -94,11 +102,14 @@ jax.tree_util.register_dataclass(KVCache, data_fields=["k", "v"], meta_fields=[]
 
 
 class Attention(nnx.Module):
-    """Grouped-query attention with RoPE; attends within a segment, optionally through a KV cache."""
+    """Grouped-query attention with RoPE (after per-head q/k RMSNorm with `qk_norm`); attends within a
+    segment and, with `sliding_window`, to the last keys only; optionally through a KV cache."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
         self.qkv_bias = cfg.qkv_bias
+        self.qk_norm = cfg.qk_norm
+        self.window = cfg.sliding_window
         self.impl = cfg.attention
         # Plain tuple: module attributes must be hashable static data, unlike the config dataclass.
         sc = cfg.rope_scaling
@@ -111,6 +122,10 @@ class Attention(nnx.Module):
             self.q_bias = param(rngs, (n, h), ("heads", "head_dim"), cfg, init="zeros")
             self.k_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), cfg, init="zeros")
             self.v_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), cfg, init="zeros")
+        if cfg.qk_norm:
+            # One [H] scale shared by all heads, as in Qwen3.
+            self.q_norm = RMSNorm(cfg, rngs=rngs, size=h, axis="head_dim")
+            self.k_norm = RMSNorm(cfg, rngs=rngs, size=h, axis="head_dim")
 
     def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None):
         """Returns (out [B,T,D], updated cache or None); with a cache, writes T slots at `cache_index`.
@@ -120,24 +135,32 @@ class Attention(nnx.Module):
         dt = x_BxTxD.dtype
         h, theta, *scaling = self.rope
         inv_freq = rope_inv_freq(h, theta, RopeScalingConfig(*scaling))
-        q = linear(x_BxTxD, self.q[...])
-        k = linear(x_BxTxD, self.k[...])
-        v = linear(x_BxTxD, self.v[...])
+        q_BxTxNxH = linear(x_BxTxD, self.q[...])
+        k_BxTxKxH = linear(x_BxTxD, self.k[...])
+        v_BxTxKxH = linear(x_BxTxD, self.v[...])
         if self.qkv_bias:
-            q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
-        q = constrain(apply_rope(q, positions_BxT, inv_freq), ("batch", "length", "act_heads", None))
-        k = constrain(apply_rope(k, positions_BxT, inv_freq), ("batch", "length", "act_kv_heads", None))
-        v = constrain(v, ("batch", "length", "act_kv_heads", None))
+            q_BxTxNxH = q_BxTxNxH + self.q_bias[...].astype(dt)
+            k_BxTxKxH = k_BxTxKxH + self.k_bias[...].astype(dt)
+            v_BxTxKxH = v_BxTxKxH + self.v_bias[...].astype(dt)
+        if self.qk_norm:
+            q_BxTxNxH, k_BxTxKxH = self.q_norm(q_BxTxNxH), self.k_norm(k_BxTxKxH)
+        q_BxTxNxH = constrain(apply_rope(q_BxTxNxH, positions_BxT, inv_freq), ("batch", "length", "act_heads", None))
+        k_BxSxKxH = constrain(apply_rope(k_BxTxKxH, positions_BxT, inv_freq), ("batch", "length", "act_kv_heads", None))
+        v_BxSxKxH = constrain(v_BxTxKxH, ("batch", "length", "act_kv_heads", None))
         if cache is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, axis=1)
-            cache = KVCache(k, v)
-            k, v = k.astype(dt), v.astype(dt)
+            k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(cache.k, k_BxSxKxH.astype(cache.k.dtype), cache_index, axis=1)
+            v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(cache.v, v_BxSxKxH.astype(cache.v.dtype), cache_index, axis=1)
+            cache = KVCache(k_BxSxKxH, v_BxSxKxH)
+            k_BxSxKxH, v_BxSxKxH = k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt)
+        if self.window:
+            # Slots, not positions: within a segment, and between a cache's valid slots, the two differ by the same.
+            first = 0 if cache_index is None else cache_index
+            mask_BxTxS = mask_BxTxS & sliding_window_mask(mask_BxTxS.shape[1], mask_BxTxS.shape[2], first, self.window)
         if cache is None and self.impl == "xla":
-            out = block_causal_attention(q, k, v, mask_BxTxS)
+            out_BxTxNxH = block_causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, self.window)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask_BxTxS[:, None, :, :], implementation=self.impl)
-        out = linear(out, self.o[...], n_in=2)
+            out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None, :, :], implementation=self.impl)
+        out = linear(out_BxTxNxH, self.o[...], n_in=2)
         return constrain(out, ("batch", "length", "act_embed")), cache
 
 

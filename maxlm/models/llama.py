@@ -1,4 +1,4 @@
-"""The Llama-family decoder (Llama 2, Llama 3.x, Qwen2) as one Flax NNX module.
+"""The Llama-family decoder (Llama 2, Llama 3.x, Qwen2, Qwen3, Mistral) as one Flax NNX module.
 
 Layers are stored stacked ([L, ...] leading axis, logical name "layers") and run under
 `jax.lax.scan` with a selectable remat policy, so compile time does not grow with depth.

@@ -22,7 +22,7 @@ from maxlm.ckpt import step as stored_step  # noqa: E402
 from maxlm.ckpt.hf import export_hf, import_hf  # noqa: E402
 from maxlm.ckpt.manager import Checkpoints  # noqa: E402
 from maxlm.cli import main as cli_main  # noqa: E402
-from maxlm.config import Config, MeshConfig, ModelConfig, TokenizerConfig  # noqa: E402
+from maxlm.config import Config, MeshConfig, ModelConfig, TokenizerConfig, head_dim, load_config  # noqa: E402
 from maxlm.data.tokenizers import load_tokenizer, train_sentencepiece  # noqa: E402
 from maxlm.errors import MaxlmError  # noqa: E402
 from maxlm.models import params as params_lib  # noqa: E402
@@ -90,14 +90,44 @@ def qwen2(tmp_path_factory):
     return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("qwen2_run") / "run")
 
 
-@pytest.mark.parametrize("which", ["llama", "qwen2"])
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    """Returns (torch model, HF dir, imported run dir) of a Qwen3 with q/k norms, tied embeddings and
+    head_dim 24, not hidden_size / num_heads = 16."""
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3Config(**SHAPE, head_dim=24, tie_word_embeddings=True, rope_theta=10000.0)
+    model = randomized(transformers.Qwen3ForCausalLM(cfg))
+    hf_dir = tmp_path_factory.mktemp("qwen3_hf")
+    model.save_pretrained(hf_dir)
+    run = tmp_path_factory.mktemp("qwen3_run") / "run"
+    assert cli_main(["import-hf", str(hf_dir), str(run)]) == 0  # through the command, as a user would
+    return model, hf_dir, run
+
+
+@pytest.fixture(scope="module")
+def mistral(tmp_path_factory):
+    """Returns (torch model, HF dir, imported run dir) of a Mistral whose sliding window (8) is far
+    shorter than the T = 48 tokens scored and the 18 slots generated."""
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(**SHAPE, sliding_window=8, rope_theta=10000.0)
+    model = randomized(transformers.MistralForCausalLM(cfg))
+    hf_dir = tmp_path_factory.mktemp("mistral_hf")
+    model.save_pretrained(hf_dir)
+    return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("mistral_run") / "run")
+
+
+# Per fixture: (num_kv_heads, head_dim, tie_embeddings, qkv_bias, qk_norm, sliding_window, rope scaling type) of the import.
+IMPORTED = {"llama": (2, 16, False, False, False, 0, "llama3"), "qwen2": (2, 16, True, True, False, 0, "none"),
+            "qwen3": (2, 24, True, False, True, 0, "none"), "mistral": (2, 16, False, False, False, 8, "none")}
+
+
+@pytest.mark.parametrize("which", IMPORTED)
 def test_import_matches_transformers_logits(which, request, tokens):
     model, hf_dir, run = request.getfixturevalue(which)
     loaded = maxlm.from_pretrained(run)
     m = loaded.config.model
-    assert (m.family, m.num_kv_heads, m.tie_embeddings, m.qkv_bias) == (
-        (which, 2, False, False) if which == "llama" else (which, 2, True, True))
-    assert m.rope_scaling.type == ("llama3" if which == "llama" else "none")
+    assert m.family == which
+    assert (m.num_kv_heads, head_dim(m), m.tie_embeddings, m.qkv_bias, m.qk_norm, m.sliding_window, m.rope_scaling.type) == IMPORTED[which]
     ref = torch_logits(model, tokens)
     diff = np.abs(np.asarray(loaded(tokens)) - ref).max()
     print(f"{which} import: max |logits - transformers| = {diff:.2e}")
@@ -113,7 +143,7 @@ def test_imported_run_layout(llama):
     assert maxlm.from_pretrained(run).tokenizer.path == str(run / "tokenizer")
 
 
-@pytest.mark.parametrize("which", ["llama", "qwen2"])
+@pytest.mark.parametrize("which", IMPORTED)
 def test_export_round_trips_through_transformers(which, request, tokens, tmp_path):
     model, hf_dir, run = request.getfixturevalue(which)
     out = export_hf(run, tmp_path / "hf", max_shard_bytes=60_000)  # small shards: several files
@@ -127,10 +157,10 @@ def test_export_round_trips_through_transformers(which, request, tokens, tmp_pat
     diff = np.abs(torch_logits(reloaded, tokens) - torch_logits(model, tokens)).max()
     print(f"{which} export: max |logit diff| = {diff:.1e}")
     assert diff <= 1e-6
-    if which == "qwen2":
+    if IMPORTED[which][2]:  # tied
         assert "lm_head.weight" not in index["weight_map"]
         assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
-    else:
+    if which == "llama":
         # The HF tokenizer the import copied comes back out unchanged.
         tok = transformers.AutoTokenizer.from_pretrained(out)
         assert [tok.encode(t, add_special_tokens=False) for t in TEXTS] == [
@@ -153,7 +183,10 @@ def _maxlm_run(tmp_path: Path, sp_model: Path, **model) -> tuple[Path, Config]:
     return Path(cfg.run_dir), cfg
 
 
-@pytest.mark.parametrize("model", [dict(family="llama", qkv_bias=True), dict(family="qwen2", tie_embeddings=True)])
+# Qwen3 here is untied with attention_bias (q/k/v biases, a zero o_proj bias written), head_dim 24.
+@pytest.mark.parametrize("model", [dict(family="llama", qkv_bias=True), dict(family="qwen2", tie_embeddings=True),
+                                   dict(family="qwen3", qk_norm=True, qkv_bias=True, head_dim=24),
+                                   dict(family="mistral", sliding_window=8)])
 def test_export_of_maxlm_trained_model(model, tmp_path, sp_model):
     run, cfg = _maxlm_run(tmp_path, sp_model, **model)
     out = export_hf(run / "checkpoints" / "5", tmp_path / "hf")  # a step dir works as well as the run
@@ -163,7 +196,7 @@ def test_export_of_maxlm_trained_model(model, tmp_path, sp_model):
     print(f"maxlm {model} export: max |transformers - maxlm| = {diff:.2e}")
     assert diff <= 1e-4
     # The sentencepiece model becomes an HF tokenizer that encodes exactly as sentencepiece does.
-    # (AutoTokenizer forces Qwen2Tokenizer, byte-level BPE, on any qwen2 model: hence the class.)
+    # (AutoTokenizer forces Qwen2Tokenizer, byte-level BPE, on any qwen2 / qwen3 model: hence the class.)
     load = transformers.AutoTokenizer if model["family"] == "llama" else transformers.PreTrainedTokenizerFast
     sp, tok = load_tokenizer(sp_model), load.from_pretrained(out)
     assert [tok.encode(t, add_special_tokens=False) for t in TEXTS] == [sp.encode(t) for t in TEXTS]
@@ -172,11 +205,12 @@ def test_export_of_maxlm_trained_model(model, tmp_path, sp_model):
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
 
 
-def test_scalar_head_exports_sequence_classifier(tmp_path, sp_model):
-    run, cfg = _maxlm_run(tmp_path, sp_model, scalar_head=True)
+@pytest.mark.parametrize("model", [dict(family="llama"), dict(family="qwen3", qk_norm=True, head_dim=24)])
+def test_scalar_head_exports_sequence_classifier(model, tmp_path, sp_model):
+    run, cfg = _maxlm_run(tmp_path, sp_model, scalar_head=True, **model)
     out = export_hf(run, tmp_path / "hf")
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
-    assert type(hf).__name__ == "LlamaForSequenceClassification" and hf.score.weight.shape == (1, 64)
+    assert type(hf).__name__ == f"{model['family'].title()}ForSequenceClassification" and hf.score.weight.shape == (1, 64)
     tokens = np.random.default_rng(2).integers(3, cfg.model.vocab_size, (1, 16))
     with torch.no_grad():
         want = hf(torch.as_tensor(tokens)).logits[:, 0].numpy()  # HF pools the last token
@@ -278,7 +312,8 @@ def test_unsupported_architecture_names_file_and_architecture(tmp_path):
     with pytest.raises(MaxlmError) as e:
         import_hf(tmp_path, tmp_path / "out")
     msg = str(e.value)
-    assert str(tmp_path / "config.json") in msg and "GPT2LMHeadModel" in msg and "LlamaForCausalLM" in msg
+    assert "\n" not in msg and str(tmp_path / "config.json") in msg and "GPT2LMHeadModel" in msg
+    assert msg.endswith("(supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM)")
     assert not (tmp_path / "out").exists()
 
 
@@ -328,7 +363,7 @@ def test_config_mapping_accepts_legacy_rope_keys():
         model_config({**legacy, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "config.json")
 
 
-@pytest.mark.parametrize("which", ["llama", "qwen2"])
+@pytest.mark.parametrize("which", IMPORTED)
 def test_greedy_generate_equals_transformers(which, request):
     """The KV-cache sampler's greedy tokens equal transformers' generate, one prompt at a time and batched."""
     model, hf_dir, run = request.getfixturevalue(which)
@@ -351,3 +386,30 @@ def test_import_refuses_a_foreign_non_empty_out_and_its_own_input(llama, tmp_pat
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     with pytest.raises(MaxlmError, match="would write into the HF model dir it reads"):
         import_hf(hf_dir, hf_dir)
+
+
+# The model cards' non-embedding parameter counts, in billions (Qwen/Qwen3-0.6B, Qwen/Qwen3-8B).
+NON_EMBEDDING_B = {"qwen3_0_6b.yaml": 0.44, "qwen3_8b.yaml": 6.95}
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (Path(__file__).parents[2] / "configs" / "models").glob("*.yaml")))
+def test_preset_maps_to_transformers_with_the_same_parameters(preset, tmp_path):
+    """Each preset with a fixed vocabulary, exported as an HF config, reads back as itself and builds
+    as many parameters in transformers (on the meta device) as in maxlm."""
+    from maxlm.ckpt.hf_config import hf_config, model_config
+
+    m = load_config(Path(__file__).parents[2] / "configs" / "models" / preset).model
+    if m.vocab_size == 0:
+        pytest.skip("vocabulary taken from the tokenizer")
+    raw = hf_config(m, dtype="float32", bos_id=1, eos_id=2, pad_id=None, score=False)
+    assert model_config(raw, preset) == dataclasses.replace(m, head_dim=head_dim(m))
+    _, shapes, _ = params_lib.abstract(m)
+    ours = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(tmp_path))
+    assert type(hf).__name__ == f"{m.family.title()}ForCausalLM"
+    assert ours == sum(p.numel() for p in hf.parameters())
+    if preset in NON_EMBEDDING_B:
+        embeddings = m.vocab_size * m.hidden_size * (1 if m.tie_embeddings else 2)
+        assert round((ours - embeddings) / 1e9, 2) == NON_EMBEDDING_B[preset]

@@ -45,6 +45,9 @@ def test_presets_resolve_from_configs_dir(tmp_path):
         ("model.dtype=f32", "model.dtype must be one of"),
         ("train.steps", "expected key.sub=value"),
         ("model.num_kv_heads=3", "must be a multiple of model.num_kv_heads"),
+        ("model.qk_norm=true", "model.qk_norm: true needs model.family qwen3"),
+        ("model.family=qwen3", "model.family qwen3 needs model.qk_norm: true"),
+        ("model.sliding_window=16", "needs model.family mistral"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

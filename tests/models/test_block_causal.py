@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from maxlm.models.block_causal import block_count, block_causal_attention
+from maxlm.models.layers import sliding_window_mask
 from maxlm.models.llama import causal_segment_mask
 
 
@@ -37,11 +38,13 @@ def test_block_count():
     assert [block_count(t) for t in (1, 63, 100, 128, 192, 256, 1024, 4096, 4100)] == [1, 1, 1, 2, 3, 4, 8, 8, 5]
 
 
-@pytest.mark.parametrize("t", [40, 128, 320])
-def test_matches_numpy_over_packed_rows(t):
+@pytest.mark.parametrize("t, window", [(40, 0), (128, 0), (320, 0), (320, 50), (320, 64), (256, 1)])
+def test_matches_numpy_over_packed_rows(t, window):
     q, k, v, seg = inputs(t)
     mask = causal_segment_mask(jnp.asarray(seg))
-    out = block_causal_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask)
+    if window:  # the band the window leaves; blocks then skip the keys behind it as well
+        mask = mask & sliding_window_mask(t, t, 0, window)
+    out = block_causal_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask, window)
     np.testing.assert_allclose(np.asarray(out), numpy_attention(q, k, v, np.asarray(mask)), atol=2e-5, rtol=1e-4)
 
 

@@ -10,10 +10,14 @@ import pytest
 from flax import nnx
 
 from maxlm.config import ModelConfig, RopeScalingConfig
+from maxlm.models import params as params_lib
 from maxlm.models.layers import rope_inv_freq
 from maxlm.models.llama import Decoder
 
 CFG = ModelConfig(vocab_size=101, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64, dtype="float32", max_seq_len=64)
+# Qwen3's switches: q/k norms, and a head_dim that is not hidden_size / num_heads (8).
+QWEN3 = dataclasses.replace(CFG, family="qwen3", qk_norm=True, head_dim=12, tie_embeddings=True)
+MISTRAL = dataclasses.replace(CFG, family="mistral", sliding_window=4)
 
 
 def test_packed_row_equals_documents_alone():
@@ -27,11 +31,12 @@ def test_packed_row_equals_documents_alone():
     np.testing.assert_allclose(out[:, 5:12], model(b), atol=1e-5)
 
 
+@pytest.mark.parametrize("cfg", [CFG, QWEN3, MISTRAL], ids=["llama", "qwen3", "mistral"])
 @pytest.mark.parametrize("change", [{"scan_layers": False}, {"remat": "full"}, {"remat": "dots_no_batch"}])
-def test_scan_unrolled_and_remat_agree(change):
-    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, CFG.vocab_size)
-    ref = Decoder(CFG, rngs=nnx.Rngs(0))
-    other = Decoder(dataclasses.replace(CFG, **change), rngs=nnx.Rngs(0))
+def test_scan_unrolled_and_remat_agree(change, cfg):
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
+    ref = Decoder(cfg, rngs=nnx.Rngs(0))
+    other = Decoder(dataclasses.replace(cfg, **change), rngs=nnx.Rngs(0))
     np.testing.assert_allclose(ref(tokens), other(tokens), atol=1e-5)
 
     def loss(m):
@@ -52,6 +57,17 @@ def test_tied_qkv_bias_and_scalar_head_shapes():
     chex.assert_shape(model.logits(h), (3, 5, 101))
     assert model.logits(h).dtype == jnp.float32
     chex.assert_shape(model.scores(h), (3, 5))
+
+
+def test_qk_norm_scales_span_head_dim_and_every_param_names_its_axes():
+    _, shapes, names = params_lib.abstract(QWEN3)
+    attn = shapes["layers"]["attn"]
+    assert attn["q"].shape == (2, 32, 4, 12) and attn["o"].shape == (2, 4, 12, 32)
+    assert attn["q_norm"]["scale"].shape == attn["k_norm"]["scale"].shape == (2, 12)
+    assert tuple(names["layers"]["attn"]["k_norm"]["scale"]) == ("layers", "head_dim")
+    for s, n in zip(jax.tree.leaves(shapes), jax.tree.leaves(names, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))):
+        assert len(n) == len(s.shape) and all(isinstance(a, str) for a in n)
+    assert "q_norm" not in params_lib.abstract(CFG)[1]["layers"]["attn"]
 
 
 def test_llama3_rope_scaling_matches_reference_formula():

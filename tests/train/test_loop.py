@@ -93,9 +93,16 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path, shared_data, tokenize
     chex.assert_trees_all_close(acc.losses, one.losses, rtol=1e-5, atol=0)
 
 
+# Qwen3's switches on the tiny shape: q/k norms, head_dim 24 (not 64 / 4 heads), tied embeddings.
+QWEN3 = {"family": "qwen3", "qk_norm": True, "head_dim": 24, "tie_embeddings": True}
+# Mistral's: a sliding window shorter than the 64-token rows.
+MISTRAL = {"family": "mistral", "sliding_window": 16}
+
+
 @pytest.mark.slow
-def test_same_losses_on_1_and_8_devices(tmp_path, shared_data, tokenizer_model):
-    cfg = tiny_config(tmp_path, shared_data, tokenizer_model, train={"steps": 5})
+@pytest.mark.parametrize("model", [{}, QWEN3, MISTRAL], ids=["llama", "qwen3", "mistral"])
+def test_same_losses_on_1_and_8_devices(model, tmp_path, shared_data, tokenizer_model):
+    cfg = tiny_config(tmp_path, shared_data, tokenizer_model, train={"steps": 5}, model=model)
     runs = {
         "1 device": (1, []),
         "fsdp4 x tensor2": (8, ["mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2"]),
