@@ -7,12 +7,20 @@ mean word length take the words that are not all punctuation; the "#" and ellips
 the share of words with a letter take every word; lines are all lines, blank ones included; a
 bullet line starts with "•" or "-"; stop words match case and all. Thresholds are the published
 ones; every rule can be changed, and set to null to switch it off.
+
+The paper's rule is that "80% of words in a document contain at least one alphabetic
+character". Taken over every token, a comma or a full stop is a word without a letter, so
+punctuated prose fails: on parity_corpus datatrove removes 97 of 250 Shakespeare scenes and
+most worked math answers this way. alpha_ratio_of: words takes the share of the words that are
+not all punctuation instead (the unit the rule's own word count uses); the default stays
+datatrove's so that decisions are equal, and configs/curation/english_web.yaml chooses words.
 """
 
 from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
+from typing import Literal
 
 from data_pipelines.curate.document import Document
 from data_pipelines.curate import en_words
@@ -39,6 +47,9 @@ class GopherQualityParams:
     max_bullet_lines_ratio: float | None = 0.9  # lines starting with a bullet
     max_ellipsis_lines_ratio: float | None = 0.3  # lines ending with an ellipsis
     min_alpha_words_ratio: float | None = 0.8  # words containing a letter
+    # of what the letter share is taken: every token, punctuation tokens too (datatrove), or
+    # the words that are not all punctuation, the unit of the word count (see the module doc)
+    alpha_ratio_of: Literal["tokens", "words"] = "tokens"
     min_stop_words: int | None = 2  # distinct words of `stop_words` that must occur
     stop_words: list[str] = field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
 
@@ -91,7 +102,8 @@ class GopherQuality(Filter):
             return "bullet_lines"
         if p.max_ellipsis_lines_ratio is not None and ellipsis > p.max_ellipsis_lines_ratio:
             return "ellipsis_lines"
-        alpha = sum(1 for w in toks if any(c.isalpha() for c in w)) / len(toks)
+        counted = toks if p.alpha_ratio_of == "tokens" else bare
+        alpha = sum(1 for w in counted if any(c.isalpha() for c in w)) / len(counted)
         stats.value("alpha_words_ratio", alpha)
         if p.min_alpha_words_ratio is not None and alpha < p.min_alpha_words_ratio:
             return "alpha_words_ratio"
