@@ -1,6 +1,17 @@
 """The C4 rules (Raffel et al. 2020): lines that end in punctuation, boilerplate phrases, word and sentence counts.
 
-Thresholds are the published ones; every rule can be changed, and set to null to switch it off.
+The rules run as C4's own code runs them (TFDS c4_utils, which datatrove's C4QualityFilter
+follows; tests/data_pipelines/curate/test_datatrove_parity.py holds the decisions equal), line
+by line: a line with a word over max_word_length goes, then Wikipedia citation marks ("[1]",
+"[edit]", "[citation needed]") are cut, then a line goes for no terminal mark (. ? ! " ') or an
+ending "...", then for fewer than three words (counted before the cut), then "lorem ipsum" or
+"{" in a line still standing removes the page, a line naming javascript or a policy phrase
+goes, and the sentences of the kept lines are counted with spaCy's sentencizer rule. So a "{"
+inside a line that was dropped anyway does not remove the page, although the paper says "We
+removed any page that contained a curly bracket": the code is what made C4.
+
+Deliberate difference: the kept text keeps its paragraph breaks (one blank line where blank
+lines were); datatrove joins the kept lines with single newlines. Decisions are the same.
 """
 
 from __future__ import annotations
@@ -9,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 from data_pipelines.curate.document import Document
-from data_pipelines.curate.segment import C4_TERMINAL_PUNCT, count_sentences
+from data_pipelines.curate import en_words
 from data_pipelines.curate.stage import Filter, check_positive
 from data_pipelines.curate.stats import StageStats
 
@@ -18,11 +29,12 @@ from data_pipelines.curate.stats import StageStats
 class C4Params:
     """C4 rules; defaults from Raffel et al. 2020 (T5), section 2.2, unless noted."""
 
-    filter_no_terminal_punct: bool = True  # drop lines not ending in . ! ? or an end quote
+    filter_no_terminal_punct: bool = True  # drop lines not ending in . ? ! " ' (or ending in "...")
     min_words_per_line: int | None = 3  # drop shorter lines
     min_sentences: int | None = 5  # then remove pages with fewer sentences
-    filter_lorem_ipsum: bool = True  # remove pages containing "lorem ipsum"
-    filter_curly_bracket: bool = True  # remove pages containing "{" (code, not prose)
+    remove_citations: bool = True  # cut "[1]", "[edit]", "[citation needed]" from lines
+    filter_lorem_ipsum: bool = True  # remove pages with a kept line containing "lorem ipsum"
+    filter_curly_bracket: bool = True  # remove pages with a kept line containing "{" (code, not prose)
     filter_javascript: bool = True  # drop lines mentioning javascript
     filter_policy: bool = True  # drop lines with cookie / terms-of-use boilerplate
     policy_phrases: list[str] = field(
@@ -36,6 +48,10 @@ class C4Params:
         check_positive("max_word_length", self.max_word_length, allow_zero=False)
 
 
+CITATION_RE = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
+TERMINAL_MARKS = (".", "?", "!", '"', "'")
+
+
 class C4(Filter):
     """Drops boilerplate lines (C4 line rules), then removes pages failing C4's page rules."""
 
@@ -43,49 +59,50 @@ class C4(Filter):
     Params = C4Params
 
     def process(self, doc: Document, stats: StageStats) -> str | None:
-        p, text = self.p, doc.text
-        low = text.lower()
-        if p.filter_lorem_ipsum and "lorem ipsum" in low:
-            return "lorem_ipsum"
-        if p.filter_curly_bracket and "{" in text:
-            return "curly_bracket"
-        kept, dropped, sentences = [], 0, 0
-        for line in text.split("\n"):
+        kept, sentences = [], 0
+        for line in doc.text.splitlines():
             s = line.strip()
             if not s:
-                kept.append("")  # blank lines keep paragraph breaks
+                if kept and kept[-1]:
+                    kept.append("")  # one blank line keeps a paragraph break
                 continue
-            why = self._line_problem(s)
+            s, why = self._line_verdict(s)
+            if why in ("lorem_ipsum", "curly_bracket"):
+                return why
             if why:
                 stats.count(f"lines_dropped:{why}")
-                dropped += 1
-            else:
-                kept.append(line)
-                # as in C4's own code, sentences are counted line by line: a kept line is at least one
-                sentences += count_sentences(s)
-        if dropped:
-            new = re.sub(r"\n{3,}", "\n\n", "\n".join(kept).strip("\n"))
-            if not new.strip():
-                return "no_lines_left"
-            doc.text = new
-        if p.min_sentences:
+                continue
+            kept.append(s)
+            sentences += en_words.count_sentences(s)
+        if self.p.min_sentences:
             stats.value("sentences", sentences)
-            if sentences < p.min_sentences:
+            if sentences < self.p.min_sentences:
                 return "too_few_sentences"
+        new = "\n".join(kept).strip("\n")
+        if not new:
+            return "no_lines_left"
+        doc.text = new
         return None
 
-    def _line_problem(self, s: str) -> str | None:
+    def _line_verdict(self, s: str) -> tuple[str, str | None]:
+        """Returns (the line with citations cut, why it is dropped or removes the page, or None)."""
         p = self.p
-        if p.filter_no_terminal_punct and not s.endswith(C4_TERMINAL_PUNCT):
-            return "no_terminal_punct"
         toks = s.split()
+        if p.max_word_length is not None and any(len(t) > p.max_word_length for t in toks):
+            return s, "long_word"
+        if p.remove_citations:
+            s = CITATION_RE.sub("", s)
+        if p.filter_no_terminal_punct and (not s.endswith(TERMINAL_MARKS) or s.endswith("...")):
+            return s, "no_terminal_punct"
         if p.min_words_per_line is not None and len(toks) < p.min_words_per_line:
-            return "too_few_words"
-        if p.max_word_length is not None and max(map(len, toks)) > p.max_word_length:
-            return "long_word"
+            return s, "too_few_words"
         low = s.lower()
+        if p.filter_lorem_ipsum and "lorem ipsum" in low:
+            return s, "lorem_ipsum"
         if p.filter_javascript and "javascript" in low:
-            return "javascript"
+            return s, "javascript"
+        if p.filter_curly_bracket and "{" in s:
+            return s, "curly_bracket"
         if p.filter_policy and any(ph in low for ph in p.policy_phrases):
-            return "policy"
-        return None
+            return s, "policy"
+        return s, None

@@ -1,17 +1,30 @@
-"""Gopher repetition rules: repeated lines and paragraphs, top n-grams, duplicated n-grams.
+"""Gopher repetition rules (Rae et al. 2021): repeated paragraphs and lines, top n-grams, duplicated n-grams.
 
-N-gram statistics run on numpy arrays of word hashes, so each n costs one sort, not a
-Python loop over n-gram tuples.
+Each statistic is the one datatrove's GopherRepetitionFilter computes, so decisions equal its
+decisions (tests/data_pipelines/curate/test_datatrove_parity.py):
+- every fraction of characters is taken of the whole text, len(text);
+- paragraphs are split at runs of two or more newlines, lines at runs of newlines, both unstripped;
+- words are en_words.words(text): spaCy's English tokens, case kept, punctuation tokens included;
+- "the most frequent n-gram" takes the first to occur among equally frequent ones, even when it
+  occurs once, its characters counted with the spaces between its words;
+- duplicated n-gram characters are counted by one left-to-right walk: an n-gram seen before adds
+  its word characters and the walk jumps past it, so overlapping repeats count once ("we ensure
+  that characters that appear in overlapping n-grams are not counted more than once", Gopher A.1.1).
+Deliberate difference: an n-gram is a sequence of words, hashed; datatrove compares its words
+glued together without a separator (so "ab"+"c" equals "a"+"bc"), which a hash of words never does.
+N-gram hashes come from numpy arrays of word hashes: one vectorised pass per n.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import re
+
 import numpy as np
 
 from data_pipelines.curate.document import Document
-from data_pipelines.curate.segment import norm_words, paragraphs
+from data_pipelines.curate import en_words
 from data_pipelines.curate.stage import Filter, check_fraction
 from data_pipelines.curate.stats import StageStats
 
@@ -25,13 +38,13 @@ _MULT = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x
 class GopherRepetitionParams:
     """Thresholds from Rae et al. 2021 (Gopher), Table A1; a document above any one is removed."""
 
-    max_dup_line_frac: float | None = 0.30  # share of lines that repeat an earlier line
+    max_dup_line_frac: float | None = 0.30  # share of lines that repeat an earlier line (0 or null: off)
     max_dup_para_frac: float | None = 0.30
     max_dup_line_char_frac: float | None = 0.20  # share of characters in repeated lines
     max_dup_para_char_frac: float | None = 0.20
-    # n -> max share of word characters covered by the single most frequent n-gram
+    # n -> max share of the text's characters in the most frequent n-gram's occurrences
     max_top_ngram_char_frac: dict[int, float] = field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
-    # n -> max share of word characters inside n-grams that occur earlier in the document
+    # n -> max share of the text's characters in n-grams that occurred earlier in the document
     max_dup_ngram_char_frac: dict[int, float] = field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
     )
@@ -46,8 +59,12 @@ class GopherRepetitionParams:
                 check_fraction(k, v)
 
 
-def _dup_fractions(units: list[str], total_chars: int) -> tuple[float, float]:
-    """Returns (share of units repeating an earlier one, share of characters in those repeats)."""
+PARAGRAPH_BREAK_RE = re.compile(r"\n{2,}")
+LINE_BREAK_RE = re.compile(r"\n+")
+
+
+def _dup_counts(units: list[str]) -> tuple[int, int]:
+    """Returns (units repeating an earlier one, characters in those repeats)."""
     seen: set[str] = set()
     dup = dup_chars = 0
     for u in units:
@@ -56,7 +73,7 @@ def _dup_fractions(units: list[str], total_chars: int) -> tuple[float, float]:
             dup_chars += len(u)
         else:
             seen.add(u)
-    return dup / max(1, len(units)), dup_chars / max(1, total_chars)
+    return dup, dup_chars
 
 
 def ngram_hashes(word_ids: np.ndarray, n: int) -> np.ndarray:
@@ -68,29 +85,27 @@ def ngram_hashes(word_ids: np.ndarray, n: int) -> np.ndarray:
     return h
 
 
-def top_ngram_char_frac(h: np.ndarray, span_chars: np.ndarray, total_chars: int) -> float:
-    """Returns the share of word characters taken by all occurrences of the most frequent n-gram."""
+def top_ngram_chars(h: np.ndarray, span_chars: np.ndarray) -> int:
+    """Returns the characters of all occurrences of the most frequent n-gram (the earliest among ties)."""
     _, first, counts = np.unique(h, return_index=True, return_counts=True)
-    top = int(counts.max())
-    if top < 2:
-        return 0.0  # every n-gram is unique: nothing repeats
-    # ties in count: the longest of them, so the result does not depend on hash order
-    return float(span_chars[first[counts == top]].max()) * top / total_chars
+    top = counts.max()
+    earliest = first[counts == top].min()
+    return int(span_chars[earliest]) * int(top)
 
 
-def dup_ngram_char_frac(h: np.ndarray, n: int, word_lens: np.ndarray, total_chars: int) -> float:
-    """Returns the share of word characters covered by n-grams that already occurred earlier."""
-    order = np.argsort(h, kind="stable")  # stable: within equal hashes, earliest position first
-    hs = h[order]
-    repeat = np.zeros(len(hs), dtype=bool)
-    repeat[1:] = hs[1:] == hs[:-1]  # every occurrence after the first of its n-gram
-    starts = order[repeat]
-    if len(starts) == 0:
-        return 0.0
-    # words covered by any repeated occurrence: difference array over [start, start + n)
-    cover = np.bincount(starts, minlength=len(word_lens) + 1) - np.bincount(starts + n, minlength=len(word_lens) + 1)
-    covered = np.cumsum(cover[: len(word_lens)]) > 0
-    return float(word_lens[covered].sum()) / total_chars
+def dup_ngram_chars(h: np.ndarray, n: int, word_chars: np.ndarray) -> int:
+    """Returns the word characters of the n-grams met again in a left-to-right walk that jumps past each."""
+    seen: set[int] = set()
+    hs = h.tolist()
+    total, i = 0, 0
+    while i < len(hs):
+        if hs[i] in seen:
+            total += int(word_chars[i])
+            i += n
+        else:
+            seen.add(hs[i])
+            i += 1
+    return total
 
 
 class GopherRepetition(Filter):
@@ -101,47 +116,47 @@ class GopherRepetition(Filter):
 
     def process(self, doc: Document, stats: StageStats) -> str | None:
         p, text = self.p, doc.text
-        lines = [s for s in (ln.strip() for ln in text.split("\n")) if s]
-        line_frac, line_char_frac = _dup_fractions(lines, len(text))
-        stats.value("dup_line_frac", line_frac)
-        if p.max_dup_line_frac is not None and line_frac > p.max_dup_line_frac:
-            return "dup_line_frac"
-        if p.max_dup_line_char_frac is not None and line_char_frac > p.max_dup_line_char_frac:
-            return "dup_line_char_frac"
-        paras = paragraphs(text)
-        para_frac, para_char_frac = _dup_fractions(paras, len(text))
-        if p.max_dup_para_frac is not None and para_frac > p.max_dup_para_frac:
+        if not text:
+            return "empty"
+        size = len(text)
+        paras = PARAGRAPH_BREAK_RE.split(text.strip())
+        dup, dup_chars = _dup_counts(paras)
+        if p.max_dup_para_frac and dup / len(paras) > p.max_dup_para_frac:
             return "dup_para_frac"
-        if p.max_dup_para_char_frac is not None and para_char_frac > p.max_dup_para_char_frac:
+        if p.max_dup_para_char_frac and dup_chars / size > p.max_dup_para_char_frac:
             return "dup_para_char_frac"
-        words = norm_words(text)
+        lines = LINE_BREAK_RE.split(text)
+        dup, dup_chars = _dup_counts(lines)
+        stats.value("dup_line_frac", dup / len(lines))
+        if p.max_dup_line_frac and dup / len(lines) > p.max_dup_line_frac:
+            return "dup_line_frac"
+        if p.max_dup_line_char_frac and dup_chars / size > p.max_dup_line_char_frac:
+            return "dup_line_char_frac"
+        return self._ngram_reason(en_words.words(text), size, stats)
+
+    def _ngram_reason(self, words: list[str], size: int, stats: StageStats) -> str | None:
+        """Returns the first n-gram rule that `words` fail, or None."""
         if not words:
             return None
         # Python's str hash is stable within a process, which is all a per-document count needs
         ids = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
         lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        total = int(lens.sum())
         csum = np.concatenate(([0], np.cumsum(lens)))
-        for n, limit in sorted(p.max_top_ngram_char_frac.items()):
+        for n, limit in self.p.max_top_ngram_char_frac.items():
             if len(words) < n:
                 continue
-            frac = top_ngram_char_frac(ngram_hashes(ids, n), csum[n:] - csum[:-n], total)
+            # the n-gram's words with the n - 1 spaces between them
+            frac = top_ngram_chars(ngram_hashes(ids, n), csum[n:] - csum[:-n] + n - 1) / size
             if n == 2:
                 stats.value("top_2gram_char_frac", frac)
             if frac > limit:
                 return f"top_{n}gram_char_frac"
-        dup_limits = sorted(p.max_dup_ngram_char_frac.items())
-        for i, (n, limit) in enumerate(dup_limits):
+        for n, limit in self.p.max_dup_ngram_char_frac.items():
             if len(words) < n:
-                break
-            frac = dup_ngram_char_frac(ngram_hashes(ids, n), n, lens, total)
+                continue
+            frac = dup_ngram_chars(ngram_hashes(ids, n), n, csum[n:] - csum[:-n]) / size
             if n == 5:
                 stats.value("dup_5gram_char_frac", frac)
             if frac > limit:
                 return f"dup_{n}gram_char_frac"
-            # a repeated m-gram contains repeated n-grams for every n < m, so the fraction only
-            # falls as n grows: below every remaining limit, the larger n cannot fail
-            rest = [lim for _, lim in dup_limits[i + 1:]]
-            if not rest or frac <= min(rest):
-                break
         return None

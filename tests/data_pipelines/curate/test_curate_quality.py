@@ -46,7 +46,10 @@ def test_faults_are_removed_for_the_right_reason(english_web_run):
     foreign = [stage_of.get(i) for i, lab in label.items() if lab == "foreign"]
     assert foreign.count("langid") / len(foreign) >= 0.95
     dups = [stage_of.get(i) for i, lab in label.items() if lab in ("exact_dup", "near_dup")]
-    assert all(s in ("exact_dedup", "minhash_dedup") for s in dups if s)
+    # a near copy is its own text: a rule may remove it (FineWeb's line-punctuation rule takes two
+    # Shakespeare copies whose changed words tip the share of lines ending in . ! ?), rarely
+    by_rule = [s for s in dups if s not in (None, "exact_dedup", "minhash_dedup")]
+    assert len(by_rule) <= 0.02 * len(dups), by_rule
     # every removed duplicate names a document that was kept
     kept_ids = {r["id"] for r in kept}
     assert all(r["duplicate_of"] in kept_ids for r in removed if r.get("duplicate_of"))

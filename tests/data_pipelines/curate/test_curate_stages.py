@@ -18,7 +18,7 @@ from data_pipelines.curate.stages.c4 import C4Params
 from data_pipelines.curate.stages.fineweb import FineWebParams
 from data_pipelines.curate.stages.gopher_quality import GopherQualityParams
 from data_pipelines.curate.stages.length import LengthParams
-from data_pipelines.curate.stages.gopher_repetition import GopherRepetitionParams, dup_ngram_char_frac, ngram_hashes, top_ngram_char_frac
+from data_pipelines.curate.stages.gopher_repetition import GopherRepetitionParams, dup_ngram_chars, ngram_hashes, top_ngram_chars
 from data_pipelines.curate.stages.sft_format import SftFormatParams
 from data_pipelines.curate.stages.toxicity import ToxicityParams
 from data_pipelines.curate.stats import StageStats
@@ -46,7 +46,7 @@ def test_gopher_quality_each_rule():
     assert run("gopher_quality", p, "The short one with the text.")[0] == "too_few_words"
     assert run("gopher_quality", p, " ".join(["a", "of", "the", "to", "an"] * 20))[0] == "mean_word_length_low"
     assert run("gopher_quality", p, " ".join(["internationalization", "characteristically", "the"] * 30))[0] == "mean_word_length_high"
-    assert run("gopher_quality", p, PROSE + " #tag #news #love #life #art #photo #travel #food #music #fun")[0] == "symbol_word_ratio"
+    assert run("gopher_quality", p, PROSE + " #tag #news #love #life #art #photo #travel #food #music #fun" * 2)[0] == "symbol_word_ratio"
     bullets = "\n".join(f"• item number {i} for the list of things to have" for i in range(20))
     assert run("gopher_quality", p, bullets)[0] == "bullet_lines"
     ellipsis = "\n".join(f"and then the story of line {i} goes on and on ..." for i in range(20))
@@ -57,49 +57,55 @@ def test_gopher_quality_each_rule():
     assert run("gopher_quality", p, no_stop)[0] == "stop_words"
     # every rule can be switched off
     off = GopherQualityParams(min_words=None, min_mean_word_length=None, min_stop_words=None)
-    assert run("gopher_quality", off, "The short one.")[0] is None
+    assert run("gopher_quality", off, "The short one")[0] is None
+    # punctuation tokens are words without a letter, unless the share is taken of words
+    verse = "\n".join(["Alas, poor Yorick! Gentle, noble, honest, brave; sweet prince, farewell: remember the king, and stay with me!"] * 6)
+    assert run("gopher_quality", p, verse)[0] == "alpha_words_ratio"
+    assert run("gopher_quality", GopherQualityParams(alpha_ratio_of="words"), verse)[0] is None
 
 
 # ---------------------------------------------------------------- Gopher repetition: brute-force reference
 
 
-def ref_dup_ngram_frac(words: list[str], n: int) -> float:
-    """Characters of words covered by an n-gram occurrence that appeared earlier, over all word characters."""
-    seen, covered = set(), [False] * len(words)
-    for i in range(len(words) - n + 1):
+def ref_dup_ngram_chars(words: list[str], n: int) -> int:
+    """Gopher's duplicated n-gram characters by the reference walk: a repeat counts, then is jumped past."""
+    seen, total, i = set(), 0, 0
+    while i <= len(words) - n:
         g = tuple(words[i:i + n])
         if g in seen:
-            for j in range(i, i + n):
-                covered[j] = True
-        seen.add(g)
-    return sum(len(w) for w, c in zip(words, covered) if c) / sum(map(len, words))
+            total += sum(map(len, g))
+            i += n
+        else:
+            seen.add(g)
+            i += 1
+    return total
 
 
-def ref_top_ngram_frac(words: list[str], n: int) -> float:
+def ref_top_ngram_chars(words: list[str], n: int) -> int:
+    """Characters of the most frequent n-gram (the first seen among ties) written with spaces, times its count."""
     counts: dict[tuple, int] = {}
     for i in range(len(words) - n + 1):
         g = tuple(words[i:i + n])
         counts[g] = counts.get(g, 0) + 1
     top = max(counts.values())
-    longest = max(sum(map(len, g)) for g, c in counts.items() if c == top)  # ties: the longest
-    return 0.0 if top < 2 else longest * top / sum(map(len, words))
+    first = next(g for g, c in counts.items() if c == top)  # dicts keep first-seen order
+    return len(" ".join(first)) * top
 
 
-def test_ngram_fractions_match_brute_force():
+def test_ngram_counts_match_brute_force():
     rng = random.Random(3)
     vocab = ["alpha", "be", "cat", "delta", "e", "foxtrot", "go", "hotel"]
     for trial in range(60):
         words = [rng.choice(vocab[: rng.randint(2, 8)]) for _ in range(rng.randint(12, 90))]
         ids = np.array([hash(w) for w in words], dtype=np.int64).view(np.uint64)
         lens = np.array([len(w) for w in words])
-        total = int(lens.sum())
         csum = np.concatenate(([0], np.cumsum(lens)))
         for n in (2, 3, 4):
-            got = top_ngram_char_frac(ngram_hashes(ids, n), csum[n:] - csum[:-n], total)
-            assert got == pytest.approx(ref_top_ngram_frac(words, n)), (trial, n)
+            got = top_ngram_chars(ngram_hashes(ids, n), csum[n:] - csum[:-n] + n - 1)
+            assert got == ref_top_ngram_chars(words, n), (trial, n)
         for n in range(5, 11):
-            got = dup_ngram_char_frac(ngram_hashes(ids, n), n, lens, total)
-            assert got == pytest.approx(ref_dup_ngram_frac(words, n)), (trial, n)
+            got = dup_ngram_chars(ngram_hashes(ids, n), n, csum[n:] - csum[:-n])
+            assert got == ref_dup_ngram_chars(words, n), (trial, n)
 
 
 def test_gopher_repetition_rules():
@@ -108,9 +114,9 @@ def test_gopher_repetition_rules():
     lines = "\n".join(["Buy now and save big today"] * 5 + ["A different line of text here", "And one more"])
     assert run("gopher_repetition", p, lines)[0] == "dup_line_frac"
     paras = "\n\n".join([PROSE[:200]] * 2 + [PROSE[200:]])
-    assert run("gopher_repetition", p, paras)[0] == "dup_line_frac"  # one-line paragraphs are lines too
-    no_line_rules = GopherRepetitionParams(max_dup_line_frac=None, max_dup_line_char_frac=None)
-    assert run("gopher_repetition", no_line_rules, paras)[0] == "dup_para_frac"
+    assert run("gopher_repetition", p, paras)[0] == "dup_para_frac"  # paragraphs first, as datatrove
+    no_para_rules = GopherRepetitionParams(max_dup_para_frac=None, max_dup_para_char_frac=None)
+    assert run("gopher_repetition", no_para_rules, paras)[0] == "dup_line_frac"  # one-line paragraphs are lines too
     words = norm_words(PROSE)
     looped = " ".join(words[:30] * 3)  # one long passage three times: duplicated 5..10-grams
     reason = run("gopher_repetition", p, looped)[0]
@@ -137,7 +143,9 @@ def test_c4_line_and_page_rules():
     assert reason is None
     assert "Home" not in doc.text and "JavaScript" not in doc.text and "cookies" not in doc.text
     assert st.counters == {"lines_dropped:no_terminal_punct": 1, "lines_dropped:javascript": 1, "lines_dropped:policy": 1}
-    assert run("c4", p, page + "\nvar x = {a: 1};")[0] == "curly_bracket"
+    assert run("c4", p, page + "\nThe set {a, b} has two members.")[0] == "curly_bracket"
+    # as in C4's code, a "{" on a line dropped anyway leaves the page
+    assert run("c4", p, page + "\nvar x = {a: 1};")[0] is None
     assert run("c4", p, "Lorem ipsum dolor sit amet.\n" + page)[0] == "lorem_ipsum"
     assert run("c4", p, "One sentence only here.\nAnd a second one.")[0] == "too_few_sentences"
     # FineWeb's setting: lines without terminal punctuation stay
