@@ -475,3 +475,29 @@ def test_preset_maps_to_transformers_with_the_same_parameters(preset, tmp_path):
         assert round((ours - embeddings) / 1e9, 2) == NON_EMBEDDING_B[preset]
     if preset in TOTAL_B:
         assert round(ours / 1e9, 1) == TOTAL_B[preset]
+
+
+# The google/gemma-2-2b and google/gemma-3-1b-pt config.json keys as published (before transformers 5's
+# per-layer-type rope_parameters and layer_types): each must read as its preset.
+LEGACY_GEMMA = {
+    "gemma2_2b.yaml": {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "attn_logit_softcapping": 50.0,
+                       "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+                       "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304, "intermediate_size": 9216,
+                       "max_position_embeddings": 8192, "num_attention_heads": 8, "num_hidden_layers": 26, "num_key_value_heads": 4,
+                       "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
+                       "vocab_size": 256000},
+    "gemma3_1b.yaml": {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "attn_logit_softcapping": None,
+                       "final_logit_softcapping": None, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152,
+                       "intermediate_size": 6912, "max_position_embeddings": 32768, "num_attention_heads": 4, "num_hidden_layers": 26,
+                       "num_key_value_heads": 1, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000,
+                       "rope_scaling": None, "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6,
+                       "vocab_size": 262144},
+}
+
+
+@pytest.mark.parametrize("preset", LEGACY_GEMMA)
+def test_published_gemma_configs_read_as_the_presets(preset):
+    from maxlm.ckpt.hf_config import model_config
+
+    m = load_config(Path(__file__).parents[2] / "configs" / "models" / preset).model
+    assert model_config(LEGACY_GEMMA[preset], preset) == m
