@@ -199,7 +199,7 @@ def _add_tokenizer(sub) -> None:
 
 def _add_hf(sub) -> None:
     """Adds `maxlm import-hf` and `maxlm export-hf`."""
-    i = sub.add_parser("import-hf", help="convert a Hugging Face Llama/Qwen2/Qwen3/Mistral model dir into a maxlm run dir")
+    i = sub.add_parser("import-hf", help="convert a Hugging Face Llama/Qwen2/Qwen3/Mistral/Gemma2/Gemma3 model dir into a maxlm run dir")
     i.add_argument("hf_dir")
     i.add_argument("out")
     i.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

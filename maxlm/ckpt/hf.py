@@ -1,4 +1,4 @@
-"""Hugging Face interop: import Llama / Qwen2 / Qwen3 / Mistral safetensors models as maxlm runs, export runs back.
+"""Hugging Face interop: import Llama / Qwen2 / Qwen3 / Mistral / Gemma 2 / Gemma 3 safetensors models as maxlm runs, export runs back.
 
 `import_hf` reads tensor by tensor and fills one stacked leaf at a time, placing each on
 the devices before the next is read. `export_hf` streams: every HF tensor is produced from
@@ -30,8 +30,8 @@ from maxlm.ckpt.hf_config import generation_config, hf_config, model_config, rea
 from maxlm.ckpt.step import StoredStep
 from maxlm.ckpt.hf_tokenizer import copy_hf_tokenizer, special_ids, write_hf_tokenizer
 from maxlm.ckpt.hf_weights import (
-    IGNORED_SUFFIXES, LAYER_TENSORS, TOP_TENSORS, ZERO_ONLY_SUFFIX, Entry, SafetensorsDir, entry_bytes, from_hf,
-    hf_shape, layer_name, np_dtype, to_hf, write_safetensors,
+    IGNORED_SUFFIXES, TOP_TENSORS, ZERO_ONLY_SUFFIX, Entry, SafetensorsDir, entry_bytes, from_hf,
+    hf_shape, layer_name, layer_tensors, np_dtype, to_hf, write_safetensors,
 )
 from maxlm.ckpt.manager import Checkpoints
 from maxlm.config import Config, MeshConfig, ModelConfig, dump_yaml, validate
@@ -50,7 +50,7 @@ PARAM_DTYPES = ("float32", "bfloat16")
 
 
 def read_hf(hf_dir: str | os.PathLike, dtype: str = "float32", mesh: Mesh | None = None) -> tuple[Config, Any]:
-    """Returns (config, params) of an HF Llama / Qwen2 / Qwen3 / Mistral model dir; params in `dtype`, sharded over `mesh`.
+    """Returns (config, params) of an HF model dir of a supported family; params in `dtype`, sharded over `mesh`.
 
     The default mesh puts every local device on the fsdp axis, so a model larger than one
     device's memory still loads. Host memory holds one stacked leaf at a time.
@@ -83,7 +83,7 @@ def _load_params(files: SafetensorsDir, m: ModelConfig, mesh: Mesh) -> Any:
         leaf = "/".join(k.key for k in path)
         host = np.empty(sds.shape, sds.dtype)
         if leaf.startswith("layers/"):
-            name, layout = LAYER_TENSORS[leaf.removeprefix("layers/")]
+            name, layout = layer_tensors(m.family)[leaf.removeprefix("layers/")]
             for i in range(sds.shape[0]):
                 hf_name = layer_name(i, name)
                 host[i] = from_hf(files.get(hf_name, hf_shape(sds.shape[1:], layout)), sds.shape[1:], layout)
@@ -146,7 +146,7 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
               overwrite: bool = False) -> Path:
     """Returns `out_dir`, an HF model dir written from a maxlm run dir, its checkpoints/ dir or one step dir.
 
-    Llama runs become LlamaForCausalLM, Qwen2 / Qwen3 / Mistral runs Qwen2 / Qwen3 / MistralForCausalLM; a run with a scalar head
+    Llama runs become LlamaForCausalLM, the others their family's ForCausalLM (Gemma 3: text-only); a run with a scalar head
     becomes the family's ForSequenceClassification (num_labels=1, `score.weight` [1, D]; no LM head).
     Weights keep their stored dtype; shards hold whole layers, up to `max_shard_bytes` each.
     A non-empty `out_dir` is refused unless `overwrite`; then only the files an export writes are
@@ -230,7 +230,7 @@ def _tensor_groups(stored: StoredStep, dtype: str) -> list[list[tuple[str, Entry
     for i in range(m.num_layers):
         group = [
             _stored(stored, f"layers/{sub}", i, layer_name(i, name), layout, dtype)
-            for sub, (name, layout) in LAYER_TENSORS.items() if f"layers/{sub}" in stored.leaves
+            for sub, (name, layout) in layer_tensors(m.family).items() if f"layers/{sub}" in stored.leaves
         ]
         # HF's modules have biases maxlm's may lack: Qwen2's q/k/v always, Llama's / Qwen3's o_proj with attention_bias.
         if m.family == "qwen2" and not m.qkv_bias:

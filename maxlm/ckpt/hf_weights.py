@@ -1,4 +1,4 @@
-"""Tensor names and layouts between maxlm params and HF Llama/Qwen2/Qwen3/Mistral safetensors; reading and
+"""Tensor names and layouts between maxlm params and HF Llama/Qwen2/Qwen3/Mistral/Gemma2/Gemma3 safetensors; reading and
 streaming-writing those files.
 
 maxlm weights put the contracted (input) dims first: q `[D, N, H]`, o `[N, H, D]`,
@@ -43,6 +43,13 @@ LAYER_TENSORS: dict[str, tuple[str, Layout]] = {
     "mlp/up": ("mlp.up_proj.weight", 1),
     "mlp/down": ("mlp.down_proj.weight", 1),
 }
+# Gemma's four norms a layer: its post_attention_layernorm norms the attention output, not the MLP input.
+GEMMA_LAYER_TENSORS = {
+    **LAYER_TENSORS,
+    "mlp_norm/scale": ("pre_feedforward_layernorm.weight", "flat"),
+    "attn_post_norm/scale": ("post_attention_layernorm.weight", "flat"),
+    "mlp_post_norm/scale": ("post_feedforward_layernorm.weight", "flat"),
+}
 TOP_TENSORS: dict[str, tuple[str, Layout]] = {
     "embed": ("model.embed_tokens.weight", "same"),
     "final_norm/scale": ("model.norm.weight", "flat"),
@@ -55,6 +62,11 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 ZERO_ONLY_SUFFIX = "self_attn.o_proj.bias"
 
 SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def layer_tensors(family: str) -> dict[str, tuple[str, Layout]]:
+    """Returns {maxlm leaf under params["layers"]: (HF name under `model.layers.{i}.`, layout)} for `family`."""
+    return GEMMA_LAYER_TENSORS if family in ("gemma2", "gemma3") else LAYER_TENSORS
 
 
 def layer_name(i: int, name: str) -> str:

@@ -33,6 +33,7 @@ from maxlm.config.schema import (
     check_ranges,
     choices,
     head_dim,
+    sliding_layers,
     validate,
 )
 
@@ -41,5 +42,5 @@ __all__ = [
     "MeshConfig", "ModelConfig", "PreferenceConfig", "RLConfig", "Range", "Remat", "RewardModelConfig",
     "RopeScalingConfig", "SampleConfig", "SourceConfig", "Task", "TokenizerConfig", "TrainConfig", "Verifier",
     "Where", "build", "check_ranges", "choices", "coerce", "dump_yaml", "field_range", "flag_type", "from_dict",
-    "head_dim", "load_config", "parse_override", "ranged", "read_yaml", "suggest", "to_dict", "validate",
+    "head_dim", "load_config", "parse_override", "ranged", "read_yaml", "sliding_layers", "suggest", "to_dict", "validate",
 ]

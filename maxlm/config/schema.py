@@ -52,9 +52,9 @@ class RopeScalingConfig:
 
 @dataclass
 class ModelConfig:
-    """Decoder shape and numerics; covers Llama 2, Llama 3.x, Qwen2, Qwen3 and Mistral."""
+    """Decoder shape and numerics; covers Llama 2, Llama 3.x, Qwen2, Qwen3, Mistral, Gemma 2 and Gemma 3 (text)."""
 
-    family: Literal["llama", "qwen2", "qwen3", "mistral"] = "llama"  # naming used for HF export
+    family: Literal["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3"] = "llama"  # naming used for HF export
     vocab_size: int = ranged(0, ge=0)  # 0: taken from the tokenizer
     hidden_size: int = ranged(256, gt=0)
     num_layers: int = ranged(4, gt=0)
@@ -67,8 +67,17 @@ class ModelConfig:
     rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     norm_eps: float = ranged(1e-5, gt=0)
     qkv_bias: bool = False
-    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3); true exactly for family qwen3
-    sliding_window: int = ranged(0, ge=0)  # a query sees the keys this many positions back, itself included (Mistral); 0: all
+    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE; true exactly for families qwen3 and gemma3
+    sliding_window: int = ranged(0, ge=0)  # a query sees the keys this many positions back, itself included (Mistral, Gemma's local layers); 0: all
+    global_every: int = ranged(0, ge=0)  # with sliding_window: layers n-1, 2n-1, ... see the full context (Gemma 2: 2, Gemma 3: 6); 0: every layer slides
+    rope_local_theta: float = ranged(0.0, ge=0)  # > 0: the sliding layers' RoPE base, unscaled (Gemma 3); 0: every layer rotates alike
+    query_pre_attn_scalar: int = ranged(0, ge=0)  # > 0: attention scores are scaled by its -1/2 power (Gemma); 0: by head_dim's
+    attn_softcap: float = ranged(0.0, ge=0)  # > 0: attention scores become c·tanh(s / c) before the mask (Gemma 2)
+    final_softcap: float = ranged(0.0, ge=0)  # > 0: logits become c·tanh(l / c), in training and sampling alike (Gemma 2, Gemma 3 optionally)
+    post_norms: bool = False  # RMSNorm on the attention and MLP outputs before each residual add (Gemma)
+    norm_offset: bool = False  # every RMSNorm scales by 1 + weight, its weights stored zero-centred (Gemma)
+    embed_scale: bool = False  # token embeddings times sqrt(hidden_size), in the compute dtype (Gemma)
+    mlp_activation: Literal["silu", "gelu_tanh"] = "silu"  # the gate's activation: SwiGLU, or GeGLU with the tanh-approximated GELU (Gemma)
     tie_embeddings: bool = False
     dtype: ComputeDtype = "bfloat16"  # compute dtype; logits and loss are always f32
     param_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -309,18 +318,7 @@ def validate(cfg: Config) -> None:
     if m.head_dim == 0 and m.hidden_size % m.num_heads:
         raise Inconsistent(f"model.hidden_size ({m.hidden_size}) must divide by model.num_heads ({m.num_heads}) or set model.head_dim",
                            "model.hidden_size", "model.num_heads")
-    if m.qk_norm != (m.family == "qwen3"):
-        # Qwen3's HF classes always hold q/k norms and the others never do: a mismatch could not be exported.
-        msg = ("model.family qwen3 needs model.qk_norm: true (Qwen3 normalizes each query and key head)" if m.family == "qwen3" else
-               f"model.qk_norm: true needs model.family qwen3 (a {m.family} model has no q/k norms in Hugging Face)")
-        raise Inconsistent(msg, "model.qk_norm", "model.family")
-    # Mistral's HF classes are the ones with a sliding window on every layer, and have no biases.
-    if m.sliding_window and m.family != "mistral":
-        raise Inconsistent(f"model.sliding_window ({m.sliding_window}) needs model.family mistral (a {m.family} model attends over the full context)",
-                           "model.sliding_window", "model.family")
-    if m.qkv_bias and m.family == "mistral":
-        raise Inconsistent("model.qkv_bias: true is not available for model.family mistral (Mistral has no attention biases)",
-                           "model.qkv_bias", "model.family")
+    _check_family_switches(m)
     if t.global_batch_size % t.grad_accum_steps:
         raise Inconsistent(
             f"train.global_batch_size ({t.global_batch_size}) must divide by train.grad_accum_steps ({t.grad_accum_steps})",
@@ -335,6 +333,58 @@ def validate(cfg: Config) -> None:
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise Inconsistent(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}",
                            "mesh.data", "mesh.fsdp", "mesh.tensor")
+
+
+GEMMA = ("gemma2", "gemma3")
+
+
+def _family_switches(m: ModelConfig) -> list[tuple[str, Any, bool, tuple[str, ...], str]]:
+    """Returns (key, value, is it on, the families whose HF classes have it on, what it is) for each family-bound switch."""
+    return [
+        ("qk_norm", m.qk_norm, m.qk_norm, ("qwen3", "gemma3"), "q/k norms"),
+        ("sliding_window", m.sliding_window, m.sliding_window > 0, ("mistral", *GEMMA), "a sliding window"),
+        ("global_every", m.global_every, m.global_every > 0, GEMMA, "local and global layers"),
+        ("rope_local_theta", m.rope_local_theta, m.rope_local_theta > 0, ("gemma3",), "a RoPE base of its own on local layers"),
+        ("query_pre_attn_scalar", m.query_pre_attn_scalar, m.query_pre_attn_scalar > 0, GEMMA, "query_pre_attn_scalar"),
+        ("attn_softcap", m.attn_softcap, m.attn_softcap > 0, ("gemma2",), "attention-logit soft-capping"),
+        ("post_norms", m.post_norms, m.post_norms, GEMMA, "norms after attention and MLP"),
+        ("norm_offset", m.norm_offset, m.norm_offset, GEMMA, "(1 + weight) norms"),
+        ("embed_scale", m.embed_scale, m.embed_scale, GEMMA, "scaled embeddings"),
+        ("mlp_activation", m.mlp_activation, m.mlp_activation == "gelu_tanh", GEMMA, "a GELU-tanh MLP"),
+        ("final_softcap", m.final_softcap, m.final_softcap > 0, GEMMA, "final-logit soft-capping"),
+    ]
+
+
+# (switch, family) pairs where HF's classes make the switch optional rather than always on.
+OPTIONAL = {("sliding_window", "mistral"), ("attn_softcap", "gemma2"), ("final_softcap", "gemma2"), ("final_softcap", "gemma3")}
+
+
+def _check_family_switches(m: ModelConfig) -> None:
+    """Raises Inconsistent when a switch is on for a family whose HF classes lack it, or off for one that always has it.
+
+    Each HF architecture fixes these (Gemma's classes always hold post-norms, Llama's never do): a
+    mismatch would train a model that could not be exported.
+    """
+    for key, value, on, families, what in _family_switches(m):
+        shown = str(value).lower() if isinstance(value, bool) else value
+        if on and m.family not in families:
+            raise Inconsistent(f"model.{key}: {shown} needs model.family {' or '.join(families)} (a {m.family} model has no {what} in Hugging Face)",
+                               f"model.{key}", "model.family")
+        if not on and m.family in families and (key, m.family) not in OPTIONAL:
+            want = "true" if isinstance(value, bool) else "gelu_tanh" if key == "mlp_activation" else "> 0"
+            raise Inconsistent(f"model.family {m.family} needs model.{key}: {want} (its Hugging Face classes always have {what})",
+                               f"model.{key}", "model.family")
+    if m.qkv_bias and m.family in ("mistral", *GEMMA):
+        raise Inconsistent(f"model.qkv_bias: true is not available for model.family {m.family} (maxlm maps no attention biases for it)",
+                           "model.qkv_bias", "model.family")
+    if m.attn_softcap and m.attention == "cudnn":
+        raise Inconsistent("model.attn_softcap needs model.attention xla (cuDNN's fused attention has no soft-capping)",
+                           "model.attn_softcap", "model.attention")
+
+
+def sliding_layers(m: ModelConfig) -> tuple[bool, ...]:
+    """Returns, per layer, whether it attends through the sliding window (every n-th layer is global with global_every n)."""
+    return tuple(m.sliding_window > 0 and (m.global_every == 0 or (i + 1) % m.global_every != 0) for i in range(m.num_layers))
 
 
 def head_dim(m: ModelConfig) -> int:

@@ -1,5 +1,5 @@
 """A loaded model that works on token ids and on text: `maxlm.from_pretrained(path)`, from a maxlm run,
-checkpoints dir or step dir, or straight from a Hugging Face Llama / Qwen2 / Qwen3 / Mistral model dir.
+checkpoints dir or step dir, or straight from a Hugging Face Llama / Qwen2 / Qwen3 / Mistral / Gemma 2 / Gemma 3 model dir.
 
 It holds params, graphdef, mesh, config, the tokenizer (loaded once, at its first use) and the
 chat template, and reads text the way the run trained on it: the one plain-text rule (BOS when

@@ -1,5 +1,5 @@
-"""Decoder building blocks: RMSNorm, RoPE (incl. llama3 scaling), GQA attention (optional q/k norms and
-sliding window), SwiGLU.
+"""Decoder building blocks: RMSNorm (optionally 1 + weight), RoPE (incl. llama3 scaling), GQA attention
+(optional q/k norms, sliding window on some or all layers, soft-capped scores), SwiGLU / GeGLU.
 
 Letters: B batch, T query length, S key length, D model, N query heads, K kv heads,
 H head dim, F mlp, V vocab, L layers.
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maxlm.config import ModelConfig, RopeScalingConfig, head_dim
-from maxlm.models.block_causal import block_causal_attention
+from maxlm.models.block_causal import block_causal_attention, masked_attention
 from maxlm.parallel.rules import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -43,17 +43,19 @@ def linear(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Arr
 
 
 class RMSNorm(nnx.Module):
-    """x / rms(x) * scale over the last axis (D by default; H for q/k norms), computed in f32."""
+    """x / rms(x) * scale over the last axis (D by default; H for q/k norms), computed in f32; with
+    `norm_offset` the factor is 1 + scale and the stored scale starts at zero (Gemma's layout)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, size: int | None = None, axis: str = "embed"):
         self.eps = cfg.norm_eps
-        self.scale = param(rngs, (size or cfg.hidden_size,), (axis,), cfg, init="ones")
+        self.offset = 1.0 if cfg.norm_offset else 0.0
+        self.scale = param(rngs, (size or cfg.hidden_size,), (axis,), cfg, init="zeros" if cfg.norm_offset else "ones")
 
     def __call__(self, x_xC: jax.Array) -> jax.Array:
         """Returns `x_xC` ([..., C]: [B, T, D], or [B, T, N, H] for q/k) normalized over C, in its dtype."""
         x = x_xC.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        return (x * self.scale[...].astype(jnp.float32)).astype(x_xC.dtype)
+        return (x * (self.offset + self.scale[...].astype(jnp.float32))).astype(x_xC.dtype)
 
 
 def rope_inv_freq(dim: int, theta: float, scaling: RopeScalingConfig) -> jax.Array:
@@ -103,17 +105,25 @@ jax.tree_util.register_dataclass(KVCache, data_fields=["k", "v"], meta_fields=[]
 
 class Attention(nnx.Module):
     """Grouped-query attention with RoPE (after per-head q/k RMSNorm with `qk_norm`); attends within a
-    segment and, with `sliding_window`, to the last keys only; optionally through a KV cache."""
+    segment and, on the layers that slide, to the last `sliding_window` keys only; optionally through a KV cache.
+
+    With local and global layers (`global_every`), whether this layer slides is the traced `local`
+    flag of the layer scan; the layers share one compiled body.
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
         self.qkv_bias = cfg.qkv_bias
         self.qk_norm = cfg.qk_norm
         self.window = cfg.sliding_window
+        self.mixed = cfg.sliding_window > 0 and cfg.global_every > 0
+        self.scale = (cfg.query_pre_attn_scalar or h) ** -0.5
+        self.softcap = cfg.attn_softcap
         self.impl = cfg.attention
         # Plain tuple: module attributes must be hashable static data, unlike the config dataclass.
         sc = cfg.rope_scaling
         self.rope = (h, cfg.rope_theta, sc.type, sc.factor, sc.low_freq_factor, sc.high_freq_factor, sc.original_max_position)
+        self.rope_local_theta = cfg.rope_local_theta
         self.q = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), cfg, fan_in=d)
         self.k = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg, fan_in=d)
         self.v = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg, fan_in=d)
@@ -127,14 +137,22 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(cfg, rngs=rngs, size=h, axis="head_dim")
             self.k_norm = RMSNorm(cfg, rngs=rngs, size=h, axis="head_dim")
 
-    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None):
+    def inv_freq(self, local) -> jax.Array:
+        """Returns this layer's [H/2] RoPE frequencies: the local base's, unscaled, where `local` and rope_local_theta > 0."""
+        h, theta, *scaling = self.rope
+        inv = rope_inv_freq(h, theta, RopeScalingConfig(*scaling))
+        if not self.rope_local_theta:
+            return inv
+        return jnp.where(local, rope_inv_freq(h, self.rope_local_theta, RopeScalingConfig()), inv)
+
+    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None, local=True):
         """Returns (out [B,T,D], updated cache or None); with a cache, writes T slots at `cache_index`.
 
-        Without a cache the mask must be causal: attention skips the key blocks above the diagonal.
+        Without a cache the mask must be causal: attention skips the key blocks above the diagonal
+        (and, on a sliding layer, those behind the window). `local`: bool scalar, may be traced.
         """
         dt = x_BxTxD.dtype
-        h, theta, *scaling = self.rope
-        inv_freq = rope_inv_freq(h, theta, RopeScalingConfig(*scaling))
+        inv_freq = self.inv_freq(local)
         q_BxTxNxH = linear(x_BxTxD, self.q[...])
         k_BxTxKxH = linear(x_BxTxD, self.k[...])
         v_BxTxKxH = linear(x_BxTxD, self.v[...])
@@ -152,23 +170,41 @@ class Attention(nnx.Module):
             v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(cache.v, v_BxSxKxH.astype(cache.v.dtype), cache_index, axis=1)
             cache = KVCache(k_BxSxKxH, v_BxSxKxH)
             k_BxSxKxH, v_BxSxKxH = k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt)
+        full_BxTxS = mask_BxTxS
         if self.window:
             # Slots, not positions: within a segment, and between a cache's valid slots, the two differ by the same.
             first = 0 if cache_index is None else cache_index
             mask_BxTxS = mask_BxTxS & sliding_window_mask(mask_BxTxS.shape[1], mask_BxTxS.shape[2], first, self.window)
         if cache is None and self.impl == "xla":
-            out_BxTxNxH = block_causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, self.window)
+            def attend(window: int, mask):
+                return block_causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, window, self.scale, self.softcap)
+
+            if self.mixed:
+                # A traced flag cannot pick which key blocks to slice: each branch slices its own, one runs.
+                out_BxTxNxH = jax.lax.cond(local, lambda: attend(self.window, mask_BxTxS), lambda: attend(0, full_BxTxS))
+            else:
+                out_BxTxNxH = attend(self.window, mask_BxTxS)
         else:
-            out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None, :, :], implementation=self.impl)
+            if self.mixed:
+                mask_BxTxS = jnp.where(local, mask_BxTxS, full_BxTxS)
+            if self.softcap:  # jax's fused attention has no soft-capping
+                out_BxTxNxH = masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, self.scale, self.softcap)
+            else:
+                out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None, :, :],
+                                                           scale=self.scale, implementation=self.impl)
         out = linear(out_BxTxNxH, self.o[...], n_in=2)
         return constrain(out, ("batch", "length", "act_embed")), cache
 
 
+ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
+
+
 class MLP(nnx.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+    """Gated feed-forward: down(act(gate(x)) * up(x)), act silu (SwiGLU) or tanh-approximated GELU (GeGLU)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, f = cfg.hidden_size, cfg.mlp_dim
+        self.activation = cfg.mlp_activation
         self.gate = param(rngs, (d, f), ("embed", "mlp"), cfg, fan_in=d)
         self.up = param(rngs, (d, f), ("embed", "mlp"), cfg, fan_in=d)
         self.down = param(rngs, (f, d), ("mlp", "embed"), cfg, fan_in=f)
@@ -176,21 +212,31 @@ class MLP(nnx.Module):
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         g = linear(x_BxTxD, self.gate[...])
         u = linear(x_BxTxD, self.up[...])
-        h = constrain(jax.nn.silu(g) * u, ("batch", "length", "act_mlp"))
+        h = constrain(ACTIVATIONS[self.activation](g) * u, ("batch", "length", "act_mlp"))
         return constrain(linear(h, self.down[...]), ("batch", "length", "act_embed"))
 
 
 class Block(nnx.Module):
-    """One pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x))."""
+    """One pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)); with `post_norms` each
+    branch's output is normed again before its residual add (Gemma)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.post_norms = cfg.post_norms
         self.attn_norm = RMSNorm(cfg, rngs=rngs)
         self.attn = Attention(cfg, rngs=rngs)
         self.mlp_norm = RMSNorm(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
+        if cfg.post_norms:
+            self.attn_post_norm = RMSNorm(cfg, rngs=rngs)
+            self.mlp_post_norm = RMSNorm(cfg, rngs=rngs)
 
-    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache=None, cache_index=None):
-        """Returns (x [B,T,D], cache)."""
-        a, cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index)
-        x = x_BxTxD + a
-        return x + self.mlp(self.mlp_norm(x)), cache
+    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache=None, cache_index=None, local=True):
+        """Returns (x [B,T,D], cache); `local`: whether this layer slides (a traced bool under the layer scan)."""
+        a_BxTxD, cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index, local)
+        if self.post_norms:
+            a_BxTxD = self.attn_post_norm(a_BxTxD)
+        x_BxTxD = x_BxTxD + a_BxTxD
+        m_BxTxD = self.mlp(self.mlp_norm(x_BxTxD))
+        if self.post_norms:
+            m_BxTxD = self.mlp_post_norm(m_BxTxD)
+        return x_BxTxD + m_BxTxD, cache

@@ -1,7 +1,8 @@
-"""The Llama-family decoder (Llama 2, Llama 3.x, Qwen2, Qwen3, Mistral) as one Flax NNX module.
+"""The Llama-family decoder (Llama 2, Llama 3.x, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3 text) as one Flax NNX module.
 
 Layers are stored stacked ([L, ...] leading axis, logical name "layers") and run under
-`jax.lax.scan` with a selectable remat policy, so compile time does not grow with depth.
+`jax.lax.scan` with a selectable remat policy, so compile time does not grow with depth;
+which layers slide (Gemma's local / global pattern) is a scanned [L] flag, not a second body.
 Letters: B batch, T length, S key length, D model, V vocab, L layers.
 """
 
@@ -11,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maxlm.config import ModelConfig
+from maxlm.config import ModelConfig, sliding_layers
+from maxlm.models.block_causal import softcap
 from maxlm.models.layers import DTYPES, Block, KVCache, RMSNorm, linear, param
 from maxlm.parallel.rules import constrain
 
@@ -41,6 +43,9 @@ class Decoder(nnx.Module):
         self.remat = cfg.remat
         self.scan_layers = cfg.scan_layers
         self.tie_embeddings = cfg.tie_embeddings
+        self.embed_scale = cfg.hidden_size ** 0.5 if cfg.embed_scale else 0.0
+        self.final_softcap = cfg.final_softcap
+        self.sliding = sliding_layers(cfg)
         self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
 
         @nnx.split_rngs(splits=cfg.num_layers)
@@ -62,21 +67,25 @@ class Decoder(nnx.Module):
         """
         dt = DTYPES[self.dtype]
         x = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
+        if self.embed_scale:
+            # Rounded to the compute dtype first, as Gemma's reference does (sqrt(3584) is 59.75 in bf16).
+            x = x * jnp.asarray(self.embed_scale, dt)
         x = constrain(x, ("batch", "length", "act_embed"))
         graphdef, layer_state = nnx.split(self.layers)
+        local_L = jnp.asarray(self.sliding)
 
         def body(x, xs):
-            state_l, cache_l = xs
-            return nnx.merge(graphdef, state_l)(x, positions_BxT, mask_BxTxS, cache_l, cache_index)
+            state_l, cache_l, local = xs
+            return nnx.merge(graphdef, state_l)(x, positions_BxT, mask_BxTxS, cache_l, cache_index, local)
 
         if self.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
         if self.scan_layers:
-            x, cache = jax.lax.scan(body, x, (layer_state, cache))
+            x, cache = jax.lax.scan(body, x, (layer_state, cache, local_L))
         else:
             caches = []
             for i in range(self.num_layers):
-                x, c = body(x, jax.tree.map(lambda a: a[i], (layer_state, cache)))
+                x, c = body(x, jax.tree.map(lambda a: a[i], (layer_state, cache, local_L)))
                 caches.append(c)
             cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
         return self.final_norm(x), cache
@@ -86,9 +95,9 @@ class Decoder(nnx.Module):
         return self.embed[...].T if self.tie_embeddings else self.lm_head[...]
 
     def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
-        """Returns f32 logits [B, T, V]."""
+        """Returns f32 logits [B, T, V], soft-capped with `final_softcap`."""
         logits = linear(hidden_BxTxD, self.head(), out_dtype=jnp.float32)
-        return constrain(logits, ("batch", "length", "act_vocab"))
+        return constrain(softcap(logits, self.final_softcap), ("batch", "length", "act_vocab"))
 
     def scores(self, hidden_BxTxD: jax.Array) -> jax.Array:
         """Returns the scalar head's f32 output [B, T] (reward or value per position)."""

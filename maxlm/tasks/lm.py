@@ -25,7 +25,8 @@ def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = Tra
         model = bind(graphdef, params)
         hidden, _ = model.hidden(tokens, batch["positions"], causal_segment_mask(seg))
         w = next_token_weights(seg, batch["loss_mask"])
-        loss, (nll, z) = fused_next_token_loss(hidden, model.head(), next_targets(tokens), w, z_loss, chunk_count(tokens.shape[1], loss_chunks))
+        loss, (nll, z) = fused_next_token_loss(hidden, model.head(), next_targets(tokens), w, z_loss,
+                                               chunk_count(tokens.shape[1], loss_chunks), model.final_softcap)
         processed = jnp.sum(seg > 0).astype(jnp.float32)  # for throughput; count = trained
         return loss, {"loss_sum": nll, "z_loss_sum": z, "count": jnp.sum(w), "tokens": processed}
 

@@ -7,7 +7,7 @@ from maxlm.config import Config, ModelConfig, head_dim
 from maxlm.errors import MaxlmError
 
 # The keys that decide the params' shapes: a checkpoint restores only into the model it was saved from.
-SHAPE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim", "qkv_bias", "qk_norm", "tie_embeddings")
+SHAPE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim", "qkv_bias", "qk_norm", "post_norms", "tie_embeddings")
 
 
 def _shape_value(model: ModelConfig, key: str):

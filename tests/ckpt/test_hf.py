@@ -22,7 +22,7 @@ from maxlm.ckpt import step as stored_step  # noqa: E402
 from maxlm.ckpt.hf import export_hf, import_hf  # noqa: E402
 from maxlm.ckpt.manager import Checkpoints  # noqa: E402
 from maxlm.cli import main as cli_main  # noqa: E402
-from maxlm.config import Config, MeshConfig, ModelConfig, TokenizerConfig, head_dim, load_config  # noqa: E402
+from maxlm.config import Config, MeshConfig, ModelConfig, RopeScalingConfig, TokenizerConfig, head_dim, load_config, sliding_layers  # noqa: E402
 from maxlm.data.tokenizers import load_tokenizer, train_sentencepiece  # noqa: E402
 from maxlm.errors import MaxlmError  # noqa: E402
 from maxlm.models import params as params_lib  # noqa: E402
@@ -116,9 +116,51 @@ def mistral(tmp_path_factory):
     return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("mistral_run") / "run")
 
 
+# Gemma's fixtures: head_dim 24, query_pre_attn_scalar 20 (neither 24 nor hidden / heads), a window of 8
+# under T = 48, and caps small enough (2 on scores, 3 on logits) that tanh bends them.
+GEMMA_SHAPE = dict(SHAPE, head_dim=24, sliding_window=8, query_pre_attn_scalar=20)
+
+
+@pytest.fixture(scope="module")
+def gemma2(tmp_path_factory):
+    """Returns (torch model, HF dir, imported run dir) of a Gemma 2: local layer 0, global layer 1, both soft-caps."""
+    torch.manual_seed(0)
+    cfg = transformers.Gemma2Config(**GEMMA_SHAPE, attn_logit_softcapping=2.0, final_logit_softcapping=3.0)
+    model = randomized(transformers.Gemma2ForCausalLM(cfg))
+    hf_dir = tmp_path_factory.mktemp("gemma2_hf")
+    model.save_pretrained(hf_dir)
+    return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("gemma2_run") / "run")
+
+
+@pytest.fixture(scope="module")
+def gemma3(tmp_path_factory):
+    """Returns (torch model, HF dir, imported run dir) of a Gemma 3 text model: layers local, local, global; q/k
+    norms; the local layers' RoPE base 10k, the global one's 1M with linear scaling (as Gemma 3 4B's); no soft-caps."""
+    torch.manual_seed(0)
+    rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6}}
+    cfg = transformers.Gemma3TextConfig(**dict(GEMMA_SHAPE, num_hidden_layers=3), rope_parameters=rope,
+                                        layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+    model = randomized(transformers.Gemma3ForCausalLM(cfg))
+    hf_dir = tmp_path_factory.mktemp("gemma3_hf")
+    model.save_pretrained(hf_dir)
+    return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("gemma3_run") / "run")
+
+
 # Per fixture: (num_kv_heads, head_dim, tie_embeddings, qkv_bias, qk_norm, sliding_window, rope scaling type) of the import.
 IMPORTED = {"llama": (2, 16, False, False, False, 0, "llama3"), "qwen2": (2, 16, True, True, False, 0, "none"),
-            "qwen3": (2, 24, True, False, True, 0, "none"), "mistral": (2, 16, False, False, False, 8, "none")}
+            "qwen3": (2, 24, True, False, True, 0, "none"), "mistral": (2, 16, False, False, False, 8, "none"),
+            "gemma2": (2, 24, True, False, False, 8, "none"), "gemma3": (2, 24, True, False, True, 8, "linear")}
+# Gemma's own switches: (which layers slide, local RoPE base, query_pre_attn_scalar, attn / final soft-cap).
+GEMMA_IMPORTED = {"gemma2": ((True, False), 0.0, 20, 2.0, 3.0), "gemma3": ((True, True, False), 10000.0, 20, 0.0, 0.0)}
+
+
+@pytest.mark.parametrize("which", GEMMA_IMPORTED)
+def test_gemma_import_reads_every_switch(which, request):
+    _, _, run = request.getfixturevalue(which)
+    m = maxlm.from_pretrained(run).config.model
+    assert (sliding_layers(m), m.rope_local_theta, m.query_pre_attn_scalar, m.attn_softcap, m.final_softcap) == GEMMA_IMPORTED[which]
+    assert (m.post_norms, m.norm_offset, m.embed_scale, m.mlp_activation) == (True, True, True, "gelu_tanh")
 
 
 @pytest.mark.parametrize("which", IMPORTED)
@@ -183,10 +225,18 @@ def _maxlm_run(tmp_path: Path, sp_model: Path, **model) -> tuple[Path, Config]:
     return Path(cfg.run_dir), cfg
 
 
+# Gemma's switches as maxlm configs: Gemma 2 alternating with both caps, Gemma 3 (here untied) with its
+# local RoPE base, q/k norms, linear scaling on the global layer and a final cap.
+GEMMA = dict(sliding_window=8, query_pre_attn_scalar=20, post_norms=True, norm_offset=True, embed_scale=True,
+             mlp_activation="gelu_tanh", head_dim=24)
+GEMMA2 = dict(GEMMA, family="gemma2", global_every=2, attn_softcap=2.0, final_softcap=3.0)
+GEMMA3 = dict(GEMMA, family="gemma3", global_every=2, qk_norm=True, rope_theta=1e6, rope_local_theta=10000.0, final_softcap=3.0,
+              rope_scaling=RopeScalingConfig(type="linear", factor=4.0))
 # Qwen3 here is untied with attention_bias (q/k/v biases, a zero o_proj bias written), head_dim 24.
 @pytest.mark.parametrize("model", [dict(family="llama", qkv_bias=True), dict(family="qwen2", tie_embeddings=True),
                                    dict(family="qwen3", qk_norm=True, qkv_bias=True, head_dim=24),
-                                   dict(family="mistral", sliding_window=8)])
+                                   dict(family="mistral", sliding_window=8), dict(GEMMA2, tie_embeddings=True),
+                                   dict(GEMMA3, tie_embeddings=False)])
 def test_export_of_maxlm_trained_model(model, tmp_path, sp_model):
     run, cfg = _maxlm_run(tmp_path, sp_model, **model)
     out = export_hf(run / "checkpoints" / "5", tmp_path / "hf")  # a step dir works as well as the run
@@ -205,12 +255,18 @@ def test_export_of_maxlm_trained_model(model, tmp_path, sp_model):
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
 
 
-@pytest.mark.parametrize("model", [dict(family="llama"), dict(family="qwen3", qk_norm=True, head_dim=24)])
+# Gemma 3's text classifier is not Gemma3ForSequenceClassification (that one is the vision-language model's).
+CLASSIFIERS = {"llama": "LlamaForSequenceClassification", "qwen3": "Qwen3ForSequenceClassification",
+               "gemma3": "Gemma3TextForSequenceClassification"}
+
+
+@pytest.mark.parametrize("model", [dict(family="llama"), dict(family="qwen3", qk_norm=True, head_dim=24), dict(GEMMA3, tie_embeddings=False)],
+                         ids=["llama", "qwen3", "gemma3"])
 def test_scalar_head_exports_sequence_classifier(model, tmp_path, sp_model):
     run, cfg = _maxlm_run(tmp_path, sp_model, scalar_head=True, **model)
     out = export_hf(run, tmp_path / "hf")
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
-    assert type(hf).__name__ == f"{model['family'].title()}ForSequenceClassification" and hf.score.weight.shape == (1, 64)
+    assert type(hf).__name__ == CLASSIFIERS[model["family"]] and hf.score.weight.shape == (1, 64)
     tokens = np.random.default_rng(2).integers(3, cfg.model.vocab_size, (1, 16))
     with torch.no_grad():
         want = hf(torch.as_tensor(tokens)).logits[:, 0].numpy()  # HF pools the last token
@@ -313,7 +369,8 @@ def test_unsupported_architecture_names_file_and_architecture(tmp_path):
         import_hf(tmp_path, tmp_path / "out")
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "config.json") in msg and "GPT2LMHeadModel" in msg
-    assert msg.endswith("(supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM)")
+    assert msg.endswith("(supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, Gemma2ForCausalLM, "
+                        "Gemma3ForCausalLM)")
     assert not (tmp_path / "out").exists()
 
 
@@ -390,6 +447,9 @@ def test_import_refuses_a_foreign_non_empty_out_and_its_own_input(llama, tmp_pat
 
 # The model cards' non-embedding parameter counts, in billions (Qwen/Qwen3-0.6B, Qwen/Qwen3-8B).
 NON_EMBEDDING_B = {"qwen3_0_6b.yaml": 0.44, "qwen3_8b.yaml": 6.95}
+# The model cards' total counts, in billions (google/gemma-2-2b 2.6B, gemma-2-9b 9.2B, gemma-3-1b-pt 1.0B; gemma-3-4b-pt's
+# 4.3B less its ~0.4B SigLIP vision tower).
+TOTAL_B = {"gemma2_2b.yaml": 2.6, "gemma2_9b.yaml": 9.2, "gemma3_1b.yaml": 1.0, "gemma3_4b.yaml": 3.9}
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (Path(__file__).parents[2] / "configs" / "models").glob("*.yaml")))
@@ -413,3 +473,31 @@ def test_preset_maps_to_transformers_with_the_same_parameters(preset, tmp_path):
     if preset in NON_EMBEDDING_B:
         embeddings = m.vocab_size * m.hidden_size * (1 if m.tie_embeddings else 2)
         assert round((ours - embeddings) / 1e9, 2) == NON_EMBEDDING_B[preset]
+    if preset in TOTAL_B:
+        assert round(ours / 1e9, 1) == TOTAL_B[preset]
+
+
+# The google/gemma-2-2b and google/gemma-3-1b-pt config.json keys as published (before transformers 5's
+# per-layer-type rope_parameters and layer_types): each must read as its preset.
+LEGACY_GEMMA = {
+    "gemma2_2b.yaml": {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "attn_logit_softcapping": 50.0,
+                       "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+                       "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304, "intermediate_size": 9216,
+                       "max_position_embeddings": 8192, "num_attention_heads": 8, "num_hidden_layers": 26, "num_key_value_heads": 4,
+                       "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
+                       "vocab_size": 256000},
+    "gemma3_1b.yaml": {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "attn_logit_softcapping": None,
+                       "final_logit_softcapping": None, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152,
+                       "intermediate_size": 6912, "max_position_embeddings": 32768, "num_attention_heads": 4, "num_hidden_layers": 26,
+                       "num_key_value_heads": 1, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000,
+                       "rope_scaling": None, "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6,
+                       "vocab_size": 262144},
+}
+
+
+@pytest.mark.parametrize("preset", LEGACY_GEMMA)
+def test_published_gemma_configs_read_as_the_presets(preset):
+    from maxlm.ckpt.hf_config import model_config
+
+    m = load_config(Path(__file__).parents[2] / "configs" / "models" / preset).model
+    assert model_config(LEGACY_GEMMA[preset], preset) == m

@@ -48,6 +48,10 @@ def test_presets_resolve_from_configs_dir(tmp_path):
         ("model.qk_norm=true", "model.qk_norm: true needs model.family qwen3"),
         ("model.family=qwen3", "model.family qwen3 needs model.qk_norm: true"),
         ("model.sliding_window=16", "needs model.family mistral"),
+        ("model.attn_softcap=50", "model.attn_softcap: 50.0 needs model.family gemma2"),
+        ("model.family=gemma3", "model.family gemma3 needs model.qk_norm: true"),
+        ("model.post_norms=true", "model.post_norms: true needs model.family gemma2 or gemma3"),
+        ("model.mlp_activation=gelu_tanh", "model.mlp_activation: gelu_tanh needs model.family gemma2 or gemma3"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

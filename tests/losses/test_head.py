@@ -87,10 +87,17 @@ def test_chunk_count_is_the_largest_divisor_not_above_the_limit():
     assert [chunk_count(128, 4), chunk_count(1000, 4), chunk_count(1001, 4), chunk_count(6, 4), chunk_count(3, 8), chunk_count(64, 1)] == [4, 4, 1, 3, 3, 1]
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_objective_equals_plain_logits_loss(tie):
-    """Gradients of the fused objective equal those of logits → log-softmax on the whole [B, T, V] (tied head included)."""
-    cfg = ModelConfig(vocab_size=37, hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=1, mlp_dim=24, max_seq_len=16, tie_embeddings=tie, dtype="float32")
+# Gemma 2's switches, its final soft-cap small enough (0.5) that tanh bends every logit.
+GEMMA2 = dict(family="gemma2", sliding_window=4, global_every=2, query_pre_attn_scalar=6, attn_softcap=1.0, final_softcap=0.5,
+              post_norms=True, norm_offset=True, embed_scale=True, mlp_activation="gelu_tanh")
+
+
+@pytest.mark.parametrize("model", [dict(tie_embeddings=False), dict(tie_embeddings=True), dict(GEMMA2, tie_embeddings=True)],
+                         ids=["untied", "tied", "gemma2"])
+def test_objective_equals_plain_logits_loss(model):
+    """Gradients of the fused objective equal those of logits → log-softmax on the whole [B, T, V] (tied head and
+    Gemma 2's soft-capped logits included)."""
+    cfg = ModelConfig(vocab_size=37, hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=1, mlp_dim=24, max_seq_len=16, dtype="float32", **model)
     graphdef, _, _ = params_lib.abstract(cfg)
     params = params_lib.init(cfg, make_mesh(MeshConfig()), 0)
     h, head, tokens, seg, mask = _case(np.random.default_rng(1), v=37)

@@ -18,6 +18,11 @@ CFG = ModelConfig(vocab_size=101, hidden_size=32, num_layers=2, num_heads=4, num
 # Qwen3's switches: q/k norms, and a head_dim that is not hidden_size / num_heads (8).
 QWEN3 = dataclasses.replace(CFG, family="qwen3", qk_norm=True, head_dim=12, tie_embeddings=True)
 MISTRAL = dataclasses.replace(CFG, family="mistral", sliding_window=4)
+# Gemma 3's switches with a 3-layer local, local, global pattern, its local RoPE base, and a final cap; Gemma 2 alternates, with both caps.
+GEMMA = dict(sliding_window=4, query_pre_attn_scalar=6, post_norms=True, norm_offset=True, embed_scale=True, mlp_activation="gelu_tanh",
+             tie_embeddings=True)
+GEMMA2 = dataclasses.replace(CFG, family="gemma2", global_every=2, attn_softcap=1.0, final_softcap=2.0, **GEMMA)
+GEMMA3 = dataclasses.replace(CFG, family="gemma3", num_layers=3, global_every=3, qk_norm=True, rope_local_theta=100.0, final_softcap=2.0, **GEMMA)
 
 
 def test_packed_row_equals_documents_alone():
@@ -31,7 +36,7 @@ def test_packed_row_equals_documents_alone():
     np.testing.assert_allclose(out[:, 5:12], model(b), atol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", [CFG, QWEN3, MISTRAL], ids=["llama", "qwen3", "mistral"])
+@pytest.mark.parametrize("cfg", [CFG, QWEN3, MISTRAL, GEMMA2, GEMMA3], ids=["llama", "qwen3", "mistral", "gemma2", "gemma3"])
 @pytest.mark.parametrize("change", [{"scan_layers": False}, {"remat": "full"}, {"remat": "dots_no_batch"}])
 def test_scan_unrolled_and_remat_agree(change, cfg):
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
@@ -68,6 +73,9 @@ def test_qk_norm_scales_span_head_dim_and_every_param_names_its_axes():
     for s, n in zip(jax.tree.leaves(shapes), jax.tree.leaves(names, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))):
         assert len(n) == len(s.shape) and all(isinstance(a, str) for a in n)
     assert "q_norm" not in params_lib.abstract(CFG)[1]["layers"]["attn"]
+    _, shapes, names = params_lib.abstract(GEMMA3)
+    assert tuple(names["layers"]["attn_post_norm"]["scale"]) == tuple(names["layers"]["mlp_post_norm"]["scale"]) == ("layers", "embed")
+    assert shapes["layers"]["mlp_post_norm"]["scale"].shape == (3, 32) and "attn_post_norm" not in params_lib.abstract(CFG)[1]["layers"]
 
 
 def test_llama3_rope_scaling_matches_reference_formula():

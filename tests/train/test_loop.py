@@ -97,10 +97,13 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path, shared_data, tokenize
 QWEN3 = {"family": "qwen3", "qk_norm": True, "head_dim": 24, "tie_embeddings": True}
 # Mistral's: a sliding window shorter than the 64-token rows.
 MISTRAL = {"family": "mistral", "sliding_window": 16}
+# Gemma 2's: local and global layers alternating (window 16 under 64-token rows), both soft-caps, post-norms.
+GEMMA2 = {"family": "gemma2", "sliding_window": 16, "global_every": 2, "query_pre_attn_scalar": 16, "attn_softcap": 50.0, "final_softcap": 30.0,
+          "post_norms": True, "norm_offset": True, "embed_scale": True, "mlp_activation": "gelu_tanh", "tie_embeddings": True}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [{}, QWEN3, MISTRAL], ids=["llama", "qwen3", "mistral"])
+@pytest.mark.parametrize("model", [{}, QWEN3, MISTRAL, GEMMA2], ids=["llama", "qwen3", "mistral", "gemma2"])
 def test_same_losses_on_1_and_8_devices(model, tmp_path, shared_data, tokenizer_model):
     cfg = tiny_config(tmp_path, shared_data, tokenizer_model, train={"steps": 5}, model=model)
     runs = {
