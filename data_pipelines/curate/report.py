@@ -1,5 +1,6 @@
 """The run report: per-stage documents and bytes in/out, removal reasons with examples,
-histograms of key statistics (PNG), throughput, and bad input records with file:line."""
+histograms of key statistics (PNG), throughput, bad input records with file:line, and the
+input files whose stream broke off (truncated .gz/.zst), with the line they were cut at."""
 
 from __future__ import annotations
 
@@ -19,11 +20,19 @@ MAX_BAD_LISTED = 1000
 HIST_BINS = 30
 
 
+def cut_line(cut: dict) -> str:
+    """Returns the one line that says where an input file was cut and what that cost."""
+    line = cut["where"].rpartition(":")[2]
+    why = cut["problem"].removeprefix("unreadable from here on: ")
+    return (f"{cut['path']}: cut at line {line} ({why}): the stream ends there, so the documents after it could not "
+            f"be read and how many there were cannot be known; the {cut['records_before']} records before it were read")
+
+
 def _gather(workdir: Workdir, phases: tuple[Phase, ...], shards: list[str]) -> tuple[dict, dict, dict, int]:
-    """Returns (stats by label, read totals, bad records, documents written) from the markers."""
+    """Returns (stats by label, read totals, bad records and cut inputs, documents written) from the markers."""
     by_label: dict[str, StageStats] = {}
     read = {"docs": 0, "bytes": 0}
-    bad = {"count": 0, "examples": []}
+    bad = {"count": 0, "examples": [], "cut_inputs": []}
     written = 0
     for k in range(len(phases)):
         for s in shards:
@@ -35,6 +44,8 @@ def _gather(workdir: Workdir, phases: tuple[Phase, ...], shards: list[str]) -> t
                 read["bytes"] += m["read"]["bytes"]
                 bad["count"] += m["bad"]["count"]
                 bad["examples"].extend(m["bad"]["examples"][: MAX_BAD_LISTED - len(bad["examples"])])
+                if m["bad"].get("cut"):
+                    bad["cut_inputs"].append({**m["bad"]["cut"], "message": cut_line(m["bad"]["cut"])})
             if k == len(phases) - 1:
                 written += m["kept"]
     return by_label, read, bad, written
@@ -110,6 +121,7 @@ def write_report(workdir: Workdir, cfg: PipelineConfig, inputs: list[InputFile],
             "docs_out": written,
             "bytes_out": bytes_out,
             "bad_records": bad["count"],
+            "cut_inputs": len(bad["cut_inputs"]),
             "docs_per_second_wall": round(read["docs"] / wall, 1) if wall > 0 else None,
         },
         "bad_records": bad,
@@ -134,6 +146,7 @@ def render_markdown(r: dict) -> str:
         f"- wall time: {r['run']['wall_seconds']:.1f} s ({t['docs_per_second_wall']} docs/s)"
         + (" (resumed run)" if r["run"].get("resumed") else ""),
         f"- documents: {t['docs_in']} in ({t['bad_records']} bad input records), {t['docs_out']} out",
+        *([f"- **{t['cut_inputs']} input file(s) cut short**: documents after the cut could not be read (see below)"] if t.get("cut_inputs") else []),
         f"- text: {_mb(t['bytes_in'])} in, {_mb(t['bytes_out'])} out",
         "",
         "| stage | docs in | docs out | removed | bytes in | bytes out | docs/s per core |",
@@ -163,6 +176,9 @@ def render_markdown(r: dict) -> str:
         for stat, h in s["histograms"].items():
             out += ["", f"![{s['label']} {stat}]({h['png']})"]
     bad = r["bad_records"]
+    if bad.get("cut_inputs"):
+        out += ["", f"## Input files cut short ({len(bad['cut_inputs'])})", ""]
+        out += [f"- {c['message']}" for c in bad["cut_inputs"]]
     if bad["count"]:
         out += ["", f"## Bad input records ({bad['count']})", "", "Skipped and counted; every other record was kept.", ""]
         out += [f"- {e}" for e in bad["examples"][:20]]
