@@ -14,9 +14,11 @@ from data_pipelines.curate.config import PipelineConfig
 from data_pipelines.curate.inputs import InputFile
 from data_pipelines.curate.run.workdir import Workdir
 from data_pipelines.curate.run.plan import Phase
+from data_pipelines.curate.stages.decontaminate import HIT_PREFIX
 from data_pipelines.curate.stats import StageStats
 
 MAX_BAD_LISTED = 1000
+MAX_HITS_SHOWN = 50  # eval items listed in report.md; report.json has them all
 HIST_BINS = 30
 
 
@@ -132,6 +134,18 @@ def write_report(workdir: Workdir, cfg: PipelineConfig, inputs: list[InputFile],
     return report
 
 
+def _hits_table(counters: dict) -> list[str]:
+    """Returns report.md lines listing the eval items a decontaminate stage hit, most documents first."""
+    hits = sorted(((k[len(HIT_PREFIX):], v) for k, v in counters.items() if k.startswith(HIT_PREFIX)), key=lambda kv: (-kv[1], kv[0]))
+    if not hits:
+        return []
+    out = ["", f"Eval items hit: {len(hits)}", "", "| eval item | documents |", "| --- | ---: |"]
+    out += [f"| `{item}` | {n} |" for item, n in hits[:MAX_HITS_SHOWN]]
+    if len(hits) > MAX_HITS_SHOWN:
+        out.append(f"| ... {len(hits) - MAX_HITS_SHOWN} more in report.json (counters `{HIT_PREFIX}*`) | |")
+    return out
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
@@ -161,9 +175,11 @@ def render_markdown(r: dict) -> str:
         out += ["", f"## {s['label']}", ""]
         if s["removed"]:
             out.append("Removal reasons: " + ", ".join(f"`{k}` {v}" for k, v in s["removed"].items()))
-        if s["counters"]:
+        counters = {k: v for k, v in s["counters"].items() if not k.startswith(HIT_PREFIX)}
+        if counters:
             out.append("")
-            out.append("Counters: " + ", ".join(f"`{k}` {v}" for k, v in s["counters"].items()))
+            out.append("Counters: " + ", ".join(f"`{k}` {v}" for k, v in counters.items()))
+        out += _hits_table(s["counters"])
         if s.get("dedup"):
             out.append("")
             out.append("Dedup: " + ", ".join(f"{k} {v}" for k, v in s["dedup"].items()))
