@@ -11,11 +11,14 @@ for such tasks: give them a stage of their own with a lower `ngram`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
+
+import numpy as np
 
 from data_pipelines.curate.document import Document
 from data_pipelines.curate.stage import Filter
@@ -26,14 +29,39 @@ from maxlm.files.readers import iter_records
 
 # lm-eval's normalisation: ASCII upper to lower case, ASCII punctuation deleted, all else kept
 _NORMALISE = str.maketrans(string.ascii_uppercase, string.ascii_lowercase, string.punctuation)
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so that each word's place changes the hash
 HIT_PREFIX = "hit:"  # counters named hit:<eval set>:<item> count the documents that hit that item
+
+
+def normalised_words(text: str) -> list[str]:
+    """Returns the words of `text` as lm-eval splits them: ASCII lowercased, ASCII punctuation deleted."""
+    return text.translate(_NORMALISE).split()
 
 
 def word_ngrams(text: str, n: int) -> Iterator[str]:
     """Yields the normalised n-grams of `text`: `n` consecutive words joined by one space."""
-    words = text.translate(_NORMALISE).split()
+    words = normalised_words(text)
     for i in range(len(words) - n + 1):
         yield " ".join(words[i:i + n])
+
+
+def ngram_hashes(text: str, n: int) -> np.ndarray:
+    """Returns a 64-bit hash [W - n + 1] uint64 of each n-gram of `word_ngrams(text, n)`, in order.
+
+    Hashes, not strings: an index of a large eval set stays a few bytes an n-gram and is shared
+    by forked workers. Two different n-grams collide with probability about 2^-64 each.
+    """
+    words = normalised_words(text)
+    count = len(words) - n + 1
+    if count <= 0:
+        return np.zeros(0, np.uint64)
+    # blake2b, not hash(): the same value in every worker process (str hashes are salted per process)
+    word_W = np.fromiter((int.from_bytes(hashlib.blake2b(w.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+                          for w in words), np.uint64, len(words))
+    acc_G = np.zeros(count, np.uint64)
+    for j in range(n):  # a polynomial in the word hashes, mod 2^64 (uint64 arithmetic wraps)
+        acc_G = acc_G * _MULTIPLIER + word_W[j:j + count]
+    return acc_G
 
 
 @dataclass
@@ -85,10 +113,31 @@ def _item_texts(rec, spec: EvalFile, where: str) -> list[str]:
     return texts
 
 
-def build_index(specs: list[EvalFile], n: int) -> tuple[dict[str, list[int]], list[str]]:
-    """Returns ({n-gram: indices of the items holding it}, item names "set:id") of the eval sets."""
-    index: dict[str, list[int]] = {}
-    items: list[str] = []
+@dataclass
+class EvalIndex:
+    """The n-gram hashes of every eval item, sorted, and the item each belongs to."""
+
+    hash_G: np.ndarray  # [G] uint64, sorted
+    item_G: np.ndarray  # [G] int32: index into items
+    items: list[str]  # "set:id" names
+
+    def hits(self, h_D: np.ndarray) -> set[int]:
+        """Returns the indices of the items holding any of the n-gram hashes `h_D`."""
+        lo_D = np.searchsorted(self.hash_G, h_D, "left")
+        present_D = lo_D < len(self.hash_G)
+        present_D[present_D] = self.hash_G[lo_D[present_D]] == h_D[present_D]
+        if not present_D.any():
+            return set()
+        found = set()
+        for h in np.unique(h_D[present_D]):
+            lo, hi = np.searchsorted(self.hash_G, h, "left"), np.searchsorted(self.hash_G, h, "right")
+            found.update(self.item_G[lo:hi].tolist())
+        return found
+
+
+def build_index(specs: list[EvalFile], n: int) -> EvalIndex:
+    """Returns the EvalIndex of the eval sets' items (each distinct n-gram of an item once)."""
+    hashes, owners, items = [], [], []
     for spec in specs:
         set_name = spec.name or Path(spec.path).name
         for line, rec in iter_records(spec.path, strict=True, setting="the eval file's format"):
@@ -96,14 +145,15 @@ def build_index(specs: list[EvalFile], n: int) -> tuple[dict[str, list[int]], li
             item_id = rec.get(spec.id_key) if spec.id_key and isinstance(rec, dict) else line
             if item_id is None:
                 raise MaxlmError(f"{where}: eval record has no id field {spec.id_key!r}; fix its `id_key`")
-            k = len(items)
+            texts = _item_texts(rec, spec, where)
+            h = np.unique(np.concatenate([ngram_hashes(t, n) for t in texts])) if texts else np.zeros(0, np.uint64)
+            hashes.append(h)
+            owners.append(np.full(len(h), len(items), np.int32))
             items.append(f"{set_name}:{item_id}")
-            for text in _item_texts(rec, spec, where):
-                for gram in word_ngrams(text, n):
-                    holders = index.setdefault(gram, [])
-                    if not holders or holders[-1] != k:  # an item's repeated n-gram counts once
-                        holders.append(k)
-    return index, items
+    hash_G = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    item_G = np.concatenate(owners) if owners else np.zeros(0, np.int32)
+    order = np.argsort(hash_G, kind="stable")
+    return EvalIndex(hash_G[order], item_G[order], items)
 
 
 class Decontaminate(Filter):
@@ -113,7 +163,7 @@ class Decontaminate(Filter):
     Params = DecontaminateParams
 
     def setup(self) -> None:
-        self.index, self.items = build_index(self.p.evals, self.p.ngram)
+        self.index = build_index(self.p.evals, self.p.ngram)
 
     def hits(self, doc: Document) -> list[str]:
         """Returns the names of the eval items `doc` shares an n-gram with, in eval-file order."""
@@ -121,11 +171,8 @@ class Decontaminate(Filter):
         for f in self.p.fields:
             text = doc.string(f)
             if text:
-                for gram in word_ngrams(text, self.p.ngram):
-                    holders = self.index.get(gram)
-                    if holders:
-                        found.update(holders)
-        return [self.items[k] for k in sorted(found)]
+                found |= self.index.hits(ngram_hashes(text, self.p.ngram))
+        return [self.index.items[k] for k in sorted(found)]
 
     def process(self, doc: Document, stats: StageStats) -> str | None:
         hit = self.hits(doc)

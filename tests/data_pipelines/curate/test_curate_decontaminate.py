@@ -17,7 +17,7 @@ from curate_outputs import read_output, read_removed
 from data_pipelines.curate.cli import main as cli_main
 from data_pipelines.curate.config import load_pipeline
 from data_pipelines.curate.stages import STAGES
-from data_pipelines.curate.stages.decontaminate import word_ngrams
+from data_pipelines.curate.stages.decontaminate import ngram_hashes, word_ngrams
 from maxlm.errors import MaxlmError
 
 N_EVAL = 300  # gsm8k items in the eval file
@@ -167,9 +167,17 @@ def test_ngrams_equal_lm_eval_on_real_text(shared_data):
     texts += [p["output"] for p in json.loads((shared_data / "sft" / "gpteacher_roleplay.json").read_text())[:200]]
     texts += _clean_docs(shared_data, 50)
     texts += ["Ünïcode CAPS stay: ÀÉÎ “quoted” — dash… don't 48/2=24 $5.00 e-mail@x.org " * 3, "  ,, ; !! ?? " * 20, "one two"]
+    hash_of: dict[str, int] = {}
     for n in (13, 5, 1):
         for text in rng.sample(texts, 120) if n != 13 else texts:
-            assert set(word_ngrams(text, n)) == _reference_ngrams(janitor, text, n), text[:80]
+            grams = list(word_ngrams(text, n))
+            assert set(grams) == _reference_ngrams(janitor, text, n), text[:80]
+            # the stage matches hashes of these n-grams: one hash per n-gram, in the same order
+            hashes = ngram_hashes(text, n).tolist()
+            assert len(hashes) == len(grams)
+            for g, h in zip(grams, hashes):
+                assert hash_of.setdefault(g, h) == h
+    assert len(set(hash_of.values())) == len(hash_of) > 50_000  # no two n-grams of the corpus share a hash
 
 
 @pytest.mark.parametrize("yaml, expected", [
