@@ -6,6 +6,7 @@ Wired as `maxlm curate ...` and `python -m data_pipelines curate ...`; holds no 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from data_pipelines.command import run_command
 from data_pipelines.curate.config import load_pipeline
@@ -33,8 +34,11 @@ def _curate(args: argparse.Namespace, log) -> str:
     check_writable_dir(args.output, "--output")
     report = curate(load_pipeline(args.pipeline, STAGES), args.input, args.output, args.executor, args.workers, log)
     t = report["totals"]
+    for cut in report["bad_records"]["cut_inputs"]:  # shown even with --quiet: data was lost
+        print(f"warning: {cut['message']}", file=sys.stderr)
+    cut = f", {t['cut_inputs']} input file(s) cut short" if t["cut_inputs"] else ""
     return (
-        f"curated {t['docs_in']} documents -> {t['docs_out']} kept ({t['bad_records']} bad records) "
+        f"curated {t['docs_in']} documents -> {t['docs_out']} kept ({t['bad_records']} bad records{cut}) "
         f"in {report['run']['wall_seconds']:.1f} s; report: {args.output}/report.md"
     )
 

@@ -24,6 +24,7 @@ from data_pipelines.curate.run.ray import RayExecutor
 from data_pipelines.curate.run.shard import ShardTask, run_shard, stages_for
 from maxlm.errors import MaxlmError
 from maxlm.files.outputs import check_output_dir
+from maxlm.files.writable import place_error
 
 
 def _check_manifest(workdir: Workdir, cfg: PipelineConfig, inputs: list[InputFile]) -> bool:
@@ -45,6 +46,15 @@ def _check_manifest(workdir: Workdir, cfg: PipelineConfig, inputs: list[InputFil
     return False
 
 
+def _check_not_over_inputs(root: Path, inputs: list[InputFile]) -> None:
+    """Raises MaxlmError when an input file lies in --output DIR: the run writes there and would replace or mix with it."""
+    root = root.resolve()
+    for f in inputs:
+        if Path(f.path).resolve().is_relative_to(root):
+            raise MaxlmError(f"--output {root}: holds the input file {f.path}, which curated shards would be written over "
+                             "or beside; choose an output directory outside the inputs")
+
+
 def curate(
     cfg: PipelineConfig,
     input_glob: str,
@@ -60,8 +70,24 @@ def curate(
     n_workers = workers or cfg.workers or os.cpu_count() or 1
     stages = stages_for(cfg)  # builds and sets up every stage: config problems surface before work
     workdir = Workdir(Path(output_dir))
-    resumed = _check_manifest(workdir, cfg, inputs)
-    remove_stale_tmp(workdir.root)
+    _check_not_over_inputs(workdir.root, inputs)
+    try:
+        resumed = _check_manifest(workdir, cfg, inputs)
+        remove_stale_tmp(workdir.root)
+        return _run(cfg, inputs, workdir, executor, n_workers, stages, resumed, log, t0)
+    except OSError as e:
+        why = place_error(e)
+        if why is None:
+            raise  # not the disk's fault: a bug, keep its traceback
+        remove_stale_tmp(workdir.root)  # writers drop their own; this catches what killed workers left
+        where = f" ({e.filename})" if e.filename else ""
+        raise MaxlmError(f"--output {workdir.root}: writing failed{where}: {why} ({e.strerror}); "
+                         "free space or fix the directory and rerun the same command to resume") from None
+
+
+def _run(cfg: PipelineConfig, inputs: list[InputFile], workdir: Workdir, executor: str, n_workers: int, stages: dict,
+         resumed: bool, log: Callable[[str], None], t0: float) -> dict:
+    """Runs every phase over the shards not done yet and writes the report; returns it."""
     if cfg.path and Path(cfg.path).is_file():
         write_text(workdir.root / "pipeline.yaml", Path(cfg.path).read_text())  # what produced this run
     phases = tuple(plan_phases(cfg.stages, {s.name: stages[s.label].kind for s in cfg.stages}))

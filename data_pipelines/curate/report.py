@@ -1,5 +1,6 @@
 """The run report: per-stage documents and bytes in/out, removal reasons with examples,
-histograms of key statistics (PNG), throughput, and bad input records with file:line."""
+histograms of key statistics (PNG), throughput, bad input records with file:line, and the
+input files whose stream broke off (truncated .gz/.zst), with the line they were cut at."""
 
 from __future__ import annotations
 
@@ -13,17 +14,27 @@ from data_pipelines.curate.config import PipelineConfig
 from data_pipelines.curate.inputs import InputFile
 from data_pipelines.curate.run.workdir import Workdir
 from data_pipelines.curate.run.plan import Phase
+from data_pipelines.curate.stages.decontaminate import HIT_PREFIX
 from data_pipelines.curate.stats import StageStats
 
 MAX_BAD_LISTED = 1000
+MAX_HITS_SHOWN = 50  # eval items listed in report.md; report.json has them all
 HIST_BINS = 30
 
 
+def cut_line(cut: dict) -> str:
+    """Returns the one line that says where an input file was cut and what that cost."""
+    line = cut["where"].rpartition(":")[2]
+    why = cut["problem"].removeprefix("unreadable from here on: ")
+    return (f"{cut['path']}: cut at line {line} ({why}): the stream ends there, so the documents after it could not "
+            f"be read and how many there were cannot be known; the {cut['records_before']} records before it were read")
+
+
 def _gather(workdir: Workdir, phases: tuple[Phase, ...], shards: list[str]) -> tuple[dict, dict, dict, int]:
-    """Returns (stats by label, read totals, bad records, documents written) from the markers."""
+    """Returns (stats by label, read totals, bad records and cut inputs, documents written) from the markers."""
     by_label: dict[str, StageStats] = {}
     read = {"docs": 0, "bytes": 0}
-    bad = {"count": 0, "examples": []}
+    bad = {"count": 0, "examples": [], "cut_inputs": []}
     written = 0
     for k in range(len(phases)):
         for s in shards:
@@ -35,6 +46,8 @@ def _gather(workdir: Workdir, phases: tuple[Phase, ...], shards: list[str]) -> t
                 read["bytes"] += m["read"]["bytes"]
                 bad["count"] += m["bad"]["count"]
                 bad["examples"].extend(m["bad"]["examples"][: MAX_BAD_LISTED - len(bad["examples"])])
+                if m["bad"].get("cut"):
+                    bad["cut_inputs"].append({**m["bad"]["cut"], "message": cut_line(m["bad"]["cut"])})
             if k == len(phases) - 1:
                 written += m["kept"]
     return by_label, read, bad, written
@@ -110,6 +123,7 @@ def write_report(workdir: Workdir, cfg: PipelineConfig, inputs: list[InputFile],
             "docs_out": written,
             "bytes_out": bytes_out,
             "bad_records": bad["count"],
+            "cut_inputs": len(bad["cut_inputs"]),
             "docs_per_second_wall": round(read["docs"] / wall, 1) if wall > 0 else None,
         },
         "bad_records": bad,
@@ -118,6 +132,18 @@ def write_report(workdir: Workdir, cfg: PipelineConfig, inputs: list[InputFile],
     write_json(workdir.root / "report.json", report)
     write_text(workdir.root / "report.md", render_markdown(report))
     return report
+
+
+def _hits_table(counters: dict) -> list[str]:
+    """Returns report.md lines listing the eval items a decontaminate stage hit, most documents first."""
+    hits = sorted(((k[len(HIT_PREFIX):], v) for k, v in counters.items() if k.startswith(HIT_PREFIX)), key=lambda kv: (-kv[1], kv[0]))
+    if not hits:
+        return []
+    out = ["", f"Eval items hit: {len(hits)}", "", "| eval item | documents |", "| --- | ---: |"]
+    out += [f"| `{item}` | {n} |" for item, n in hits[:MAX_HITS_SHOWN]]
+    if len(hits) > MAX_HITS_SHOWN:
+        out.append(f"| ... {len(hits) - MAX_HITS_SHOWN} more in report.json (counters `{HIT_PREFIX}*`) | |")
+    return out
 
 
 def _mb(n: int) -> str:
@@ -134,6 +160,7 @@ def render_markdown(r: dict) -> str:
         f"- wall time: {r['run']['wall_seconds']:.1f} s ({t['docs_per_second_wall']} docs/s)"
         + (" (resumed run)" if r["run"].get("resumed") else ""),
         f"- documents: {t['docs_in']} in ({t['bad_records']} bad input records), {t['docs_out']} out",
+        *([f"- **{t['cut_inputs']} input file(s) cut short**: documents after the cut could not be read (see below)"] if t.get("cut_inputs") else []),
         f"- text: {_mb(t['bytes_in'])} in, {_mb(t['bytes_out'])} out",
         "",
         "| stage | docs in | docs out | removed | bytes in | bytes out | docs/s per core |",
@@ -148,9 +175,11 @@ def render_markdown(r: dict) -> str:
         out += ["", f"## {s['label']}", ""]
         if s["removed"]:
             out.append("Removal reasons: " + ", ".join(f"`{k}` {v}" for k, v in s["removed"].items()))
-        if s["counters"]:
+        counters = {k: v for k, v in s["counters"].items() if not k.startswith(HIT_PREFIX)}
+        if counters:
             out.append("")
-            out.append("Counters: " + ", ".join(f"`{k}` {v}" for k, v in s["counters"].items()))
+            out.append("Counters: " + ", ".join(f"`{k}` {v}" for k, v in counters.items()))
+        out += _hits_table(s["counters"])
         if s.get("dedup"):
             out.append("")
             out.append("Dedup: " + ", ".join(f"{k} {v}" for k, v in s["dedup"].items()))
@@ -163,6 +192,9 @@ def render_markdown(r: dict) -> str:
         for stat, h in s["histograms"].items():
             out += ["", f"![{s['label']} {stat}]({h['png']})"]
     bad = r["bad_records"]
+    if bad.get("cut_inputs"):
+        out += ["", f"## Input files cut short ({len(bad['cut_inputs'])})", ""]
+        out += [f"- {c['message']}" for c in bad["cut_inputs"]]
     if bad["count"]:
         out += ["", f"## Bad input records ({bad['count']})", "", "Skipped and counted; every other record was kept.", ""]
         out += [f"- {e}" for e in bad["examples"][:20]]

@@ -44,7 +44,15 @@ class BadRecord(ValueError):
         return hash((self.problem, self.where))
 
     def __reduce__(self):
-        return BadRecord, (self.problem, self.where)
+        return type(self), (self.problem, self.where)
+
+
+class StreamCut(BadRecord):
+    """A file whose stream breaks off at `where` (a truncated .gz/.zst, a corrupt parquet): nothing after it can be read.
+
+    Compressed streams cannot be resynchronised past the break and record no count of their
+    lines, so how many records followed is unknowable.
+    """
 
 
 def json_value(raw: bytes) -> object:

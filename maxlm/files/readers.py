@@ -30,7 +30,7 @@ import numpy as np
 from maxlm.errors import BadRecordError, MaxlmError
 from maxlm.files.cache import decompressed
 from maxlm.files.formats import (
-    UTF8_BOM, BadRecord, detect_format, json_text, json_value, may_be_json_array, open_binary, record_text, starts_json_array,
+    UTF8_BOM, BadRecord, StreamCut, detect_format, json_text, json_value, may_be_json_array, open_binary, record_text, starts_json_array,
 )
 
 log = logging.getLogger(__name__)
@@ -377,7 +377,7 @@ def iter_records(path: str, fmt: str = "auto", name: str | None = None, strict: 
     A record is a parsed JSON value (jsonl, a .json array, ArrayRecord), a row dict (parquet) or
     a document's text (text). A record that cannot be read is yielded as a `BadRecord` whose
     `where` is `name:line` (name defaults to the path), and reading goes on; a stream that
-    breaks off (a truncated .gz/.zst, a corrupt parquet) ends with one such BadRecord. With
+    breaks off (a truncated .gz/.zst, a corrupt parquet) ends with one `StreamCut`. With
     `strict`, the first bad record raises MaxlmError instead: for files this project wrote.
     """
     name = name or str(path)
@@ -414,7 +414,7 @@ def _jsonl(path: str, name: str) -> Iterator[tuple[int, object]]:
         if not _broken_stream(e):
             raise
         # zstd/gzip raise these on a truncated or corrupt stream; the lines before it stand
-        yield line + 1, BadRecord(f"unreadable from here on: {type(e).__name__}: {e}", f"{name}:{line + 1}")
+        yield line + 1, StreamCut(f"unreadable from here on: {type(e).__name__}: {e}", f"{name}:{line + 1}")
 
 
 def _text(path: str, name: str) -> Iterator[tuple[int, object]]:
@@ -430,7 +430,7 @@ def _text(path: str, name: str) -> Iterator[tuple[int, object]]:
     except Exception as e:
         if not _broken_stream(e):
             raise
-        yield line, BadRecord(f"unreadable from here on: {type(e).__name__}: {e}", f"{name}:{line}")
+        yield line, StreamCut(f"unreadable from here on: {type(e).__name__}: {e}", f"{name}:{line}")
 
 
 def _parquet(path: str, name: str) -> Iterator[tuple[int, object]]:
@@ -443,7 +443,7 @@ def _parquet(path: str, name: str) -> Iterator[tuple[int, object]]:
                 row += 1
                 yield row, rec
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for corrupt files
-        yield row + 1, BadRecord(f"unreadable parquet from here on: {type(e).__name__}: {e}", f"{name}:{row + 1}")
+        yield row + 1, StreamCut(f"unreadable parquet from here on: {type(e).__name__}: {e}", f"{name}:{row + 1}")
 
 
 def _arrayrecord(path: str, name: str) -> Iterator[tuple[int, object]]:

@@ -33,6 +33,24 @@ except ImportError:  # pragma: no cover - exercised only without orjson
 SUFFIX = {"jsonl.zst": ".jsonl.zst", "parquet": ".parquet", "arrayrecord": ".arrayrecord"}
 
 
+def _finish(flush, release, tmp: Path, path: Path, ok: bool) -> None:
+    """Flushes a streaming writer and moves its temp file onto `path`; on any failure the temp file goes.
+
+    When not ok (an error is already on its way up), a second failure while flushing (the same
+    full disk) is dropped so that it neither hides the first nor leaves the temp file behind.
+    """
+    flushed = False
+    try:
+        flush()
+        flushed = True
+    except OSError:
+        release()
+        if ok:
+            raise
+    finally:
+        finish_temp(tmp, path, ok and flushed)
+
+
 class JsonlZstWriter:
     """Writes one JSON value a line into a zstd-compressed file, atomically on close."""
 
@@ -51,10 +69,8 @@ class JsonlZstWriter:
         self.count += 1
 
     def close(self, ok: bool = True) -> None:
-        """Finishes the file; with ok=False the partial file is discarded."""
-        self._z.close()
-        self._raw.close()
-        finish_temp(self._tmp, self.path, ok)
+        """Finishes the file; with ok=False, or when finishing fails (a full disk), the partial file is discarded."""
+        _finish(lambda: (self._z.close(), self._raw.close()), self._raw.close, self._tmp, self.path, ok)
 
     def __enter__(self) -> "JsonlZstWriter":
         return self
@@ -123,9 +139,8 @@ class ArrayRecordWriter:
         self.count += 1
 
     def close(self, ok: bool = True) -> None:
-        """Finishes the file; with ok=False the partial file is discarded."""
-        self._w.close()
-        finish_temp(self._tmp, self.path, ok)
+        """Finishes the file; with ok=False, or when finishing fails (a full disk), the partial file is discarded."""
+        _finish(self._w.close, lambda: None, self._tmp, self.path, ok)
 
     def __enter__(self) -> "ArrayRecordWriter":
         return self

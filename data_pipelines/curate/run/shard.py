@@ -18,7 +18,7 @@ from maxlm.files.atomic import write_json
 from data_pipelines.curate.config import PipelineConfig
 from data_pipelines.curate.run.buckets import write_run
 from data_pipelines.curate.document import Document, utf8_size
-from maxlm.files.formats import BadRecord
+from maxlm.files.formats import BadRecord, StreamCut
 from data_pipelines.curate.inputs import InputFile, read_documents
 from data_pipelines.curate.run.workdir import Workdir
 from data_pipelines.curate.run.plan import Phase
@@ -88,7 +88,7 @@ def run_shard(task: ShardTask) -> dict:
     stages = stages_for(cfg)
     labels = [s.label for s in phase.after + phase.filters + phase.group]
     stats = {label: StageStats() for label in labels}
-    bad = {"count": 0, "examples": []}
+    bad = {"count": 0, "examples": [], "cut": None}  # cut: where the input's stream broke off, if it did
     read = {"docs": 0, "bytes": 0}
     removed = _Removed(workdir.removed(task.phase, task.shard), cfg.output.write_removed)
     if phase.group:
@@ -105,7 +105,7 @@ def run_shard(task: ShardTask) -> dict:
         else:
             source = _intermediate(workdir.docs(task.phase - 1, task.shard), _load_removals(workdir.removals(task.phase - 1, task.shard)))
         for batch in _batches(source, cfg.batch_size):
-            docs = _admit(batch, phase, stats, bad, read, removed)
+            docs = _admit(batch, phase, stats, bad, read, removed, task.source.path)
             for spec in phase.filters:
                 docs = _apply(stages[spec.label], spec.label, docs, stats[spec.label], removed)
             if phase.group:
@@ -128,10 +128,7 @@ def run_shard(task: ShardTask) -> dict:
             stats[spec.label].seconds += time.perf_counter() - t0
         ok = True
     finally:
-        out.close(ok)
-        if ids is not None:
-            ids.close(ok)
-        removed.close(ok)
+        _close_all([out, ids, removed], ok)
     marker = {
         "shard": task.shard,
         "input": task.source.label,
@@ -146,10 +143,28 @@ def run_shard(task: ShardTask) -> dict:
     return marker
 
 
-def _admit(batch: list, phase: Phase, stats: dict, bad: dict, read: dict, removed: _Removed) -> list[Document]:
+def _close_all(writers: list, ok: bool) -> None:
+    """Closes every writer; after one fails to finish (a full disk), the rest are discarded and its error re-raised."""
+    error = None
+    for w in writers:
+        if w is None:
+            continue
+        try:
+            w.close(ok and error is None)
+        except OSError as e:
+            error = error or e
+    if error is not None:
+        raise error
+
+
+def _admit(batch: list, phase: Phase, stats: dict, bad: dict, read: dict, removed: _Removed, task_path: str) -> list[Document]:
     """Returns the batch's documents that survive bad-record checks and the previous dedup."""
     docs = []
     for item, decision in batch:
+        if isinstance(item, StreamCut):  # not a record: the end of what can be read
+            bad["cut"] = {"path": task_path, "where": item.where, "problem": item.problem, "records_before": read["docs"] + bad["count"]}
+            removed.write({"id": None, "where": item.where, "stage": "input", "reason": item.problem})
+            continue
         if isinstance(item, BadRecord):
             bad["count"] += 1
             if len(bad["examples"]) < MAX_BAD_EXAMPLES:

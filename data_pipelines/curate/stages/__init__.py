@@ -7,7 +7,9 @@ from data_pipelines.curate.stages.minhash_dedup import MinhashDedup
 from data_pipelines.curate.stages.langid import LangId
 from data_pipelines.curate.stages.perplexity import Perplexity
 from data_pipelines.curate.stages.pii import Pii
+from data_pipelines.curate.stages.quality_classifier import QualityClassifier
 from data_pipelines.curate.stages.c4 import C4
+from data_pipelines.curate.stages.decontaminate import Decontaminate
 from data_pipelines.curate.stages.fineweb import FineWeb
 from data_pipelines.curate.stages.gopher_quality import GopherQuality
 from data_pipelines.curate.stages.length import Length
@@ -17,7 +19,7 @@ from data_pipelines.curate.stages.toxicity import Toxicity
 
 STAGES: dict[str, type] = {
     cls.name: cls
-    for cls in (LangId, GopherQuality, GopherRepetition, C4, FineWeb, Length, Pii, Toxicity, SftFormat, Perplexity, ExactDedup, MinhashDedup)
+    for cls in (LangId, GopherQuality, GopherRepetition, C4, FineWeb, Length, Pii, Toxicity, SftFormat, Perplexity, QualityClassifier, Decontaminate, ExactDedup, MinhashDedup)
 }
 
 
