@@ -28,7 +28,7 @@ EXTRAS = {
     # lm-eval: the decontaminate stage's n-grams are compared with its janitor module (internals: pinned).
     # trl: the preference/reward loss tests compare against TRL's own loss methods (private API: pinned).
     "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "tokenizers>=0.20", "ray>=2.9", "trl==1.16.0", "rouge-score>=0.1.2",
-             "datatrove==0.10.1", "spacy==3.8.18", "lm-eval==0.4.9"],
+             "datatrove==0.10.1", "spacy==3.8.18", "lm-eval==0.4.13"],
     "hf": ["transformers>=5.0", "tokenizers>=0.20"],
     "seqio": ["seqio>=0.0.19"],
     "gpu": ["jax[cuda12]>=0.10"],
