@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from maxlm.ckpt.manager import Checkpoints, abstract_like
 from maxlm.config import Config
@@ -60,9 +60,15 @@ def resolve_init_from(cfg: Config) -> Config:
     return dataclasses.replace(cfg, model=model, tokenizer=tok)
 
 
-def opt_shardings(tx: optax.GradientTransformation, abstract_params: Any) -> Any:
-    """Returns the shardings XLA gives the optimizer state of sharded params (no allocation)."""
-    return jax.jit(tx.init).lower(abstract_params).compile().output_shardings
+def opt_shardings(tx: optax.GradientTransformation, shapes: Any, p_shard: Any, mesh: Mesh) -> Any:
+    """Returns the optimizer state's shardings: each moment tree sharded like the params, counters replicated.
+
+    Not what XLA picks for `jit(tx.init)`: zeros that depend on no input come out replicated,
+    which puts a full copy of both AdamW moments on every chip (an 8B model's init then needs
+    ~60 GiB per chip on a v5litepod-256).
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, shapes), p_shard, transform_non_params=lambda _: replicated)
 
 
 def load_params(path: str, cfg: Config, mesh: Mesh) -> Any:
@@ -96,7 +102,7 @@ def restore_or_init(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, c
     p_shard = params_lib.shardings(cfg.model, mesh)
     abstract_params = abstract_like(shapes, p_shard)
     with jax.set_mesh(mesh):
-        o_shard = opt_shardings(tx, abstract_params)
+        o_shard = opt_shardings(tx, shapes, p_shard, mesh)
         step = ckpts.latest_step()
         if step is not None:
             abstract_opt = abstract_like(jax.eval_shape(tx.init, shapes), o_shard)
