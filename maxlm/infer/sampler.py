@@ -86,13 +86,18 @@ def _generate(graphdef, cache_spec, params, tokens_BxT, valid_BxT, stop_ids, see
     logits = model.logits(h[:, -1:])[:, 0]
     key, sub = jax.random.split(key)
     first, first_logp = choose(logits, sub, temperature, top_k, top_p)
-    out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
+    # Slots never reached (every row stopped early) hold the stop token, as a stopped row repeats it.
+    out = jnp.full((b, max_new_tokens), stop_ids[0], jnp.int32).at[:, 0].set(first)
     logp_BxN = jnp.zeros((b, max_new_tokens), jnp.float32).at[:, 0].set(first_logp)
     done = jnp.isin(first, stop_ids)
     last_pos = positions_BxT[:, -1]
 
-    def body(i, carry):
-        out, logp_BxN, cache, done, key = carry
+    def unfinished(carry):
+        i, *_, done, _ = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, out, logp_BxN, cache, done, key = carry
         token = out[:, i - 1]
         slot = t + i - 1
         m = (valid_BxS & (slots <= slot)[None, :])[:, None, :]
@@ -102,9 +107,10 @@ def _generate(graphdef, cache_spec, params, tokens_BxT, valid_BxT, stop_ids, see
         nxt = jnp.where(done, stop_ids[0], nxt)  # finished rows repeat the stop token
         logp = jnp.where(done, 0.0, logp)  # a repeat was not sampled
         done = done | jnp.isin(nxt, stop_ids)
-        return out.at[:, i].set(nxt), logp_BxN.at[:, i].set(logp), cache, done, key
+        return i + 1, out.at[:, i].set(nxt), logp_BxN.at[:, i].set(logp), cache, done, key
 
-    out, logp_BxN, *_ = jax.lax.fori_loop(1, max_new_tokens, body, (out, logp_BxN, cache, done, key))
+    # A while loop, not a fixed trip count: decoding ends when every row has stopped.
+    _, out, logp_BxN, *_ = jax.lax.while_loop(unfinished, body, (jnp.int32(1), out, logp_BxN, cache, done, key))
     return out, logp_BxN
 
 
