@@ -57,24 +57,28 @@ def generate_batched(
     temperature: float = 0.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    group: int = 1,
 ) -> Generation:
     """Returns the Generation of `prompts` (token ids), `batch_size` rows a batch (None: all in one batch).
 
     Call it under the params' mesh. Greedy rows do not depend on the batching: a prompt gives
-    what it gives alone.
+    what it gives alone. `group` > 1: the prompts come in runs of `group` copies of one prompt
+    (an RL group), each prefilled once.
     """
     if not prompts:
         raise ValueError("no prompts to generate from")
     prompts = [[int(t) for t in p] for p in prompts]
     t = max(prompt_len, max(map(len, prompts)))
     rows = batch_size or len(prompts)
+    # A batch (and its filler copies of its last prompt) holds whole groups only when both counts are multiples.
+    group = group if rows % group == 0 and len(prompts) % group == 0 else 1
     parts, logps = [], []
     for start in range(0, len(prompts), rows):
         part = prompts[start : start + rows]
         batch = part + [part[-1]] * (rows - len(part))
         out, logp = sampler.sample(
             graphdef, model_cfg, params, batch, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            stop_ids=stop_ids, pad_id=tokenizer.pad_id, seed=seed(batch) if callable(seed) else seed, pad_to=t,
+            stop_ids=stop_ids, pad_id=tokenizer.pad_id, seed=seed(batch) if callable(seed) else seed, pad_to=t, group=group,
         )
         parts.append(out[: len(part)])
         logps.append(logp[: len(part)])

@@ -3,7 +3,7 @@
 Prompts of different lengths are left-padded; each row's positions count only its real
 tokens, so a padded row decodes exactly as it would alone. Shared by `maxlm generate`,
 the end-of-run samples, eval and RL rollouts.
-Letters: B batch, T prompt length, N new tokens, S = T + N cache slots, V vocab.
+Letters: B batch, G distinct prompts of a grouped batch, T prompt length, N new tokens, S = T + N cache slots, V vocab.
 """
 
 from __future__ import annotations
@@ -68,22 +68,38 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, pad_to: int = 0)
     return tokens, valid
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_spec", "max_new_tokens", "temperature", "top_k", "top_p"))
-def _generate(graphdef, cache_spec, params, tokens_BxT, valid_BxT, stop_ids, seed, *, max_new_tokens, temperature, top_k, top_p):
+def _prefill(model, cache_spec, tokens_GxT, valid_GxT, max_new_tokens: int, group: int) -> tuple[jax.Array, KVCache]:
+    """Returns (the next-token logits [G * group, V], the cache [L, G * group, S, K, H]) of G distinct prompts, each row repeated `group` times.
+
+    A prompt is run once and its cache copied to the rows of its group (GRPO samples a group per prompt).
+    """
+    g, t = tokens_GxT.shape
+    s = t + max_new_tokens
+    layers, kv_heads, head, dtype = cache_spec
+    cache = KVCache(*(jnp.zeros((layers, g, s, kv_heads, head), DTYPES[dtype]) for _ in range(2)))
+    valid_GxS = jnp.concatenate([valid_GxT, jnp.ones((g, max_new_tokens), bool)], axis=1)
+    positions_GxT = jnp.maximum(jnp.cumsum(valid_GxT, axis=1) - 1, 0).astype(jnp.int32)
+    slots = jnp.arange(s)
+    # Causal over slots, padding keys hidden; a query always sees itself (no empty rows).
+    mask = (slots[None, :] <= jnp.arange(t)[:, None])[None] & valid_GxS[:, None, :]
+    mask = mask | (slots[None, :] == jnp.arange(t)[:, None])[None]
+    h, cache = model.hidden(tokens_GxT, positions_GxT, mask, cache, 0)
+    logits_GxV = model.logits(h[:, -1:])[:, 0]
+    if group == 1:
+        return logits_GxV, cache
+    return jnp.repeat(logits_GxV, group, axis=0), KVCache(jnp.repeat(cache.k, group, axis=1), jnp.repeat(cache.v, group, axis=1))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_spec", "max_new_tokens", "temperature", "top_k", "top_p", "group"))
+def _generate(graphdef, cache_spec, params, tokens_BxT, valid_BxT, stop_ids, seed, *, max_new_tokens, temperature, top_k, top_p, group):
     model = bind(graphdef, params)
     key = jax.random.key(seed)
     b, t = tokens_BxT.shape
     s = t + max_new_tokens
-    layers, kv_heads, head, dtype = cache_spec
-    cache = KVCache(*(jnp.zeros((layers, b, s, kv_heads, head), DTYPES[dtype]) for _ in range(2)))
+    logits, cache = _prefill(model, cache_spec, tokens_BxT[::group], valid_BxT[::group], max_new_tokens, group)
     valid_BxS = jnp.concatenate([valid_BxT, jnp.ones((b, max_new_tokens), bool)], axis=1)
     positions_BxT = jnp.maximum(jnp.cumsum(valid_BxT, axis=1) - 1, 0).astype(jnp.int32)
     slots = jnp.arange(s)
-    # Prefill: causal over slots, padding keys hidden; a query always sees itself (no empty rows).
-    mask = (slots[None, :] <= jnp.arange(t)[:, None])[None] & valid_BxS[:, None, :]
-    mask = mask | (slots[None, :] == jnp.arange(t)[:, None])[None]
-    h, cache = model.hidden(tokens_BxT, positions_BxT, mask, cache, 0)
-    logits = model.logits(h[:, -1:])[:, 0]
     key, sub = jax.random.split(key)
     first, first_logp = choose(logits, sub, temperature, top_k, top_p)
     # Slots never reached (every row stopped early) hold the stop token, as a stopped row repeats it.
@@ -128,6 +144,7 @@ def sample(
     pad_id: int = 0,
     seed: int = 0,
     pad_to: int = 0,
+    group: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (int32 [B, T + N]: the left-padded prompts followed by N new tokens per row,
     f32 [B, N]: the log-prob of each new token under the distribution it was drawn from).
@@ -135,7 +152,8 @@ def sample(
     The log-probs are those of `choose` (RL's importance ratios start from them); after a row's
     stop token, whose repeats were not sampled, they are 0. `pad_to` left-pads every batch to at
     least that many prompt tokens, so callers with prompts of varying length (RL rollouts, eval)
-    compile one shape instead of one per longest prompt.
+    compile one shape instead of one per longest prompt. `group` > 1: rows come in runs of
+    `group` copies of one prompt, each prefilled once (a ValueError if they do not).
     """
     if max_new_tokens < 1:
         raise MaxlmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -145,13 +163,16 @@ def sample(
             f"prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds model.max_seq_len ({cfg.max_seq_len}), "
             "the model's context: shorten the prompt or ask for fewer new tokens"
         )
+    _check_groups(tokens, valid, group)
     stops = np.asarray(list(stop_ids) or [-1], np.int32)
     args = (tokens, valid, stops, np.uint32(seed))
     if jax.process_count() > 1:
-        args, local_rows = _global_inputs(params, *args)
+        args, local_rows, filled = _global_inputs(params, *args)
+        # The filler rows copy row 0: groups stay aligned only when they make whole groups.
+        group = group if filled % group == 0 else 1
     new, logp = _generate(
         graphdef, (cfg.num_layers, cfg.num_kv_heads, head_dim(cfg), cfg.dtype), params, *args,
-        max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+        max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), group=int(group),
     )
     if jax.process_count() > 1:
         new, logp = local_rows(new), local_rows(logp)
@@ -164,8 +185,19 @@ def generate(graphdef: nnx.GraphDef, cfg: ModelConfig, params: Any, prompts: Seq
     return sample(graphdef, cfg, params, prompts, max_new_tokens, **kw)[0]
 
 
+def _check_groups(tokens_BxT: np.ndarray, valid_BxT: np.ndarray, group: int) -> None:
+    """Raises ValueError unless the rows are runs of `group` identical prompts."""
+    if group < 1 or len(tokens_BxT) % group:
+        raise ValueError(f"group={group} must divide the {len(tokens_BxT)} rows")
+    for a in (tokens_BxT, valid_BxT):
+        runs = a.reshape(-1, group, a.shape[1])
+        if not (runs == runs[:, :1]).all():
+            raise ValueError(f"group={group}: the rows are not runs of {group} copies of one prompt")
+
+
 def _global_inputs(params, tokens, valid, stops, seed):
-    """Returns (the sampler's inputs as global arrays, a function giving this process's rows of a global result).
+    """Returns (the sampler's inputs as global arrays, a function giving this process's rows of a global result,
+    how many filler rows this process added).
 
     Several processes: each passes its own prompt rows (the same count and padded length in
     every process); the rows of all processes form one batch sharded over the mesh's data axes,
@@ -182,4 +214,4 @@ def _global_inputs(params, tokens, valid, stops, seed):
     put_rows = lambda x: jax.make_array_from_process_local_data(NamedSharding(mesh, rows), np.concatenate([x, x[:1].repeat(extra, 0)]))
     put_same = lambda x: jax.make_array_from_callback(np.shape(x), same, lambda idx: np.asarray(x)[idx])
     out = (put_rows(tokens), put_rows(valid), put_same(stops), put_same(seed))
-    return out, lambda a: np.asarray(multihost_utils.global_array_to_host_local_array(a, mesh, rows))[:n]
+    return out, lambda a: np.asarray(multihost_utils.global_array_to_host_local_array(a, mesh, rows))[:n], extra

@@ -104,3 +104,23 @@ def test_a_rows_logprobs_are_zero_after_its_stop(model):
     first = free.tolist().index(stop)
     _, logp = sample(graphdef, CFG, params, [[5, 6, 7]], 6, stop_ids=[stop])
     assert np.all(logp[0, : first + 1] < 0) and np.all(logp[0, first + 1 :] == 0.0)
+
+
+def test_a_group_prefilled_once_samples_what_separate_prefills_sample(model):
+    graphdef, params = model
+    rows = [[5, 6, 7, 8]] * 3 + [[2, 3]] * 3
+    kw = dict(temperature=1.0, seed=7, stop_ids=[4])
+    alone, logp_alone = sample(graphdef, CFG, params, rows, 9, **kw)
+    grouped, logp_grouped = sample(graphdef, CFG, params, rows, 9, group=3, **kw)
+    np.testing.assert_array_equal(grouped, alone)
+    np.testing.assert_allclose(logp_grouped, logp_alone, atol=1e-5)
+    # The rows of a group differ: each drew its own sample after the shared prefill.
+    assert len({tuple(r) for r in grouped[:3, -9:].tolist()}) > 1
+
+
+def test_rows_that_are_not_groups_are_refused(model):
+    graphdef, params = model
+    with pytest.raises(ValueError, match="not runs of 2 copies"):
+        sample(graphdef, CFG, params, [[5, 6], [5, 7]], 3, group=2)
+    with pytest.raises(ValueError, match="must divide"):
+        sample(graphdef, CFG, params, [[5, 6]] * 3, 3, group=2)

@@ -134,7 +134,7 @@ class Rollouts:
         out = self.generate(
             self.graphdef, self.cfg.model, params, self.tokenizer, [self.prompts.ids[i] for i in idx], r.max_new_tokens,
             stop_ids=self.stops, prompt_len=r.max_prompt_len, seed=seed, temperature=temperature, top_k=r.top_k, top_p=r.top_p,
-            batch_size=batch_size,
+            batch_size=batch_size, group=group_size,
         )
         rows, texts = out.rows_NxTM, out.texts
         if self.reward_model:
