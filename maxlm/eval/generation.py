@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from maxlm.data.records import Prompt, read_records
 from maxlm.errors import MaxlmError
+from maxlm.infer.buckets import pow2_ceil
 from maxlm.infer.pretrained import Pretrained, prompt_text
 from maxlm.tasks.rl.verifiers import VERIFIERS, verifier
 
@@ -52,8 +53,8 @@ def greedy_completions(model: Pretrained, prompts: Sequence[Messages], max_new_t
         return out
     # One shape for every batch: prompts left-padded to the longest rounded up to a power of two,
     # rows a power of two up to batch_size, so the sampler compiles once.
-    pad_to = min(_pow2_ceil(max(len(ids[i]) for i in keep)), room)
-    rows = min(batch_size, _pow2_ceil(len(keep)))
+    pad_to = min(pow2_ceil(max(len(ids[i]) for i in keep)), room)
+    rows = min(batch_size, pow2_ceil(len(keep)))
     done = model.generate_batched([ids[i] for i in keep], max_new_tokens, stop_ids=stops, batch_size=rows, prompt_len=pad_to)
     for i, text in zip(keep, done.texts):
         out[i] = text
@@ -94,7 +95,3 @@ def exact_match(
 def read_prompts(path: str, rows: str = "", on_bad_record: str = "error") -> tuple[list[Prompt], int]:
     """Returns (the prompt records of `path` in `rows`, how many malformed records were skipped), read like grpo prompts."""
     return read_records(path, "grpo", on_bad_record, rows=rows)
-
-
-def _pow2_ceil(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()

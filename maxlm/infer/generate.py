@@ -1,10 +1,11 @@
-"""The one batched generation: prompt ids through the sampler in fixed-shape batches, each row cut at its first stop and decoded.
+"""The one batched generation: prompt ids through the sampler, each row cut at its first stop and decoded.
 
-Every batch of a call has one shape, so the sampler compiles once per call: `batch_size` rows
-(a short last batch is filled with copies of its last prompt, whose rows are dropped) and
-every prompt left-padded to max(prompt_len, the longest prompt). Used by `maxlm generate`, the
-exact-match and win-rate evals, synth (self-instruct, constitutional), the end-of-run samples
-and RL rollouts.
+More prompts than `batch_size` rows: continuous batching (`maxlm.infer.slots`), where a
+finished row's slot takes the next prompt. Else one batch (`maxlm.infer.sampler`; several
+processes always take this path, `batch_size` rows a batch, a short last batch filled with
+copies of its last prompt). Every prompt is left-padded to max(prompt_len, the longest
+prompt), so the sampler compiles once per call. Used by `maxlm generate`, the exact-match and
+win-rate evals, synth (self-instruct, constitutional), the end-of-run samples and RL rollouts.
 Letters: N prompts, T padded prompt length, M new tokens.
 """
 
@@ -14,12 +15,13 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 
 from maxlm.config import ModelConfig
 from maxlm.data.tokenizers import Tokenizer
-from maxlm.infer import sampler
+from maxlm.infer import sampler, slots
 
 Seed = int | Callable[[list[list[int]]], int]  # one seed for every batch, or a batch's seed from its (filled) prompts
 
@@ -70,20 +72,23 @@ def generate_batched(
     prompts = [[int(t) for t in p] for p in prompts]
     t = max(prompt_len, max(map(len, prompts)))
     rows = batch_size or len(prompts)
-    # A batch (and its filler copies of its last prompt) holds whole groups only when both counts are multiples.
-    group = group if rows % group == 0 and len(prompts) % group == 0 else 1
-    parts, logps = [], []
-    for start in range(0, len(prompts), rows):
-        part = prompts[start : start + rows]
-        batch = part + [part[-1]] * (rows - len(part))
-        out, logp = sampler.sample(
-            graphdef, model_cfg, params, batch, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            stop_ids=stop_ids, pad_id=tokenizer.pad_id, seed=seed(batch) if callable(seed) else seed, pad_to=t, group=group,
-        )
-        parts.append(out[: len(part)])
-        logps.append(logp[: len(part)])
-    rows_NxTM = np.concatenate(parts)
+    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stop_ids, pad_id=tokenizer.pad_id, pad_to=t)
+    if rows < len(prompts) and jax.process_count() == 1:
+        rows_NxTM, logp_NxM = slots.stream(graphdef, model_cfg, params, prompts, max_new_tokens, rows=rows,
+                                           seed=seed(prompts) if callable(seed) else seed, **kw)
+    else:
+        # A batch (and its filler copies of its last prompt) holds whole groups only when both counts are multiples.
+        group = group if rows % group == 0 and len(prompts) % group == 0 else 1
+        parts, logps = [], []
+        for start in range(0, len(prompts), rows):
+            part = prompts[start : start + rows]
+            batch = part + [part[-1]] * (rows - len(part))
+            out, logp = sampler.sample(graphdef, model_cfg, params, batch, max_new_tokens, seed=seed(batch) if callable(seed) else seed,
+                                       group=group, **kw)
+            parts.append(out[: len(part)])
+            logps.append(logp[: len(part)])
+        rows_NxTM, logp_NxM = np.concatenate(parts), np.concatenate(logps)
     ids = [until_stop(row, stop_ids) for row in rows_NxTM[:, t:]]
     # A row without a stop keeps all M tokens: it stopped exactly when it is shorter.
     stopped = [len(x) < max_new_tokens for x in ids]
-    return Generation(rows_NxTM, t, ids, [tokenizer.decode(x) for x in ids], stopped, np.concatenate(logps))
+    return Generation(rows_NxTM, t, ids, [tokenizer.decode(x) for x in ids], stopped, logp_NxM)

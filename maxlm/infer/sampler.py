@@ -39,7 +39,7 @@ def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float = 1.0) -> 
 
 
 def choose(logits_BxV: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> tuple[jax.Array, jax.Array]:
-    """Returns (the next token [B] int32, its log-prob [B] f32 under the distribution it was drawn from).
+    """Returns (the next token [B] int32, its log-prob [B] f32 under the distribution it was drawn from); `key`: one key or [B] keys.
 
     temperature 0: the argmax, scored by log-softmax of the raw logits; else a sample from
     softmax(filter(logits / temperature)), scored by that same filtered, renormalized softmax.
@@ -50,7 +50,9 @@ def choose(logits_BxV: jax.Array, key: jax.Array, temperature: float, top_k: int
         logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
     else:
         filtered_BxV = filter_logits(logits_BxV / temperature, top_k, top_p)
-        token_B = jax.random.categorical(key, filtered_BxV, axis=-1).astype(jnp.int32)
+        # One key for the batch, or a key per row ([B] keys: continuous batching's per-token randomness).
+        draw = jax.vmap(jax.random.categorical) if key.shape else jax.random.categorical
+        token_B = draw(key, filtered_BxV).astype(jnp.int32)
         logp_BxV = jax.nn.log_softmax(filtered_BxV, axis=-1)
     return token_B, jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
 
@@ -68,7 +70,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, pad_to: int = 0)
     return tokens, valid
 
 
-def _prefill(model, cache_spec, tokens_GxT, valid_GxT, max_new_tokens: int, group: int) -> tuple[jax.Array, KVCache]:
+def prefill(model, cache_spec, tokens_GxT, valid_GxT, max_new_tokens: int, group: int) -> tuple[jax.Array, KVCache]:
     """Returns (the next-token logits [G * group, V], the cache [L, G * group, S, K, H]) of G distinct prompts, each row repeated `group` times.
 
     A prompt is run once and its cache copied to the rows of its group (GRPO samples a group per prompt).
@@ -96,7 +98,7 @@ def _generate(graphdef, cache_spec, params, tokens_BxT, valid_BxT, stop_ids, see
     key = jax.random.key(seed)
     b, t = tokens_BxT.shape
     s = t + max_new_tokens
-    logits, cache = _prefill(model, cache_spec, tokens_BxT[::group], valid_BxT[::group], max_new_tokens, group)
+    logits, cache = prefill(model, cache_spec, tokens_BxT[::group], valid_BxT[::group], max_new_tokens, group)
     valid_BxS = jnp.concatenate([valid_BxT, jnp.ones((b, max_new_tokens), bool)], axis=1)
     positions_BxT = jnp.maximum(jnp.cumsum(valid_BxT, axis=1) - 1, 0).astype(jnp.int32)
     slots = jnp.arange(s)
@@ -155,14 +157,8 @@ def sample(
     compile one shape instead of one per longest prompt. `group` > 1: rows come in runs of
     `group` copies of one prompt, each prefilled once (a ValueError if they do not).
     """
-    if max_new_tokens < 1:
-        raise MaxlmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     tokens, valid = left_pad([list(p) for p in np.asarray(prompts).tolist()] if isinstance(prompts, np.ndarray) else prompts, pad_id, pad_to)
-    if tokens.shape[1] + max_new_tokens > cfg.max_seq_len:
-        raise MaxlmError(
-            f"prompt ({tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds model.max_seq_len ({cfg.max_seq_len}), "
-            "the model's context: shorten the prompt or ask for fewer new tokens"
-        )
+    check_fits(cfg, tokens.shape[1], max_new_tokens)
     _check_groups(tokens, valid, group)
     stops = np.asarray(list(stop_ids) or [-1], np.int32)
     args = (tokens, valid, stops, np.uint32(seed))
@@ -177,6 +173,17 @@ def sample(
     if jax.process_count() > 1:
         new, logp = local_rows(new), local_rows(logp)
     return np.concatenate([tokens, np.asarray(new)], axis=1), np.asarray(logp, np.float32)
+
+
+def check_fits(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> None:
+    """Raises MaxlmError unless `prompt_len` + `max_new_tokens` >= 1 new tokens fit the model's context."""
+    if max_new_tokens < 1:
+        raise MaxlmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if prompt_len + max_new_tokens > cfg.max_seq_len:
+        raise MaxlmError(
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds model.max_seq_len ({cfg.max_seq_len}), "
+            "the model's context: shorten the prompt or ask for fewer new tokens"
+        )
 
 
 def generate(graphdef: nnx.GraphDef, cfg: ModelConfig, params: Any, prompts: Sequence[Sequence[int]] | np.ndarray, max_new_tokens: int,

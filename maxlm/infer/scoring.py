@@ -23,6 +23,7 @@ from maxlm.losses.logprobs import next_targets, next_token_weights, sequence_log
 from maxlm.losses.preference import pool_scores
 from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
+from maxlm.infer.buckets import pow2_ceil, pow2_floor
 from maxlm.infer.pretrained import Pretrained
 from maxlm.tasks import require_reward_model
 
@@ -117,24 +118,16 @@ def length_batches(lengths_N: np.ndarray, batch_tokens: int, max_len: int) -> It
     buckets = np.asarray([bucket_length(int(n), max_len) for n in lengths_N[order]], np.int64)
     for t in np.unique(buckets):
         members = order[buckets == t]
-        cap = _pow2_floor(max(1, batch_tokens // int(t)))
+        cap = pow2_floor(max(1, batch_tokens // int(t)))
         for start in range(0, len(members), cap):
             idx = members[start : start + cap]
             # A short last batch is padded only up to the next power of two: few shapes, little waste.
-            yield idx, int(t), min(cap, _pow2_ceil(len(idx)))
+            yield idx, int(t), min(cap, pow2_ceil(len(idx)))
 
 
 def bucket_length(n: int, max_len: int) -> int:
     """Returns the padded length of an n-token sequence: a power of two >= MIN_BUCKET, at most max_len."""
-    return min(max(MIN_BUCKET, _pow2_ceil(n)), max(max_len, n))
-
-
-def _pow2_ceil(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _pow2_floor(n: int) -> int:
-    return 1 << (int(n).bit_length() - 1)
+    return min(max(MIN_BUCKET, pow2_ceil(n)), max(max_len, n))
 
 
 # ---------------------------------------------------------------- jitted bodies (pure in params and arrays)

@@ -87,9 +87,13 @@ def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq: jax.Arr
 
 
 def sliding_window_mask(t: int, s: int, first_slot, window: int) -> jax.Array:
-    """Returns the [1, T, S] bool band: query slot first_slot + i sees key slot j when it lies fewer than `window` behind."""
+    """Returns the [1, T, S] bool band: query slot first_slot + i sees key slot j when it lies fewer than `window` behind.
+
+    Behind modulo S, for a cache used as a ring (continuous batching); keys ahead of the query,
+    which the band then also admits near the ring's end, are hidden by the causal / valid mask.
+    """
     slots_T = first_slot + jnp.arange(t)
-    return (slots_T[:, None] - jnp.arange(s)[None, :] < window)[None]
+    return ((slots_T[:, None] - jnp.arange(s)[None, :]) % s < window)[None]
 
 
 @dataclasses.dataclass

@@ -1,5 +1,5 @@
-"""The one batched generation: N prompts in fixed-shape batches of b give (greedy) what each prompt gives alone,
-rows are cut at their first stop id, and every batch of a call has one shape."""
+"""The one batched generation: N prompts decoded b rows at a time give (greedy) what each prompt gives alone,
+rows are cut at their first stop id, and a call's seed follows its prompts."""
 
 from __future__ import annotations
 
@@ -68,17 +68,25 @@ def test_rows_are_cut_at_their_first_stop_id(model, alone):
     assert out.ids[0] == alone[0][: alone[0].index(stop)] and out.stopped[0]
 
 
-def test_every_batch_has_one_shape_and_a_seed_from_its_filled_prompts(model):
+def test_more_prompts_than_rows_take_slots_with_a_seed_from_all_prompts(model):
     graphdef, params = model
     seen = []
     out = generate_batched(graphdef, CFG, params, Letters(), PROMPTS, 3, batch_size=2, seed=lambda batch: seen.append(batch) or 7,
                            temperature=1.0)
-    # 5 prompts in batches of 2: the last batch is filled with a copy of its one prompt, whose row is dropped.
-    assert seen == [PROMPTS[0:2], PROMPTS[2:4], [PROMPTS[4], PROMPTS[4]]]
+    assert seen == [PROMPTS]
     assert out.rows_NxTM.shape == (5, max(map(len, PROMPTS)) + 3)
-    # A batch's seed decides its samples: the same batch with the same seed samples the same rows.
+    # A prompt's samples follow the seed and the prompts, not how many rows decode at once.
+    again = generate_batched(graphdef, CFG, params, Letters(), PROMPTS, 3, batch_size=3, seed=7, temperature=1.0)
+    assert again.ids == out.ids
+
+
+def test_one_batch_takes_a_seed_from_its_prompts(model):
+    graphdef, params = model
+    seen = []
+    out = generate_batched(graphdef, CFG, params, Letters(), PROMPTS[:2], 3, seed=lambda batch: seen.append(batch) or 7, temperature=1.0)
+    assert seen == [PROMPTS[:2]]
     again = generate_batched(graphdef, CFG, params, Letters(), PROMPTS[:2], 3, seed=7, temperature=1.0)
-    assert again.ids == out.ids[:2]
+    assert again.ids == out.ids
 
 
 def test_the_pad_token_changes_nothing(model):

@@ -1,0 +1,138 @@
+"""Continuous batching: B decode slots over P prompts; when a row stops, the next prompt takes its slot.
+
+One jit, static shapes: each iteration of a while loop either prefills the next prompt into a
+free slot (one [1, T] forward) or decodes one token in every slot (one [B, 1] forward), so a
+set of prompts whose answers differ widely in length costs about its total tokens, not
+batches x the longest answer.
+
+The KV cache is a ring of S = T + N slots per row with one write pointer for all rows: a
+prompt enters behind the pointer (slots g - T .. g - 1) and its new tokens follow it, so rows
+that started at different times share each decode step. Attention does not care where a key
+sits (RoPE is applied with the token's own position when the key is written); only the valid
+mask does, and sliding windows measure slot distance modulo S.
+
+Randomness is per prompt and token (the key of prompt p's n-th token folds in p and n), so a
+sampled answer does not depend on the number of slots or on which prompts share them; greedy
+answers equal the one-batch sampler's (`maxlm.infer.sampler.sample`).
+Letters: B slots, P prompts, T prompt length, N new tokens, S = T + N ring slots, V vocab.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from maxlm.config import ModelConfig, head_dim
+from maxlm.infer.buckets import pow2_ceil
+from maxlm.infer.sampler import check_fits, choose, left_pad, prefill
+from maxlm.models.layers import DTYPES, KVCache
+from maxlm.models.params import bind
+
+
+def _keys(seed_key, prompt_B, count_B) -> jax.Array:
+    """Returns [B] keys: the key of token `count` of prompt `prompt`, whatever slot it is decoded in."""
+    return jax.vmap(lambda p, n: jax.random.fold_in(jax.random.fold_in(seed_key, p), n))(prompt_B, count_B)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_spec", "rows", "max_new_tokens", "temperature", "top_k", "top_p"))
+def _stream(graphdef, cache_spec, params, tokens_PxT, valid_PxT, count, stop_ids, seed, *, rows, max_new_tokens, temperature, top_k, top_p):
+    model = bind(graphdef, params)
+    seed_key = jax.random.key(seed)
+    (p, t), b, n = tokens_PxT.shape, rows, max_new_tokens
+    s = t + n
+    layers, kv_heads, head, dtype = cache_spec
+    zeros = lambda: jnp.zeros((layers, b, s, kv_heads, head), DTYPES[dtype])
+    slots_S = jnp.arange(s)
+    state = dict(
+        cache=KVCache(zeros(), zeros()), valid_BxS=jnp.zeros((b, s), bool), g=jnp.int32(0), next_prompt=jnp.int32(0),
+        prompt_B=jnp.zeros((b,), jnp.int32), count_B=jnp.zeros((b,), jnp.int32), pos_B=jnp.zeros((b,), jnp.int32),
+        last_B=jnp.zeros((b,), jnp.int32), free_B=jnp.ones((b,), bool),
+        out_PxN=jnp.full((p, n), stop_ids[0], jnp.int32), logp_PxN=jnp.zeros((p, n), jnp.float32),
+    )
+
+    def insert(st):
+        r, q = jnp.argmax(st["free_B"]), st["next_prompt"]
+        tok_1xT = jax.lax.dynamic_slice_in_dim(tokens_PxT, q, 1)
+        val_1xT = jax.lax.dynamic_slice_in_dim(valid_PxT, q, 1)
+        logits_1xV, c = prefill(model, cache_spec, tok_1xT, val_1xT, n, 1)
+        # The prompt's slots 0..T-1 move behind the pointer: g - T .. g - 1 (mod S).
+        shift = st["g"] - t
+        cache = KVCache(*(full.at[:, r].set(jnp.roll(new[:, 0], shift, axis=1)) for full, new in ((st["cache"].k, c.k), (st["cache"].v, c.v))))
+        valid_S = jnp.roll(jnp.concatenate([val_1xT[0], jnp.zeros((n,), bool)]), shift)
+        first, logp = choose(logits_1xV, _keys(seed_key, q[None], jnp.zeros((1,), jnp.int32)), temperature, top_k, top_p)
+        stopped = jnp.isin(first[0], stop_ids) | (n == 1)
+        return st | dict(
+            cache=cache, valid_BxS=st["valid_BxS"].at[r].set(valid_S), next_prompt=q + 1,
+            prompt_B=st["prompt_B"].at[r].set(q), count_B=st["count_B"].at[r].set(1),
+            pos_B=st["pos_B"].at[r].set(jnp.sum(val_1xT) - 1), last_B=st["last_B"].at[r].set(first[0]),
+            free_B=st["free_B"].at[r].set(stopped),
+            out_PxN=st["out_PxN"].at[q, 0].set(first[0]), logp_PxN=st["logp_PxN"].at[q, 0].set(logp[0]),
+        )
+
+    def decode(st):
+        active_B, g = ~st["free_B"], st["g"]
+        # Every slot writes at g; an idle slot sees only that key (no empty softmax), and its row is ignored.
+        valid_BxS = st["valid_BxS"] | ((slots_S == g)[None, :] & active_B[:, None])
+        mask_BxS = valid_BxS | (slots_S == g)[None, :]
+        pos_B = st["pos_B"] + 1
+        h, cache = model.hidden(st["last_B"][:, None], pos_B[:, None], mask_BxS[:, None, :], st["cache"], g)
+        nxt_B, logp_B = choose(model.logits(h)[:, 0], _keys(seed_key, st["prompt_B"], st["count_B"]), temperature, top_k, top_p)
+        # An idle slot's scatter goes to row P, out of bounds, and is dropped.
+        row_B = jnp.where(active_B, st["prompt_B"], p)
+        count_B = st["count_B"] + active_B
+        stopped_B = jnp.isin(nxt_B, stop_ids) | (count_B == n)
+        return st | dict(
+            cache=cache, valid_BxS=valid_BxS, g=(g + 1) % s, pos_B=jnp.where(active_B, pos_B, st["pos_B"]), count_B=count_B,
+            last_B=jnp.where(active_B, nxt_B, st["last_B"]), free_B=st["free_B"] | stopped_B,
+            out_PxN=st["out_PxN"].at[row_B, st["count_B"]].set(nxt_B, mode="drop"),
+            logp_PxN=st["logp_PxN"].at[row_B, st["count_B"]].set(logp_B, mode="drop"),
+        )
+
+    def step(st):
+        waiting = st["next_prompt"] < count
+        return jax.lax.cond(waiting & jnp.any(st["free_B"]), insert, decode, st)
+
+    def unfinished(st):
+        return (st["next_prompt"] < count) | ~jnp.all(st["free_B"])
+
+    st = jax.lax.while_loop(unfinished, step, state)
+    return st["out_PxN"], st["logp_PxN"]
+
+
+def stream(
+    graphdef: nnx.GraphDef,
+    cfg: ModelConfig,
+    params: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    rows: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    seed: int = 0,
+    pad_to: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (int32 [P, T + N], f32 [P, N]) as `sample` does for all prompts at once, decoded `rows` slots at a time.
+
+    After a prompt's stop token its remaining slots hold the stop token with log-prob 0, as in
+    `sample`. One process only (a multi-process run uses `sample`).
+    """
+    n = len(prompts)
+    # Room for a power of two of prompts, the rest never entered: one compile serves calls of similar size.
+    tokens, valid = left_pad(list(prompts) + [prompts[-1]] * (pow2_ceil(n) - n), pad_id, pad_to)
+    check_fits(cfg, tokens.shape[1], max_new_tokens)
+    stops = np.asarray(list(stop_ids) or [-1], np.int32)
+    new, logp = _stream(
+        graphdef, (cfg.num_layers, cfg.num_kv_heads, head_dim(cfg), cfg.dtype), params, tokens, valid, np.int32(n), stops, np.uint32(seed),
+        rows=int(rows), max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+    )
+    return np.concatenate([tokens, np.asarray(new)], axis=1)[:n], np.asarray(logp, np.float32)[:n]
+
