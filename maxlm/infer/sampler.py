@@ -71,14 +71,14 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, pad_to: int = 0)
 
 
 def prefill(model, cache_spec, tokens_GxT, valid_GxT, max_new_tokens: int, group: int) -> tuple[jax.Array, KVCache]:
-    """Returns (the next-token logits [G * group, V], the cache [L, G * group, S, K, H]) of G distinct prompts, each row repeated `group` times.
+    """Returns (the next-token logits [G * group, V], L per-layer caches [G * group, K, H, S]) of G distinct prompts, each row repeated `group` times.
 
     A prompt is run once and its cache copied to the rows of its group (GRPO samples a group per prompt).
     """
     g, t = tokens_GxT.shape
     s = t + max_new_tokens
     layers, kv_heads, head, dtype = cache_spec
-    cache = KVCache(*(jnp.zeros((layers, g, s, kv_heads, head), DTYPES[dtype]) for _ in range(2)))
+    cache = tuple(KVCache(*(jnp.zeros((g, kv_heads, head, s), DTYPES[dtype]) for _ in range(2))) for _ in range(layers))
     valid_GxS = jnp.concatenate([valid_GxT, jnp.ones((g, max_new_tokens), bool)], axis=1)
     positions_GxT = jnp.maximum(jnp.cumsum(valid_GxT, axis=1) - 1, 0).astype(jnp.int32)
     slots = jnp.arange(s)
@@ -89,7 +89,7 @@ def prefill(model, cache_spec, tokens_GxT, valid_GxT, max_new_tokens: int, group
     logits_GxV = model.logits(h[:, -1:])[:, 0]
     if group == 1:
         return logits_GxV, cache
-    return jnp.repeat(logits_GxV, group, axis=0), KVCache(jnp.repeat(cache.k, group, axis=1), jnp.repeat(cache.v, group, axis=1))
+    return jnp.repeat(logits_GxV, group, axis=0), jax.tree.map(lambda c: jnp.repeat(c, group, axis=0), cache)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_spec", "max_new_tokens", "temperature", "top_k", "top_p", "group"))

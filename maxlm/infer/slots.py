@@ -46,10 +46,10 @@ def _stream(graphdef, cache_spec, params, tokens_PxT, valid_PxT, count, stop_ids
     (p, t), b, n = tokens_PxT.shape, rows, max_new_tokens
     s = t + n
     layers, kv_heads, head, dtype = cache_spec
-    zeros = lambda: jnp.zeros((layers, b, s, kv_heads, head), DTYPES[dtype])
+    zeros = lambda: jnp.zeros((b, kv_heads, head, s), DTYPES[dtype])
     slots_S = jnp.arange(s)
     state = dict(
-        cache=KVCache(zeros(), zeros()), valid_BxS=jnp.zeros((b, s), bool), g=jnp.int32(0), next_prompt=jnp.int32(0),
+        cache=tuple(KVCache(zeros(), zeros()) for _ in range(layers)), valid_BxS=jnp.zeros((b, s), bool), g=jnp.int32(0), next_prompt=jnp.int32(0),
         prompt_B=jnp.zeros((b,), jnp.int32), count_B=jnp.zeros((b,), jnp.int32), pos_B=jnp.zeros((b,), jnp.int32),
         last_B=jnp.zeros((b,), jnp.int32), free_B=jnp.ones((b,), bool),
         out_PxN=jnp.full((p, n), stop_ids[0], jnp.int32), logp_PxN=jnp.zeros((p, n), jnp.float32),
@@ -62,7 +62,7 @@ def _stream(graphdef, cache_spec, params, tokens_PxT, valid_PxT, count, stop_ids
         logits_1xV, c = prefill(model, cache_spec, tok_1xT, val_1xT, n, 1)
         # The prompt's slots 0..T-1 move behind the pointer: g - T .. g - 1 (mod S).
         shift = st["g"] - t
-        cache = KVCache(*(full.at[:, r].set(jnp.roll(new[:, 0], shift, axis=1)) for full, new in ((st["cache"].k, c.k), (st["cache"].v, c.v))))
+        cache = jax.tree.map(lambda full, new: full.at[r].set(jnp.roll(new[0], shift, axis=-1)), st["cache"], c)
         valid_S = jnp.roll(jnp.concatenate([val_1xT[0], jnp.zeros((n,), bool)]), shift)
         first, logp = choose(logits_1xV, _keys(seed_key, q[None], jnp.zeros((1,), jnp.int32)), temperature, top_k, top_p)
         stopped = jnp.isin(first[0], stop_ids) | (n == 1)

@@ -98,7 +98,11 @@ def sliding_window_mask(t: int, s: int, first_slot, window: int) -> jax.Array:
 
 @dataclasses.dataclass
 class KVCache:
-    """One layer's preallocated keys and values; `k`/`v`: [B, S, K, H]."""
+    """One layer's preallocated keys and values; `k`/`v`: [B, K, H, S].
+
+    Slots last: the layout both attention dots of a decode step read, so XLA does not transpose
+    the whole cache every step (with [B, S, K, H] it did, twice per layer).
+    """
 
     k: jax.Array
     v: jax.Array
@@ -170,10 +174,9 @@ class Attention(nnx.Module):
         k_BxSxKxH = constrain(apply_rope(k_BxTxKxH, positions_BxT, inv_freq), ("batch", "length", "act_kv_heads", None))
         v_BxSxKxH = constrain(v_BxTxKxH, ("batch", "length", "act_kv_heads", None))
         if cache is not None:
-            k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(cache.k, k_BxSxKxH.astype(cache.k.dtype), cache_index, axis=1)
-            v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(cache.v, v_BxSxKxH.astype(cache.v.dtype), cache_index, axis=1)
-            cache = KVCache(k_BxSxKxH, v_BxSxKxH)
-            k_BxSxKxH, v_BxSxKxH = k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt)
+            write = lambda c, x_BxTxKxH: jax.lax.dynamic_update_slice_in_dim(c, jnp.transpose(x_BxTxKxH, (0, 2, 3, 1)).astype(c.dtype), cache_index, axis=3)
+            cache = KVCache(write(cache.k, k_BxSxKxH), write(cache.v, v_BxSxKxH))
+            k_BxSxKxH, v_BxSxKxH = (jnp.transpose(c, (0, 3, 1, 2)).astype(dt) for c in (cache.k, cache.v))
         full_BxTxS = mask_BxTxS
         if self.window:
             # Slots, not positions: within a segment, and between a cache's valid slots, the two differ by the same.

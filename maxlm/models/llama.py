@@ -80,6 +80,14 @@ class Decoder(nnx.Module):
 
         if self.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
+        if isinstance(cache, tuple):
+            # One cache per layer (the sampler's): layers unrolled, each cache updated in place and each
+            # layer's weights sliced once outside the decode loop, where a scan would copy both every step.
+            caches = []
+            for i, cache_l in enumerate(cache):
+                x, c = body(x, (jax.tree.map(lambda a: a[i], layer_state), cache_l, local_L[i]))
+                caches.append(c)
+            return self.final_norm(x), tuple(caches)
         if self.scan_layers:
             x, cache = jax.lax.scan(body, x, (layer_state, cache, local_L))
         else:
