@@ -35,6 +35,8 @@ EXTRAS = {
     "tpu": ["jax[tpu]>=0.10"],
     "ray": ["ray>=2.9"],
     "synth": ["rouge-score>=0.1.2"],  # ROUGE-L novelty filter of `maxlm synth self-instruct`
+    # `maxlm eval harness`, `--model maxlm` and train.eval_harness: MaxlmLM subclasses its TemplateLM (internals: pinned).
+    "eval": ["lm-eval==0.4.13"],
 }
 
 setup(
