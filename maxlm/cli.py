@@ -26,7 +26,7 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     _enable_compilation_cache()
-    result = train(cfg)
+    result = train(cfg, step_evals=_step_evals)
     import jax
 
     if jax.process_index() == 0:
@@ -34,6 +34,15 @@ def cmd_train(args) -> int:
         wrote = [n + ("/" if (result.run_dir / n).is_dir() else "") for n in names if (result.run_dir / n).exists()]
         print(f"run dir: {result.run_dir}  ({', '.join(wrote)})")
     return 0
+
+
+def _step_evals(cfg) -> list:
+    """Returns the step evaluations of cfg (train.eval_harness); lm-eval is imported only when a config asks for it."""
+    if not cfg.train.eval_harness.tasks:
+        return []
+    from maxlm.eval.harness import train_step_evals
+
+    return train_step_evals(cfg)
 
 
 def cmd_tokenizer_train(args) -> int:

@@ -22,10 +22,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from maxlm.config import HarnessConfig
+from maxlm.config import Config, HarnessConfig
 from maxlm.errors import MaxlmError
 from maxlm.infer.pretrained import Pretrained, from_pretrained
 from maxlm.infer.scoring import Scorer
+from maxlm.train.loop import StepEval
 
 try:
     import lm_eval
@@ -219,8 +220,14 @@ def harness(path: str, tasks: Sequence[str], include_path: str = "", limit: int 
     return {"model": path, "limit": limit, "num_fewshot": num_fewshot, "lm_eval": lm_eval.__version__, "tasks": task_metrics(results)}
 
 
-def step_evaluator(cfg: HarnessConfig) -> Callable[[Pretrained], dict[str, float]]:
-    """Returns train.eval_harness's evaluation of a training run's live model: {"harness/<task>/<metric>": value}.
+def train_step_evals(cfg: Config) -> list[StepEval]:
+    """Returns the step evaluation train.eval_harness asks for (none when it names no tasks)."""
+    h = cfg.train.eval_harness
+    return [StepEval(h.every, harness_step(h))] if h.tasks else []
+
+
+def harness_step(cfg: HarnessConfig) -> Callable[[Pretrained], dict[str, float]]:
+    """Returns the evaluation of a training run's live model on cfg's tasks: {"harness/<task>/<metric>": value}.
 
     The task names are checked now, before the run compiles anything; the LM is built at the first
     call and reused (with the new params) at later ones, so its scorer compiles once.
