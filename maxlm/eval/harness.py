@@ -18,8 +18,10 @@ registers this one and then runs lm-eval's own CLI with ARGS.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from maxlm.config import Config, HarnessConfig
@@ -42,6 +44,7 @@ except ImportError:
     raise MaxlmError("lm-evaluation-harness is not installed: pip install 'maxlm[eval]'") from None
 
 DEFAULT_MAX_GEN_TOKS = 256  # as lm-eval's hf model
+log = logging.getLogger(__name__)
 
 
 class MaxlmLM(TemplateLM):
@@ -139,6 +142,8 @@ class MaxlmLM(TemplateLM):
             raise MaxlmError(f"max_gen_toks={max_new} leaves no room for a context in model.max_seq_len={self.max_length}")
         temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
         top_k, top_p = int(kwargs.pop("top_k", 0) or 0), float(kwargs.pop("top_p", 1.0) or 1.0)
+        if kwargs:
+            log.warning("--model maxlm: ignoring generation kwargs it does not implement: %s", ", ".join(sorted(kwargs)))
         ids = [self.tok_encode(c)[-room:] or [self.prefix_token_id] for c in contexts]
         # One sampler shape for the whole group: prompts padded to a power of two, rows one too.
         pad_to = min(_pow2_ceil(max(map(len, ids))), room)
@@ -173,8 +178,10 @@ def _pow2_ceil(n: int) -> int:
 # ---------------------------------------------------------------- running tasks
 
 
-def task_manager(tasks: Sequence[str], include_path: str = "") -> TaskManager:
+def task_manager(tasks: Sequence[str], include_path: str = "", setting: str = "--include-path") -> TaskManager:
     """Returns a TaskManager that knows every name in `tasks`; MaxlmError naming the unknown ones (checked before any model loads)."""
+    if include_path and not Path(include_path).is_dir():
+        raise MaxlmError(f"{setting} {include_path}: not a directory (expected a dir of lm-eval task YAMLs)")
     if include_path:
         local = TaskManager(include_path=include_path, include_defaults=False)
         if all(local.match_tasks([t]) for t in tasks):  # local tasks only: skip indexing lm-eval's ~15k built-in ones
@@ -182,7 +189,7 @@ def task_manager(tasks: Sequence[str], include_path: str = "") -> TaskManager:
     manager = TaskManager(include_path=include_path or None)
     unknown = [t for t in tasks if not manager.match_tasks([t])]
     if unknown:
-        where = f" (built-in or in {include_path})" if include_path else " (built-in; --include-path adds a dir of task YAMLs)"
+        where = f" (built-in or in {include_path})" if include_path else f" (built-in; {setting} adds a dir of task YAMLs)"
         raise MaxlmError(f"lm-eval tasks not found{where}: {', '.join(unknown)}")
     return manager
 
@@ -232,7 +239,7 @@ def harness_step(cfg: HarnessConfig) -> Callable[[Pretrained], dict[str, float]]
     The task names are checked now, before the run compiles anything; the LM is built at the first
     call and reused (with the new params) at later ones, so its scorer compiles once.
     """
-    manager = task_manager(cfg.tasks, cfg.include_path)
+    manager = task_manager(cfg.tasks, cfg.include_path, "train.eval_harness.include_path")
     held: dict[str, MaxlmLM] = {}
 
     def evaluate(model: Pretrained) -> dict[str, float]:
