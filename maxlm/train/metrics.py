@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -16,7 +17,7 @@ from maxlm.config import ModelConfig, head_dim
 from maxlm.errors import MaxlmError
 from maxlm.files import atomic
 from maxlm.files.writers import cut_torn_tail
-from maxlm.train.trackers import Tracker, scalars
+from maxlm.train.trackers import TrackerRun, scalars
 
 # Dense bf16 peak FLOP/s per device, from vendor datasheets; unknown devices report no MFU.
 PEAK_FLOPS = {
@@ -122,7 +123,7 @@ class Window:
 class MetricsWriter:
     """Appends one JSON object per logged step and mirrors its scalars to TensorBoard and the experiment trackers."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, trackers: list[Tracker] = ()):
+    def __init__(self, run_dir: str | Path, enabled: bool = True, trackers: Sequence[TrackerRun] = ()):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.trackers = list(trackers)

@@ -26,7 +26,7 @@ MODULES = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
 MLFLOW_PARAM_CHARS = 6000  # MLflow refuses longer param values
 
 
-class Tracker(Protocol):
+class TrackerRun(Protocol):
     """A sink of logged records: one call per record, with its step."""
 
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
@@ -42,7 +42,7 @@ def check_trackers(names: Sequence[str]) -> None:
             raise MaxlmError(f"train.trackers: {name} is not installed: pip install 'maxlm[{extra}]'")
 
 
-def open_trackers(names: Sequence[str], run_dir: Path, config: dict) -> list[Tracker]:
+def open_trackers(names: Sequence[str], run_dir: Path, config: dict) -> list[TrackerRun]:
     """Returns the configured trackers, each with a new run named after `run_dir` that holds `config`."""
     check_trackers(names)
     opened = {"wandb": WandbTracker, "mlflow": MlflowTracker}
