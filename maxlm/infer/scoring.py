@@ -17,6 +17,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from maxlm.errors import MaxlmError
 from maxlm.losses.logprobs import next_targets, next_token_weights, sequence_logps, token_logprobs
@@ -45,10 +46,12 @@ class Scorer:
         self.model, self.batch_tokens = model, batch_tokens
         self.max_len = model.config.model.max_seq_len
         g = model.graphdef
-        self._logprobs = jax.jit(partial(_logprobs, g))
-        self._embed = jax.jit(partial(_embed, g), static_argnames="normalize")
-        self._rewards = jax.jit(partial(_rewards, g, pooling=model.config.rm.pooling))
-        self._continuations = jax.jit(partial(_continuations, g))
+        # Per-row results replicated: every process of a multi-process mesh can read all of them.
+        whole = NamedSharding(model.mesh, PartitionSpec())
+        self._logprobs = jax.jit(partial(_logprobs, g), out_shardings=whole)
+        self._embed = jax.jit(partial(_embed, g), static_argnames="normalize", out_shardings=whole)
+        self._rewards = jax.jit(partial(_rewards, g, pooling=model.config.rm.pooling), out_shardings=whole)
+        self._continuations = jax.jit(partial(_continuations, g), out_shardings=whole)
 
     def logprobs(self, ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Returns (summed log p [N] f64, token counts [N] f64) over the tokens where each mask is 1.
