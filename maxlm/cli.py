@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from maxlm.config import SampleConfig, TokenizerConfig, flag_type
+from maxlm.config import HarnessConfig, SampleConfig, TokenizerConfig, flag_type
 
 
 def _enable_compilation_cache() -> None:
@@ -26,7 +26,7 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     _enable_compilation_cache()
-    result = train(cfg)
+    result = train(cfg, step_evals=_step_evals)
     import jax
 
     if jax.process_index() == 0:
@@ -34,6 +34,15 @@ def cmd_train(args) -> int:
         wrote = [n + ("/" if (result.run_dir / n).is_dir() else "") for n in names if (result.run_dir / n).exists()]
         print(f"run dir: {result.run_dir}  ({', '.join(wrote)})")
     return 0
+
+
+def _step_evals(cfg) -> list:
+    """Returns the step evaluations of cfg (train.eval_harness); lm-eval is imported only when a config asks for it."""
+    if not cfg.train.eval_harness.tasks:
+        return []
+    from maxlm.eval.harness import train_step_evals
+
+    return train_step_evals(cfg)
 
 
 def cmd_tokenizer_train(args) -> int:
@@ -127,6 +136,15 @@ def cmd_eval_mc(args) -> int:
     _enable_compilation_cache()
     result = multiple_choice(from_pretrained(args.path), args.data, args.rows, args.batch_tokens, args.on_bad_record)
     return _eval_result(result, args.output, f"multiple choice: {args.path} on {args.data}")
+
+
+def cmd_eval_harness(args) -> int:
+    from maxlm.eval.harness import harness
+
+    _enable_compilation_cache()
+    tasks = [t for t in args.tasks.split(",") if t]
+    result = harness(args.path, tasks, args.include_path, args.limit, args.num_fewshot, args.batch_size)
+    return _eval_result(result, args.output, f"lm-evaluation-harness: {args.path} on {', '.join(tasks)}")
 
 
 def cmd_eval_win_rate(args) -> int:
@@ -226,7 +244,7 @@ def _add_generate(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    """Adds `maxlm eval rm | perplexity | exact-match | mc | win-rate`."""
+    """Adds `maxlm eval rm | perplexity | exact-match | mc | harness | win-rate`."""
     ev = sub.add_parser("eval", help="evaluate a trained model").add_subparsers(dest="eval_command", required=True)
     # Options every eval command shares (reports) or every record-reading one shares (bad records).
     report = argparse.ArgumentParser(add_help=False)
@@ -264,6 +282,15 @@ def _add_eval(sub) -> None:
     emc.add_argument("--rows", default="", help="a slice of the records")
     emc.add_argument("--batch-tokens", type=int, default=16384, help="tokens per scoring batch")
     emc.set_defaults(fn=cmd_eval_mc)
+
+    eh = ev.add_parser("harness", parents=[report], help="lm-evaluation-harness tasks (the [eval] extra): prints {\"tasks\": {task: {metric: value}}, ...}")
+    eh.add_argument("path", help="run dir, checkpoint, step dir or HF dir")
+    eh.add_argument("--tasks", required=True, help="comma-separated lm-eval task names or globs")
+    eh.add_argument("--include-path", default="", help="a dir of extra task YAMLs")
+    eh.add_argument("--limit", type=flag_type(HarnessConfig, "limit"), default=0, help="examples per task (0: all)")
+    eh.add_argument("--num-fewshot", type=flag_type(HarnessConfig, "num_fewshot"), default=None)
+    eh.add_argument("--batch-size", type=flag_type(HarnessConfig, "batch_size"), default=16, help="generation rows (scoring batches by tokens)")
+    eh.set_defaults(fn=cmd_eval_harness)
 
     ew = ev.add_parser("win-rate", parents=[records, report], help="A against B, both greedy, judged by a reward model: prints {\"win_rate\", \"n\", ...}")
     ew.add_argument("--rm", required=True, help="reward model (a task: rm run)")

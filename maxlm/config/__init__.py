@@ -16,6 +16,7 @@ from maxlm.config.schema import (
     Config,
     DataConfig,
     ExportConfig,
+    HarnessConfig,
     Inconsistent,
     MeshConfig,
     ModelConfig,
@@ -29,6 +30,7 @@ from maxlm.config.schema import (
     Task,
     TokenizerConfig,
     TrainConfig,
+    Tracker,
     Verifier,
     check_ranges,
     choices,
@@ -38,9 +40,9 @@ from maxlm.config.schema import (
 )
 
 __all__ = [
-    "CONFIGS_DIR", "ChatTemplate", "CheckpointConfig", "ComputeDtype", "Config", "DataConfig", "ExportConfig", "Inconsistent",
+    "CONFIGS_DIR", "ChatTemplate", "CheckpointConfig", "ComputeDtype", "Config", "DataConfig", "ExportConfig", "HarnessConfig", "Inconsistent",
     "MeshConfig", "ModelConfig", "PreferenceConfig", "RLConfig", "Range", "Remat", "RewardModelConfig",
-    "RopeScalingConfig", "SampleConfig", "SourceConfig", "Task", "TokenizerConfig", "TrainConfig", "Verifier",
+    "RopeScalingConfig", "SampleConfig", "SourceConfig", "Task", "TokenizerConfig", "TrainConfig", "Tracker", "Verifier",
     "Where", "build", "check_ranges", "choices", "coerce", "dump_yaml", "field_range", "flag_type", "from_dict",
     "head_dim", "load_config", "parse_override", "ranged", "read_yaml", "sliding_layers", "suggest", "to_dict", "validate",
 ]

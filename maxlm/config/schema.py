@@ -129,6 +129,21 @@ class TokenizerConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """train.eval_harness: lm-evaluation-harness tasks scored on the live params during training (the [eval] extra)."""
+
+    tasks: list[str] = field(default_factory=list)  # lm-eval task names or globs; empty: off
+    every: int = ranged(0, ge=0)  # steps between two evaluations; 0: at the last step only (always at the last)
+    include_path: str = ""  # a dir of task YAMLs (lm-eval's --include_path)
+    limit: int = ranged(0, ge=0)  # examples per task; 0: all
+    num_fewshot: int = ranged(0, ge=0)
+    batch_size: int = ranged(16, gt=0)  # generation rows; scoring batches by tokens
+
+
+Tracker = Literal["wandb", "mlflow"]
+
+
+@dataclass
 class TrainConfig:
     """Optimizer, schedule, loop lengths and logging."""
 
@@ -153,6 +168,8 @@ class TrainConfig:
     eval_steps: int = ranged(10, gt=0)
     max_consecutive_nonfinite: int = ranged(5, gt=0)
     init_from: str = ""  # maxlm run dir / checkpoint, a maxlm import of an HF model, or a config YAML (trained first)
+    eval_harness: HarnessConfig = field(default_factory=HarnessConfig)
+    trackers: list[Tracker] = field(default_factory=list)  # experiment trackers fed the metrics.jsonl records (extras wandb, mlflow)
 
 
 @dataclass

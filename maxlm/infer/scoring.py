@@ -17,6 +17,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from maxlm.errors import MaxlmError
 from maxlm.losses.logprobs import next_targets, next_token_weights, sequence_logps, token_logprobs
@@ -46,9 +47,12 @@ class Scorer:
         self.model, self.batch_tokens = model, batch_tokens
         self.max_len = model.config.model.max_seq_len
         g = model.graphdef
-        self._logprobs = jax.jit(partial(_logprobs, g))
-        self._embed = jax.jit(partial(_embed, g), static_argnames="normalize")
-        self._rewards = jax.jit(partial(_rewards, g, pooling=model.config.rm.pooling))
+        # Per-row results replicated: every process of a multi-process mesh can read all of them.
+        whole = NamedSharding(model.mesh, PartitionSpec())
+        self._logprobs = jax.jit(partial(_logprobs, g), out_shardings=whole)
+        self._embed = jax.jit(partial(_embed, g), static_argnames="normalize", out_shardings=whole)
+        self._rewards = jax.jit(partial(_rewards, g, pooling=model.config.rm.pooling), out_shardings=whole)
+        self._continuations = jax.jit(partial(_continuations, g), out_shardings=whole)
 
     def logprobs(self, ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Returns (summed log p [N] f64, token counts [N] f64) over the tokens where each mask is 1.
@@ -58,6 +62,27 @@ class Scorer:
         """
         out = self._run(self._logprobs, ids, masks, 2)
         return out[0].astype(np.float64), out[1].astype(np.float64)
+
+    def loglikelihoods(self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (summed log p of each continuation given its context [N] f64, whether greedy decoding gives it [N] bool).
+
+        As lm-eval's causal models score a request: context + continuation keeps its last
+        model.max_seq_len + 1 tokens (a long context is cut from the left), the last of which is
+        only predicted; every continuation token is scored from all the kept tokens before it.
+        """
+        if len(contexts) != len(continuations):
+            raise MaxlmError(f"{len(contexts)} contexts for {len(continuations)} continuations")
+        inputs, targets, masks = [], [], []
+        for i, (ctx, cont) in enumerate(zip(contexts, continuations)):
+            if not ctx or not cont or len(cont) > self.max_len:
+                raise MaxlmError(f"request {i}: needs a context and 1 to {self.max_len} continuation tokens, got {len(ctx)} and {len(cont)}")
+            whole = [*ctx, *cont][-(self.max_len + 1):]
+            inputs.append(whole[:-1])
+            targets.append(whole[1:])
+            # Input position t predicts targets[t]: the last len(cont) positions predict the continuation.
+            masks.append([0] * (len(whole) - 1 - len(cont)) + [1] * len(cont))
+        logp, greedy = self._run(self._continuations, inputs, masks, 2, targets)
+        return logp.astype(np.float64), greedy.astype(bool)
 
     def embed(self, ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]] | None = None, normalize: bool = False) -> np.ndarray:
         """Returns f32 [N, D]: the mean of the final-normed hidden states where each mask is 1 (L2-normalized if asked)."""
@@ -75,8 +100,8 @@ class Scorer:
         r[[len(x) == 0 for x in ids]] = np.nan
         return r
 
-    def _run(self, fn, ids, masks, n_out: int) -> list[np.ndarray]:
-        """Returns fn's per-row outputs for every sequence, in input order."""
+    def _run(self, fn, ids, masks, n_out: int, targets=None) -> list[np.ndarray]:
+        """Returns fn's per-row outputs for every sequence, in input order (with `targets`, fn also takes them, [B, T])."""
         lengths = np.asarray([len(x) for x in ids], np.int64)
         if masks is not None and len(masks) != len(ids):
             raise MaxlmError(f"{len(masks)} masks for {len(ids)} sequences")
@@ -90,9 +115,12 @@ class Scorer:
                 tokens_BxT = np.zeros((rows, t), np.int32)  # pad id 0: segment 0 keeps it out of every result
                 seg_BxT = np.zeros((rows, t), np.int32)
                 mask_BxT = np.zeros((rows, t), np.float32)
+                targets_BxT = np.zeros((rows, t), np.int32)
                 for r, i in enumerate(idx):
                     n = lengths[i]
                     tokens_BxT[r, :n] = ids[i]
+                    if targets is not None:
+                        targets_BxT[r, :n] = targets[i]
                     seg_BxT[r, :n] = 1
                     if masks is None:
                         mask_BxT[r, :n] = 1
@@ -100,7 +128,8 @@ class Scorer:
                         raise MaxlmError(f"sequence {i}: mask has {len(masks[i])} entries for {n} tokens")
                     else:
                         mask_BxT[r, :n] = masks[i]
-                out = fn(self.model.params, tokens_BxT, seg_BxT, mask_BxT)
+                extra = () if targets is None else (targets_BxT,)
+                out = fn(self.model.params, tokens_BxT, seg_BxT, mask_BxT, *extra)
                 out = out if isinstance(out, tuple) else (out,)
                 for k, o in enumerate(out):
                     o = np.asarray(o)[: len(idx)]
@@ -138,6 +167,16 @@ def _logprobs(graphdef, params, tokens_BxT, seg_BxT, mask_BxT):
     logits_BxTxV = bind(graphdef, params)(tokens_BxT, seg_BxT)
     logp_BxT, _ = token_logprobs(logits_BxTxV, next_targets(tokens_BxT))
     return sequence_logps(logp_BxT, next_token_weights(seg_BxT, mask_BxT))
+
+
+def _continuations(graphdef, params, tokens_BxT, seg_BxT, mask_BxT, targets_BxT):
+    """Returns (summed log p(target) [B] f32, whether every target is the argmax [B] bool) over the masked positions."""
+    logits_BxTxV = bind(graphdef, params)(tokens_BxT, seg_BxT)
+    logp_BxT, _ = token_logprobs(logits_BxTxV, targets_BxT)
+    w_BxT = mask_BxT * (seg_BxT > 0)
+    logp_B, _ = sequence_logps(logp_BxT, w_BxT)
+    hit_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+    return logp_B, jnp.all(hit_BxT | (w_BxT == 0), axis=-1)
 
 
 def _hidden(graphdef, params, tokens_BxT, seg_BxT):

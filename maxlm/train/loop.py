@@ -11,13 +11,17 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 from tqdm import tqdm
 
+from maxlm.config import to_dict
+from maxlm.infer.pretrained import Pretrained
 from maxlm.train.metrics import MetricsWriter, Window, peak_flops_per_device, train_flops_per_token
 from maxlm.train.setup import Setup
+from maxlm.train.trackers import open_trackers
 
 
 class Preemption:
@@ -33,6 +37,22 @@ class Preemption:
     def restore(self):
         """Puts back the SIGTERM handler that was there before."""
         signal.signal(signal.SIGTERM, self._old)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepEval:
+    """An evaluation of the live model every `every` steps and at the last (every 0: the last only); `fn` returns metrics to log.
+
+    Built outside train (the CLI builds train.eval_harness's from maxlm.eval), so that train needs no eval import.
+    Every process calls it (a model's forward is a collective); process 0 logs what it returns.
+    """
+
+    every: int
+    fn: Callable[[Pretrained], dict[str, float]]
+
+    def due(self, step: int, last: int) -> bool:
+        """Returns whether the evaluation runs after `step` of a run of `last` steps."""
+        return step == last or bool(self.every and step % self.every == 0)
 
 
 @dataclasses.dataclass
@@ -66,6 +86,11 @@ class Loop:
     pbar: Any
     flops_per_token: float
     peak: float | None
+    step_evals: Sequence[StepEval] = ()
+
+    def evaluates_at(self, step: int) -> bool:
+        """Returns whether a step evaluation runs after `step`: that step is then finished before the next is dispatched, on its own params."""
+        return any(e.due(step, self.run.cfg.train.steps) for e in self.step_evals)
 
     def save(self, step: int) -> None:
         """Checkpoints `step`: params, optimizer state, config and the batches' position."""
@@ -98,6 +123,11 @@ class Loop:
             record = self.window.record(p.step, lr, self.flops_per_token, self.peak, int(r.data.train.skipped_records))
         if t.eval_every and (p.step % t.eval_every == 0 or last) and r.data.evaluate:
             record = (record or {}) | self.evaluate(p.step)
+        due = [e for e in self.step_evals if e.due(p.step, t.steps)]
+        if due:
+            model = Pretrained(r.cfg, r.state.params, r.graphdef, r.tokenizer, r.mesh)
+            record = (record or {"step": p.step}) | {k: v for e in due for k, v in e.fn(model).items()}
+            self.progress.fetched_at = time.perf_counter()  # eval time is not training throughput
         if record:
             self.writer.write(record)
             self.pbar.set_postfix(loss=f"{record.get('loss', m['loss']):.3f}", refresh=False)
@@ -115,10 +145,11 @@ class Loop:
         return Pending(step, m, t_data, extra)
 
 
-def make_loop(run: Setup) -> Loop:
+def make_loop(run: Setup, step_evals: Sequence[StepEval] = ()) -> Loop:
     """Returns the loop of a set-up run, its metrics file cut back to the restored step."""
     cfg = run.cfg
-    writer = MetricsWriter(run.run_dir, enabled=run.main)
+    trackers = open_trackers(cfg.train.trackers, run.run_dir, to_dict(cfg)) if run.main else []
+    writer = MetricsWriter(run.run_dir, enabled=run.main, trackers=trackers)
     writer.truncate_after(run.state.step)
     window = Window(
         cfg.train.max_consecutive_nonfinite, bool(cfg.train.z_loss), run.data.train.follows_params,
@@ -126,7 +157,8 @@ def make_loop(run: Setup) -> Loop:
     )
     pbar = tqdm(total=cfg.train.steps, initial=run.state.step, disable=not run.main, desc="train", unit="step", dynamic_ncols=True)
     progress = Progress({}, run.state.step, time.perf_counter())
-    return Loop(run, writer, window, progress, pbar, train_flops_per_token(cfg.model, cfg.data.seq_len), peak_flops_per_device())
+    flops = train_flops_per_token(cfg.model, cfg.data.seq_len)
+    return Loop(run, writer, window, progress, pbar, flops, peak_flops_per_device(), tuple(step_evals))
 
 
 def run_loop(loop: Loop, preemption: Preemption, log=print) -> None:
@@ -146,7 +178,7 @@ def run_loop(loop: Loop, preemption: Preemption, log=print) -> None:
             if pending:
                 loop.finish(pending)
             pending = dispatched
-            if r.data.train.follows_params:
+            if r.data.train.follows_params or loop.evaluates_at(step):  # a step evaluation sees this step's params
                 loop.finish(pending)
                 pending = None
             if step % cfg.checkpoint.interval_steps == 0:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -16,6 +17,7 @@ from maxlm.config import ModelConfig, head_dim
 from maxlm.errors import MaxlmError
 from maxlm.files import atomic
 from maxlm.files.writers import cut_torn_tail
+from maxlm.train.trackers import TrackerRun, scalars
 
 # Dense bf16 peak FLOP/s per device, from vendor datasheets; unknown devices report no MFU.
 PEAK_FLOPS = {
@@ -119,11 +121,12 @@ class Window:
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per logged step and mirrors its scalars to TensorBoard and the experiment trackers."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True):
+    def __init__(self, run_dir: str | Path, enabled: bool = True, trackers: Sequence[TrackerRun] = ()):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self.trackers = list(trackers)
         self.path = self.run_dir / "metrics.jsonl"
         self._tb = None
         if enabled:
@@ -162,6 +165,8 @@ class MetricsWriter:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and v is not None:
                     self._tb.add_scalar(k, v, record["step"])
+        for tracker in self.trackers:
+            tracker.log(record["step"], scalars(clean))
 
     def sync(self) -> None:
         """Forces the records written so far onto the disk (called before a checkpoint commits, so none outlives its metrics)."""
@@ -174,9 +179,12 @@ class MetricsWriter:
             os.close(fd)
 
     def close(self) -> None:
-        """Flushes TensorBoard events."""
+        """Flushes TensorBoard events and ends the tracker runs."""
         if self._tb is not None:
             self._tb.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
     def plot_loss(self) -> Path | None:
         """Writes run_dir/loss.png from metrics.jsonl and returns its path."""

@@ -10,6 +10,7 @@ checkout.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -18,6 +19,7 @@ from jax.experimental import multihost_utils
 from maxlm.ckpt.hf import export_hf, exported_from
 from maxlm.ckpt.manager import Checkpoints
 from maxlm.config import Config, load_config, validate
+from maxlm.errors import MaxlmError
 from maxlm.files import atomic
 from maxlm.files.outputs import check_output_dir
 from maxlm.infer.pretrained import Pretrained
@@ -25,10 +27,11 @@ from maxlm.parallel.distributed import initialize_from_env
 from maxlm.parallel.mesh import make_mesh
 from maxlm.tasks import TASKS
 from maxlm.tasks.task import Task
-from maxlm.train.loop import Preemption, make_loop, run_loop
+from maxlm.train.loop import Preemption, StepEval, make_loop, run_loop
 from maxlm.train.metrics import MetricsWriter
 from maxlm.train.run_dir import locked
 from maxlm.train.setup import Setup, check_fits, setup, with_task_head
+from maxlm.train.trackers import check_trackers
 
 
 @dataclasses.dataclass
@@ -47,8 +50,11 @@ class RunResult:
 # What a run writes into its run_dir: a directory holding one of these is a run to resume.
 RUN_FILES = ("config.yaml", "checkpoints", "metrics.jsonl", "tokenizer.model", ".lock")
 
+# Builds the step evaluations a config asks for (train.eval_harness); given by the caller, as train cannot import eval.
+StepEvals = Callable[[Config], Sequence[StepEval]]
 
-def start_from_config(cfg: Config, log=print) -> tuple[Config, bool]:
+
+def start_from_config(cfg: Config, log=print, step_evals: StepEvals | None = None) -> tuple[Config, bool]:
     """Returns (cfg with a `train.init_from` config path replaced by that config's run dir, whether a SIGTERM
     stopped it), training that config first unless it has finished."""
     path = cfg.train.init_from
@@ -59,7 +65,7 @@ def start_from_config(cfg: Config, log=print) -> tuple[Config, bool]:
     stopped = False
     if done is None or done < src.train.steps:
         log(f"train.init_from {path}: training the starting point into {src.run_dir} first")
-        stopped = train(src, log=log).preempted
+        stopped = train(src, log=log, step_evals=step_evals).preempted
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=src.run_dir)), stopped
 
 
@@ -86,10 +92,19 @@ def check_outputs(cfg: Config) -> None:
                          what=" and holds no export of this run")
 
 
-def train(cfg: Config, *, log=print) -> RunResult:
-    """Runs (or resumes) a run of any task and returns what it produced."""
+def train(cfg: Config, *, log=print, step_evals: StepEvals | None = None) -> RunResult:
+    """Runs (or resumes) a run of any task and returns what it produced.
+
+    `step_evals` builds the evaluations of the live model that the config asks for (the CLI
+    passes maxlm.eval's train.eval_harness); a config that asks for one without it is refused.
+    """
     initialize_from_env()
     validate(cfg)  # a config built in Python has not met the loader
+    evals = tuple(step_evals(cfg)) if step_evals else ()  # before any compile: a bad task name stops the run here
+    if cfg.train.eval_harness.tasks and not evals:
+        raise MaxlmError("train.eval_harness.tasks is set but nothing evaluates it: run `maxlm train`, or pass "
+                         "step_evals=maxlm.eval.harness.train_step_evals to train()")
+    check_trackers(cfg.train.trackers)
     task = TASKS[cfg.task]
     task.check(cfg)
     cfg = with_task_head(cfg)
@@ -97,19 +112,19 @@ def train(cfg: Config, *, log=print) -> RunResult:
     check_fits(cfg, task, mesh)
     check_outputs(cfg)  # all before the lock: a refused config leaves nothing behind
     with locked(cfg.run_dir, jax.process_index()):  # held through the init_from recursion too
-        return _train(cfg, task, mesh, log)
+        return _train(cfg, task, mesh, log, evals, step_evals)
 
 
-def _train(cfg: Config, task: Task, mesh, log) -> RunResult:
+def _train(cfg: Config, task: Task, mesh, log, evals: Sequence[StepEval], step_evals: StepEvals | None) -> RunResult:
     """The run itself, with its run dir locked."""
     if jax.process_index() == 0:
         atomic.remove_stale_tmp(cfg.run_dir)  # half-written metrics or config of a killed run; locked: none is live
-    cfg, stopped = start_from_config(cfg, log)
+    cfg, stopped = start_from_config(cfg, log, step_evals)
     if stopped:
         log(f"SIGTERM while training the starting point {cfg.train.init_from}; rerun the same command to resume it")
         return RunResult(Path(cfg.run_dir).resolve(), 0, {}, preempted=True)
     run = setup(cfg, mesh, log)
-    loop = make_loop(run)
+    loop = make_loop(run, evals)
     preemption = Preemption()
     try:
         run_loop(loop, preemption, log)

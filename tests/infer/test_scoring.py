@@ -92,6 +92,29 @@ def test_logprobs_equal_numpy_from_the_models_logits(model, seqs):
     np.testing.assert_allclose(perplexity(total[1:], count[1:]), np.exp(-total[1:] / count[1:]))
 
 
+def test_loglikelihoods_score_continuations_and_flag_greedy_ones(model):
+    rng = np.random.default_rng(3)
+    contexts = [rng.integers(0, V, n).tolist() for n in (3, 20, 120)]
+    # 120 context + 10 continuation tokens keep their last 129 (max_seq_len + 1): the context's last 119.
+    kept = [contexts[0], contexts[1], contexts[2][-119:]]
+    logits = np.asarray(model(padded(kept)), np.float64)
+    argmax = [int(np.argmax(logits[i, len(c) - 1])) for i, c in enumerate(kept)]
+    # A greedy first token then any tokens, the greedy one alone, a non-greedy one; the third request is cut from the left.
+    continuations = [[argmax[0], 5], [argmax[1]], [(argmax[2] + 1) % V] + rng.integers(0, V, 9).tolist()]
+    logp, greedy = Scorer(model, batch_tokens=256).loglikelihoods(contexts, continuations)
+    whole = [(c + k)[-129:] for c, k in zip(contexts, continuations)]
+    ref_logits = np.asarray(model(padded([w[:-1] for w in whole])), np.float64)
+    ref_logp = ref_logits - ref_logits.max(-1, keepdims=True)
+    ref_logp -= np.log(np.exp(ref_logp).sum(-1, keepdims=True))
+    for i, (w, k) in enumerate(zip(whole, continuations)):
+        picks = range(len(w) - 1 - len(k), len(w) - 1)
+        assert logp[i] == pytest.approx(sum(ref_logp[i, t, w[t + 1]] for t in picks), rel=1e-5, abs=1e-4)
+        assert greedy[i] == all(int(np.argmax(ref_logits[i, t])) == w[t + 1] for t in picks)
+    assert list(greedy[1:]) == [True, False]
+    with pytest.raises(MaxlmError, match="request 0: needs a context"):
+        Scorer(model).loglikelihoods([[]], [[1]])
+
+
 def test_padding_and_batch_mates_do_not_change_results(model, seqs):
     ids, masks = seqs
     together = Scorer(model, batch_tokens=128).logprobs(ids, masks)
