@@ -13,8 +13,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 # Parameters are sharded over fsdp on their model dimension and over tensor on the
 # dimension that a Megatron split would cut; activations only ever on batch and tensor.
+# An MoE's stacked experts split over `expert`, which also splits the batch, so attention and
+# the rest of the model run data-parallel there instead of repeating the same rows.
 RULES: dict[str, tuple[str, ...]] = {
-    "batch": ("data", "fsdp"),
+    "batch": ("data", "fsdp", "expert"),
+    "expert": ("expert",),
+    "router": (),
     "length": (),
     "layers": (),
     "vocab": ("tensor",),

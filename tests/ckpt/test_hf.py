@@ -22,7 +22,7 @@ from maxlm.ckpt import step as stored_step  # noqa: E402
 from maxlm.ckpt.hf import export_hf, import_hf  # noqa: E402
 from maxlm.ckpt.manager import Checkpoints  # noqa: E402
 from maxlm.cli import main as cli_main  # noqa: E402
-from maxlm.config import Config, MeshConfig, ModelConfig, RopeScalingConfig, TokenizerConfig, head_dim, load_config, sliding_layers  # noqa: E402
+from maxlm.config import Config, MeshConfig, ModelConfig, RopeScalingConfig, TokenizerConfig, expert_dim, head_dim, load_config, sliding_layers  # noqa: E402
 from maxlm.data.tokenizers import load_tokenizer, train_sentencepiece  # noqa: E402
 from maxlm.errors import MaxlmError  # noqa: E402
 from maxlm.models import params as params_lib  # noqa: E402
@@ -116,6 +116,30 @@ def mistral(tmp_path_factory):
     return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("mistral_run") / "run")
 
 
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory):
+    """Returns (torch model, HF dir, imported run dir) of a Mixtral with 4 experts, top-2, and a sliding window (8) under T = 48."""
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(**SHAPE, num_local_experts=4, num_experts_per_tok=2, sliding_window=8, rope_theta=10000.0)
+    model = randomized(transformers.MixtralForCausalLM(cfg))
+    hf_dir = tmp_path_factory.mktemp("mixtral_hf")
+    model.save_pretrained(hf_dir)
+    return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("mixtral_run") / "run")
+
+
+@pytest.fixture(scope="module")
+def qwen3_moe(tmp_path_factory):
+    """Returns (torch model, HF dir, imported run dir) of a Qwen3-MoE with 4 experts of width 40 (not intermediate_size),
+    top-2 without renormalization (norm_topk_prob false), q/k norms and head_dim 24."""
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3MoeConfig(**SHAPE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=40, norm_topk_prob=False,
+                                      head_dim=24, rope_theta=10000.0)
+    model = randomized(transformers.Qwen3MoeForCausalLM(cfg))
+    hf_dir = tmp_path_factory.mktemp("qwen3_moe_hf")
+    model.save_pretrained(hf_dir)
+    return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("qwen3_moe_run") / "run")
+
+
 # Gemma's fixtures: head_dim 24, query_pre_attn_scalar 20 (neither 24 nor hidden / heads), a window of 8
 # under T = 48, and caps small enough (2 on scores, 3 on logits) that tanh bends them.
 GEMMA_SHAPE = dict(SHAPE, head_dim=24, sliding_window=8, query_pre_attn_scalar=20)
@@ -150,7 +174,10 @@ def gemma3(tmp_path_factory):
 # Per fixture: (num_kv_heads, head_dim, tie_embeddings, qkv_bias, qk_norm, sliding_window, rope scaling type) of the import.
 IMPORTED = {"llama": (2, 16, False, False, False, 0, "llama3"), "qwen2": (2, 16, True, True, False, 0, "none"),
             "qwen3": (2, 24, True, False, True, 0, "none"), "mistral": (2, 16, False, False, False, 8, "none"),
-            "gemma2": (2, 24, True, False, False, 8, "none"), "gemma3": (2, 24, True, False, True, 8, "linear")}
+            "gemma2": (2, 24, True, False, False, 8, "none"), "gemma3": (2, 24, True, False, True, 8, "linear"),
+            "mixtral": (2, 16, False, False, False, 8, "none"), "qwen3_moe": (2, 24, False, False, True, 0, "none")}
+# Per MoE fixture: (experts, top-k, expert width, renormalized).
+MOE_IMPORTED = {"mixtral": (4, 2, 96, True), "qwen3_moe": (4, 2, 40, False)}
 # Gemma's own switches: (which layers slide, local RoPE base, query_pre_attn_scalar, attn / final soft-cap).
 GEMMA_IMPORTED = {"gemma2": ((True, False), 0.0, 20, 2.0, 3.0), "gemma3": ((True, True, False), 10000.0, 20, 0.0, 0.0)}
 
@@ -161,6 +188,28 @@ def test_gemma_import_reads_every_switch(which, request):
     m = maxlm.from_pretrained(run).config.model
     assert (sliding_layers(m), m.rope_local_theta, m.query_pre_attn_scalar, m.attn_softcap, m.final_softcap) == GEMMA_IMPORTED[which]
     assert (m.post_norms, m.norm_offset, m.embed_scale, m.mlp_activation) == (True, True, True, "gelu_tanh")
+
+
+@pytest.mark.parametrize("which", MOE_IMPORTED)
+def test_moe_router_losses_match_transformers(which, request, tokens):
+    """Imported MoE keys as transformers built them; the load-balancing loss equals transformers' aux_loss on the same tokens."""
+    from maxlm.models.llama import causal_segment_mask
+    from maxlm.models.moe import router_losses
+
+    model, _, run = request.getfixturevalue(which)
+    loaded = maxlm.from_pretrained(run)
+    m = loaded.config.model
+    assert (m.num_experts, m.experts_per_token, expert_dim(m), m.router_renormalize) == MOE_IMPORTED[which]
+    positions = jnp.broadcast_to(jnp.arange(T), tokens.shape)
+    _, _, stats = params_lib.bind(loaded.graphdef, loaded.params).forward(tokens, positions, causal_segment_mask(jnp.ones(tokens.shape, jnp.int32)))
+    aux, z = router_losses(stats)
+    with torch.no_grad():
+        out = model(torch.as_tensor(tokens, dtype=torch.long), output_router_logits=True)
+    logits_LxNxE = torch.stack(out.router_logits).float()
+    want_z = torch.logsumexp(logits_LxNxE, -1).pow(2).mean().item()
+    print(f"{which}: aux {float(aux):.6f} vs {out.aux_loss.item():.6f}, z {float(z):.5f} vs {want_z:.5f}")
+    assert float(aux) == pytest.approx(out.aux_loss.item(), rel=1e-5)
+    assert float(z) == pytest.approx(want_z, rel=1e-5)
 
 
 @pytest.mark.parametrize("which", IMPORTED)
@@ -370,7 +419,7 @@ def test_unsupported_architecture_names_file_and_architecture(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "config.json") in msg and "GPT2LMHeadModel" in msg
     assert msg.endswith("(supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, Gemma2ForCausalLM, "
-                        "Gemma3ForCausalLM)")
+                        "Gemma3ForCausalLM, MixtralForCausalLM, Qwen3MoeForCausalLM)")
     assert not (tmp_path / "out").exists()
 
 
@@ -456,7 +505,7 @@ TOTAL_B = {"gemma2_2b.yaml": 2.6, "gemma2_9b.yaml": 9.2, "gemma3_1b.yaml": 1.0, 
 def test_preset_maps_to_transformers_with_the_same_parameters(preset, tmp_path):
     """Each preset with a fixed vocabulary, exported as an HF config, reads back as itself and builds
     as many parameters in transformers (on the meta device) as in maxlm."""
-    from maxlm.ckpt.hf_config import hf_config, model_config
+    from maxlm.ckpt.hf_config import ARCHITECTURE, hf_config, model_config
 
     m = load_config(Path(__file__).parents[2] / "configs" / "models" / preset).model
     if m.vocab_size == 0:
@@ -468,7 +517,7 @@ def test_preset_maps_to_transformers_with_the_same_parameters(preset, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(raw))
     with torch.device("meta"):
         hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(tmp_path))
-    assert type(hf).__name__ == f"{m.family.title()}ForCausalLM"
+    assert type(hf).__name__ == ARCHITECTURE[m.family]
     assert ours == sum(p.numel() for p in hf.parameters())
     if preset in NON_EMBEDDING_B:
         embeddings = m.vocab_size * m.hidden_size * (1 if m.tie_embeddings else 2)
