@@ -27,6 +27,7 @@ from maxlm.data.tokenizers import load_tokenizer, train_sentencepiece  # noqa: E
 from maxlm.errors import MaxlmError  # noqa: E402
 from maxlm.models import params as params_lib  # noqa: E402
 from maxlm.parallel.mesh import make_mesh  # noqa: E402
+from maxlm.train.metrics import param_count  # noqa: E402
 
 V, T = 128, 48
 # llama3 scaling over an original context of 32 with head_dim 16 puts the 8 frequencies in
@@ -498,7 +499,10 @@ def test_import_refuses_a_foreign_non_empty_out_and_its_own_input(llama, tmp_pat
 NON_EMBEDDING_B = {"qwen3_0_6b.yaml": 0.44, "qwen3_8b.yaml": 6.95}
 # The model cards' total counts, in billions (google/gemma-2-2b 2.6B, gemma-2-9b 9.2B, gemma-3-1b-pt 1.0B; gemma-3-4b-pt's
 # 4.3B less its ~0.4B SigLIP vision tower).
-TOTAL_B = {"gemma2_2b.yaml": 2.6, "gemma2_9b.yaml": 9.2, "gemma3_1b.yaml": 1.0, "gemma3_4b.yaml": 3.9}
+TOTAL_B = {"gemma2_2b.yaml": 2.6, "gemma2_9b.yaml": 9.2, "gemma3_1b.yaml": 1.0, "gemma3_4b.yaml": 3.9,
+           "mixtral_8x7b.yaml": 46.7, "qwen3_30b_a3b.yaml": 30.5}
+# Parameters a token runs through, in billions: the model cards give 12.9B (Mixtral 8x7B) and 3.3B (Qwen3-30B-A3B, truncated from 3.35).
+ACTIVE_B = {"mixtral_8x7b.yaml": 12.9, "qwen3_30b_a3b.yaml": 3.35}
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (Path(__file__).parents[2] / "configs" / "models").glob("*.yaml")))
@@ -518,7 +522,9 @@ def test_preset_maps_to_transformers_with_the_same_parameters(preset, tmp_path):
     with torch.device("meta"):
         hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(tmp_path))
     assert type(hf).__name__ == ARCHITECTURE[m.family]
-    assert ours == sum(p.numel() for p in hf.parameters())
+    assert ours == sum(p.numel() for p in hf.parameters()) == param_count(m)
+    if preset in ACTIVE_B:
+        assert round(param_count(m, active=True) / 1e9, 2 if preset.startswith("qwen") else 1) == ACTIVE_B[preset]
     if preset in NON_EMBEDDING_B:
         embeddings = m.vocab_size * m.hidden_size * (1 if m.tie_embeddings else 2)
         assert round((ours - embeddings) / 1e9, 2) == NON_EMBEDDING_B[preset]
