@@ -286,7 +286,10 @@ GEMMA3 = dict(GEMMA, family="gemma3", global_every=2, qk_norm=True, rope_theta=1
 @pytest.mark.parametrize("model", [dict(family="llama", qkv_bias=True), dict(family="qwen2", tie_embeddings=True),
                                    dict(family="qwen3", qk_norm=True, qkv_bias=True, head_dim=24),
                                    dict(family="mistral", sliding_window=8), dict(GEMMA2, tie_embeddings=True),
-                                   dict(GEMMA3, tie_embeddings=False)])
+                                   dict(GEMMA3, tie_embeddings=False),
+                                   # Qwen3-MoE renormalized (norm_topk_prob true), with attention_bias and experts of width 40.
+                                   dict(family="qwen3_moe", qk_norm=True, qkv_bias=True, head_dim=24, num_experts=4, experts_per_token=2,
+                                        moe_mlp_dim=40, router_renormalize=True)])
 def test_export_of_maxlm_trained_model(model, tmp_path, sp_model):
     run, cfg = _maxlm_run(tmp_path, sp_model, **model)
     out = export_hf(run / "checkpoints" / "5", tmp_path / "hf")  # a step dir works as well as the run
