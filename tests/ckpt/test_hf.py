@@ -473,6 +473,26 @@ def test_config_mapping_accepts_legacy_rope_keys():
         model_config({**legacy, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "config.json")
 
 
+QWEN3_MOE_RAW = {"architectures": ["Qwen3MoeForCausalLM"], "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "intermediate_size": 16, "moe_intermediate_size": 4, "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": True}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mlp_only_layers": [1]}, r"dense layers among the sparse ones \(mlp_only_layers \[1\], decoder_sparse_step 1\) are not supported"),
+    ({"decoder_sparse_step": 2}, "decoder_sparse_step 2"),
+    ({"router_jitter_noise": 0.1}, "router_jitter_noise 0.1 is not supported"),
+    ({"num_experts": None}, "missing required key num_experts"),
+])
+def test_moe_layouts_maxlm_does_not_build_are_refused(change, message):
+    from maxlm.ckpt.hf_config import hf_config, model_config
+
+    m = model_config(QWEN3_MOE_RAW, "config.json")
+    assert (m.num_experts, m.experts_per_token, m.moe_mlp_dim, m.router_renormalize) == (4, 2, 4, True)
+    assert model_config(hf_config(m, dtype="float32", bos_id=1, eos_id=2, pad_id=None, score=False), "x") == dataclasses.replace(m, head_dim=4)
+    with pytest.raises(MaxlmError, match=r"^config\.json: .*" + message):
+        model_config({**QWEN3_MOE_RAW, **change}, "config.json")
+
+
 @pytest.mark.parametrize("which", IMPORTED)
 def test_greedy_generate_equals_transformers(which, request):
     """The KV-cache sampler's greedy tokens equal transformers' generate, one prompt at a time and batched."""
