@@ -12,7 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from maxlm.config import ModelConfig, RopeScalingConfig, expert_dim, head_dim, sliding_layers
+from maxlm.config import (
+    ModelConfig,
+    RopeScalingConfig,
+    expert_dim,
+    head_dim,
+    sliding_layers,
+)
 from maxlm.errors import MaxlmError
 
 CAUSAL_LM = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "MistralForCausalLM": "mistral",

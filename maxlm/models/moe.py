@@ -5,7 +5,8 @@ assignments are sorted by expert so that each expert's rows are contiguous, and 
 stacked weights [E, D, F] are applied with one grouped matmul (`jax.lax.ragged_dot`); the rows
 are then unsorted and summed with the router weights. With the experts split over the mesh's
 `expert` axis, XLA's partitioner runs each shard's groups locally and sums the shards
-(checked by tests/models/test_moe.py: 1 and 8 devices give the same loss).
+(checked by tests/models/test_moe.py: 1 and 8 devices give the same loss). The sort spans the whole
+batch, so the expert matmuls are not split over the data-parallel axes (README: Parallelism guide).
 Letters: B batch, T length, D model, E experts, F expert mlp, N = B·T tokens, K experts per token.
 """
 

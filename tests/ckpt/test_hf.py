@@ -22,7 +22,17 @@ from maxlm.ckpt import step as stored_step  # noqa: E402
 from maxlm.ckpt.hf import export_hf, import_hf  # noqa: E402
 from maxlm.ckpt.manager import Checkpoints  # noqa: E402
 from maxlm.cli import main as cli_main  # noqa: E402
-from maxlm.config import Config, MeshConfig, ModelConfig, RopeScalingConfig, TokenizerConfig, expert_dim, head_dim, load_config, sliding_layers  # noqa: E402
+from maxlm.config import (  # noqa: E402
+    Config,
+    MeshConfig,
+    ModelConfig,
+    RopeScalingConfig,
+    TokenizerConfig,
+    expert_dim,
+    head_dim,
+    load_config,
+    sliding_layers,
+)
 from maxlm.data.tokenizers import load_tokenizer, train_sentencepiece  # noqa: E402
 from maxlm.errors import MaxlmError  # noqa: E402
 from maxlm.models import params as params_lib  # noqa: E402
