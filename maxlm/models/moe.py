@@ -3,14 +3,16 @@
 Dropless: every token reaches all k of its experts, whatever the load. The N·k (token, expert)
 assignments are sorted by expert so that each expert's rows are contiguous, and the experts'
 stacked weights [E, D, F] are applied with one grouped matmul (`jax.lax.ragged_dot`); the rows
-are then unsorted and summed with the router weights. With the experts split over the mesh's
-`expert` axis, XLA's partitioner runs each shard's groups locally and sums the shards
-(checked by tests/models/test_moe.py: 1 and 8 devices give the same loss). The sort spans the whole
-batch, so the expert matmuls are not split over the data-parallel axes (README: Parallelism guide).
+are then unsorted and summed with the router weights. The dispatch runs apart on each data × fsdp
+shard of the batch (parallel.rules.per_data_shard), so a sort spans one shard's tokens; within a
+shard, with the experts split over the mesh's `expert` axis, XLA's partitioner runs each expert
+shard's groups locally and sums the shards (tests/models/test_moe.py: 1 and 8 devices give the same loss).
 Letters: B batch, T length, D model, E experts, F expert mlp, N = B·T tokens, K experts per token.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,7 @@ from flax import nnx
 
 from maxlm.config import ModelConfig, expert_dim
 from maxlm.models.layers import linear, param
-from maxlm.parallel.rules import constrain
+from maxlm.parallel.rules import constrain, per_data_shard
 
 
 def route(logits_NxE: jax.Array, k: int, renormalize: bool) -> tuple[jax.Array, jax.Array]:
@@ -80,15 +82,22 @@ class MoE(nnx.Module):
         logits_NxE = linear(x_NxD, self.router[...])
         w_NxK, ids_NxK = route(logits_NxE, self.k, self.renormalize)
         stats = router_stats(logits_NxE, ids_NxK, valid_BxT.reshape(-1))
-        e = self.gate.shape[0]
-        # Stable sort by expert: slot j of the sorted rows is assignment order[j], token order[j] // K.
-        order_M = jnp.argsort(ids_NxK.reshape(-1), stable=True)
-        sizes_E = jnp.bincount(ids_NxK.reshape(-1), length=e).astype(jnp.int32)
-        x_MxD = jnp.take(x_NxD, order_M // self.k, axis=0)
-        g_MxF = jax.lax.ragged_dot(x_MxD, self.gate[...].astype(dt), sizes_E)
-        u_MxF = jax.lax.ragged_dot(x_MxD, self.up[...].astype(dt), sizes_E)
-        y_MxD = jax.lax.ragged_dot(jax.nn.silu(g_MxF) * u_MxF, self.down[...].astype(dt), sizes_E)
-        # Unsort by the inverse permutation (a gather, not a scatter-add), then weigh each token's k rows.
-        y_NxKxD = jnp.take(y_MxD, jnp.argsort(order_M), axis=0).reshape(b * t, self.k, d)
-        out_NxD = jnp.einsum("nkd,nk->nd", y_NxKxD, w_NxK.astype(dt))
+        # The dispatch is row-local: run apart per data-parallel shard, it sorts only that shard's tokens.
+        out_NxD = per_data_shard(functools.partial(dispatch, k=self.k), 3, x_NxD, ids_NxK, w_NxK.astype(dt),
+                                 self.gate[...].astype(dt), self.up[...].astype(dt), self.down[...].astype(dt))
         return constrain(out_NxD.reshape(b, t, d), ("batch", "length", "act_embed")), stats
+
+
+def dispatch(x_NxD, ids_NxK, w_NxK, gate_ExDxF, up_ExDxF, down_ExFxD, *, k: int) -> jax.Array:
+    """Returns [N, D]: Σ_k w · expert_k(x) with each token's rows sorted by expert and run as grouped matmuls."""
+    n, d = x_NxD.shape
+    # Stable sort by expert: slot j of the sorted rows is assignment order[j], token order[j] // K.
+    order_M = jnp.argsort(ids_NxK.reshape(-1), stable=True)
+    sizes_E = jnp.bincount(ids_NxK.reshape(-1), length=gate_ExDxF.shape[0]).astype(jnp.int32)
+    x_MxD = jnp.take(x_NxD, order_M // k, axis=0)
+    g_MxF = jax.lax.ragged_dot(x_MxD, gate_ExDxF, sizes_E)
+    u_MxF = jax.lax.ragged_dot(x_MxD, up_ExDxF, sizes_E)
+    y_MxD = jax.lax.ragged_dot(jax.nn.silu(g_MxF) * u_MxF, down_ExFxD, sizes_E)
+    # Unsort by the inverse permutation (a gather, not a scatter-add), then weigh each token's k rows.
+    y_NxKxD = jnp.take(y_MxD, jnp.argsort(order_M), axis=0).reshape(n, k, d)
+    return jnp.einsum("nkd,nk->nd", y_NxKxD, w_NxK)

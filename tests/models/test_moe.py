@@ -58,7 +58,8 @@ def _batch(b=8, t=16):
     }
 
 
-MESHES = {"1 device": MeshConfig(data=1), "data4 x expert2": MeshConfig(data=4, expert=2), "data2 x expert4": MeshConfig(data=2, expert=4)}
+MESHES = {"1 device": MeshConfig(data=1), "data2 x fsdp2 x expert2": MeshConfig(data=2, fsdp=2, expert=2),
+          "data2 x expert4": MeshConfig(data=2, expert=4)}
 
 
 def test_same_losses_on_1_device_and_expert_meshes():
