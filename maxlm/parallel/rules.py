@@ -6,7 +6,7 @@ Model code names axes ("embed", "mlp", "heads", ...); only this module knows the
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
