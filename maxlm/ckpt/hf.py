@@ -1,4 +1,5 @@
-"""Hugging Face interop: import Llama / Qwen2 / Qwen3 / Mistral / Gemma 2 / Gemma 3 safetensors models as maxlm runs, export runs back.
+"""Hugging Face interop: import Llama / Qwen2 / Qwen3 / Mistral / Gemma 2 / Gemma 3 / Mixtral / Qwen3-MoE safetensors models as
+maxlm runs, export runs back.
 
 `import_hf` reads tensor by tensor and fills one stacked leaf at a time, placing each on
 the devices before the next is read. `export_hf` streams: every HF tensor is produced from
@@ -31,7 +32,7 @@ from maxlm.ckpt.step import StoredStep
 from maxlm.ckpt.hf_tokenizer import copy_hf_tokenizer, special_ids, write_hf_tokenizer
 from maxlm.ckpt.hf_weights import (
     IGNORED_SUFFIXES, TOP_TENSORS, ZERO_ONLY_SUFFIX, Entry, SafetensorsDir, entry_bytes, from_hf,
-    hf_shape, layer_name, layer_tensors, np_dtype, to_hf, write_safetensors,
+    hf_shape, layer_name, layer_tensors, np_dtype, per_expert, to_hf, write_safetensors,
 )
 from maxlm.ckpt.manager import Checkpoints
 from maxlm.config import Config, MeshConfig, ModelConfig, dump_yaml, validate
@@ -84,9 +85,12 @@ def _load_params(files: SafetensorsDir, m: ModelConfig, mesh: Mesh) -> Any:
         host = np.empty(sds.shape, sds.dtype)
         if leaf.startswith("layers/"):
             name, layout = layer_tensors(m.family)[leaf.removeprefix("layers/")]
-            for i in range(sds.shape[0]):
-                hf_name = layer_name(i, name)
-                host[i] = from_hf(files.get(hf_name, hf_shape(sds.shape[1:], layout)), sds.shape[1:], layout)
+            # A per-expert name fills one [layer, expert] row of the stacked leaf per HF tensor.
+            rows = [(i, j) for i in range(sds.shape[0]) for j in range(sds.shape[1])] if per_expert(name) else [(i,) for i in range(sds.shape[0])]
+            one = sds.shape[len(rows[0]):]
+            for row in rows:
+                hf_name = layer_name(row[0], name, *row[1:])
+                host[row] = from_hf(files.get(hf_name, hf_shape(one, layout)), one, layout)
                 used.add(hf_name)
         else:
             name, layout = TOP_TENSORS[leaf]
@@ -188,7 +192,7 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
         _write_json(tmp / "generation_config.json", generation_config(bos, eos, None, s.temperature, s.top_k, s.top_p))
         if tok_src:
             write_hf_tokenizer(tok_src, tmp)
-            if m.family in ("qwen2", "qwen3") and tok_src.is_file():
+            if m.family in ("qwen2", "qwen3", "qwen3_moe") and tok_src.is_file():
                 print(f"warning: {out_dir}: AutoTokenizer loads every {m.family} model's tokenizer as Qwen2Tokenizer (byte-level BPE), "
                       "which does not reproduce this sentencepiece tokenizer; load it with transformers.PreTrainedTokenizerFast",
                       file=sys.stderr, flush=True)
@@ -211,9 +215,9 @@ def _read_in_hf_layout(stored: StoredStep, leaf: str, i: int | None, layout) -> 
     return to_hf(stored.read(leaf, i), layout)
 
 
-def _stored(stored: StoredStep, leaf: str, i: int | None, name: str, layout, dtype: str) -> tuple[str, Entry]:
-    """Returns (leaf, entry) of HF tensor `name`: row `i` of the stored `leaf`, or all of it when i is None."""
-    shape = stored.shape(leaf)[1:] if i is not None else stored.shape(leaf)
+def _stored(stored: StoredStep, leaf: str, i: int | tuple[int, int] | None, name: str, layout, dtype: str) -> tuple[str, Entry]:
+    """Returns (leaf, entry) of HF tensor `name`: row `i` (or (layer, expert)) of the stored `leaf`, or all of it when i is None."""
+    shape = stored.shape(leaf)[0 if i is None else len(i) if isinstance(i, tuple) else 1:]
     return leaf, (name, hf_shape(shape, layout), dtype, functools.partial(_read_in_hf_layout, stored, leaf, i, layout))
 
 
@@ -228,15 +232,19 @@ def _tensor_groups(stored: StoredStep, dtype: str) -> list[list[tuple[str, Entry
     hd = stored.shape("layers/attn/q")[-1]
     groups = [[_stored(stored, "embed", None, *TOP_TENSORS["embed"], dtype)]]
     for i in range(m.num_layers):
-        group = [
-            _stored(stored, f"layers/{sub}", i, layer_name(i, name), layout, dtype)
-            for sub, (name, layout) in layer_tensors(m.family).items() if f"layers/{sub}" in stored.leaves
-        ]
+        group = []
+        for sub, (name, layout) in layer_tensors(m.family).items():
+            if f"layers/{sub}" not in stored.leaves:
+                continue
+            if per_expert(name):
+                group += [_stored(stored, f"layers/{sub}", (i, j), layer_name(i, name, j), layout, dtype) for j in range(m.num_experts)]
+            else:
+                group.append(_stored(stored, f"layers/{sub}", i, layer_name(i, name), layout, dtype))
         # HF's modules have biases maxlm's may lack: Qwen2's q/k/v always, Llama's / Qwen3's o_proj with attention_bias.
         if m.family == "qwen2" and not m.qkv_bias:
             heads = {"q": m.num_heads, "k": m.num_kv_heads, "v": m.num_kv_heads}
             group += [_zeros(layer_name(i, f"self_attn.{p}_proj.bias"), (n * hd,), dtype) for p, n in heads.items()]
-        if m.family in ("llama", "qwen3") and m.qkv_bias:
+        if m.family in ("llama", "qwen3", "qwen3_moe") and m.qkv_bias:
             group.append(_zeros(layer_name(i, "self_attn.o_proj.bias"), (m.hidden_size,), dtype))
         groups.append(group)
     last = [_stored(stored, "final_norm/scale", None, *TOP_TENSORS["final_norm/scale"], dtype)]

@@ -1,4 +1,5 @@
-"""Hugging Face `config.json` <-> maxlm ModelConfig, for Llama, Qwen2, Qwen3, Mistral, Gemma 2 and Gemma 3 (text) decoders.
+"""Hugging Face `config.json` <-> maxlm ModelConfig, for Llama, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3 (text), Mixtral and
+Qwen3-MoE decoders.
 
 Reads both the transformers 5 layout (`rope_parameters`, holding `rope_theta`; Gemma 3's per layer
 type) and the older one (top-level `rope_theta`, `rope_scaling` with `type` or `rope_type`,
@@ -11,11 +12,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from maxlm.config import ModelConfig, RopeScalingConfig, head_dim, sliding_layers
+from maxlm.config import (
+    ModelConfig,
+    RopeScalingConfig,
+    expert_dim,
+    head_dim,
+    sliding_layers,
+)
 from maxlm.errors import MaxlmError
 
 CAUSAL_LM = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "MistralForCausalLM": "mistral",
-             "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3"}
+             "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3", "MixtralForCausalLM": "mixtral", "Qwen3MoeForCausalLM": "qwen3_moe"}
 ARCHITECTURE = {family: arch for arch, family in CAUSAL_LM.items()}
 # A model with a scalar (reward / value) head exports as a one-label sequence classifier
 # (Gemma3ForSequenceClassification is the vision-language one: the text model's has its own name).
@@ -24,6 +31,7 @@ SEQUENCE_CLASSIFIER["gemma3"] = "Gemma3TextForSequenceClassification"
 MODEL_TYPE = {"gemma3": "gemma3_text"}  # HF's model_type where it is not the family's name
 ROPE_TYPES = ("default", "linear", "llama3")
 GEMMA = ("gemma2", "gemma3")
+MOE = ("mixtral", "qwen3_moe")
 # transformers' Gemma2Config / Gemma3TextConfig defaults, for the keys a config.json may leave out.
 GEMMA_DEFAULTS = {
     "gemma2": {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window": 4096, "query_pre_attn_scalar": 256},
@@ -49,7 +57,7 @@ def read_config_json(hf_dir: Path) -> dict:
 
 
 def model_config(raw: dict, where: str) -> ModelConfig:
-    """Returns the ModelConfig of an HF Llama / Qwen2 / Qwen3 / Mistral causal-LM config; `where` names the file in errors."""
+    """Returns the ModelConfig of an HF causal-LM config of a supported family; `where` names the file in errors."""
     archs = raw.get("architectures") or [raw.get("model_type", "(none given)")]
     arch = archs[0]
     if arch not in CAUSAL_LM:
@@ -72,6 +80,7 @@ def model_config(raw: dict, where: str) -> ModelConfig:
         raise MaxlmError(f"{where}: use_sliding_window true is not supported (per-layer windows; maxlm slides one only for MistralForCausalLM)")
     if raw.get("use_bidirectional_attention"):
         raise MaxlmError(f"{where}: use_bidirectional_attention true is not supported (maxlm's decoder is causal)")
+    moe = _moe_keys(raw, family, where) if family in MOE else {}
     heads = need("num_attention_heads")
     if family == "gemma3":
         theta, scaling, local_theta = _gemma3_rope(raw, where)
@@ -91,11 +100,11 @@ def model_config(raw: dict, where: str) -> ModelConfig:
         rope_theta=float(theta),
         rope_scaling=scaling,
         norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        # Qwen2 always has q/k/v biases; Llama and Qwen3 have them (and an o_proj bias) with attention_bias.
+        # Qwen2 always has q/k/v biases; Llama and Qwen3 (-MoE) have them (and an o_proj bias) with attention_bias.
         qkv_bias=family == "qwen2" or bool(raw.get("attention_bias", False)),
-        qk_norm=family in ("qwen3", "gemma3"),
-        # Mistral slides on every layer, Gemma on its local ones (Qwen's use_sliding_window, refused above, is per layer).
-        sliding_window=(g.get("sliding_window", raw.get("sliding_window")) or 0) if family in ("mistral", *GEMMA) else 0,
+        qk_norm=family in ("qwen3", "qwen3_moe", "gemma3"),
+        # Mistral and Mixtral slide on every layer, Gemma on its local ones (Qwen's use_sliding_window, refused above, is per layer).
+        sliding_window=(g.get("sliding_window", raw.get("sliding_window")) or 0) if family in ("mistral", "mixtral", *GEMMA) else 0,
         global_every=_global_every(raw, family, need("num_hidden_layers"), where) if gemma else 0,
         rope_local_theta=float(local_theta),
         query_pre_attn_scalar=int(g.get("query_pre_attn_scalar") or 0),
@@ -107,7 +116,32 @@ def model_config(raw: dict, where: str) -> ModelConfig:
         embed_scale=gemma,
         mlp_activation="gelu_tanh" if gemma else "silu",
         tie_embeddings=bool(raw.get("tie_word_embeddings", gemma)),  # Gemma's classes tie by default
+        **moe,
     )
+
+
+def _moe_keys(raw: dict, family: str, where: str) -> dict:
+    """Returns the ModelConfig expert keys of a Mixtral / Qwen3-MoE config, refusing the layouts maxlm does not build."""
+    experts = raw.get("num_local_experts") or raw.get("num_experts")
+    if not experts:
+        raise MaxlmError(f"{where}: missing required key {'num_local_experts' if family == 'mixtral' else 'num_experts'}")
+    if raw.get("router_jitter_noise"):
+        raise MaxlmError(f"{where}: router_jitter_noise {raw['router_jitter_noise']} is not supported (maxlm's router adds no noise)")
+    if family == "qwen3_moe":
+        if raw.get("mlp_only_layers") or raw.get("decoder_sparse_step", 1) != 1:
+            raise MaxlmError(f"{where}: dense layers among the sparse ones (mlp_only_layers {raw.get('mlp_only_layers') or []}, "
+                             f"decoder_sparse_step {raw.get('decoder_sparse_step', 1)}) are not supported: maxlm needs every layer sparse "
+                             "(mlp_only_layers [] and decoder_sparse_step 1)")
+        if raw.get("moe_intermediate_size") is None:
+            raise MaxlmError(f"{where}: missing required key moe_intermediate_size")
+    return {
+        "num_experts": int(experts),
+        "experts_per_token": int(raw.get("num_experts_per_tok", 2)),
+        "moe_mlp_dim": int(raw["moe_intermediate_size"]) if family == "qwen3_moe" else 0,
+        # transformers' Qwen3MoeConfig defaults norm_topk_prob to false; Mixtral always renormalizes.
+        "router_renormalize": family == "mixtral" or bool(raw.get("norm_topk_prob", False)),
+        "router_aux_coef": float(raw.get("router_aux_loss_coef", 0.001)),
+    }
 
 
 def _global_every(raw: dict, family: str, layers: int, where: str) -> int:
@@ -203,14 +237,21 @@ def hf_config(m: ModelConfig, *, dtype: str, bos_id: int | None, eos_id: int | N
         "eos_token_id": eos_id,
         "pad_token_id": pad_id,
     }
-    if m.family in ("llama", "qwen3"):
+    if m.family in ("llama", "qwen3", "qwen3_moe"):
         out.update(attention_bias=m.qkv_bias)
     if m.family == "llama":
         out.update(mlp_bias=False)
-    if m.family in ("qwen2", "qwen3"):
+    if m.family in ("qwen2", "qwen3", "qwen3_moe"):
         out.update(use_sliding_window=False, sliding_window=None, max_window_layers=m.num_layers)
-    if m.family == "mistral":
+    if m.family in ("mistral", "mixtral"):
         out.update(sliding_window=m.sliding_window or None)
+    if m.family in MOE:
+        out.update(num_experts_per_tok=m.experts_per_token, router_aux_loss_coef=m.router_aux_coef, output_router_logits=False)
+    if m.family == "mixtral":
+        out.update(num_local_experts=m.num_experts, router_jitter_noise=0.0)
+    if m.family == "qwen3_moe":
+        out.update(num_experts=m.num_experts, moe_intermediate_size=expert_dim(m), norm_topk_prob=m.router_renormalize,
+                   decoder_sparse_step=1, mlp_only_layers=[])
     if m.family in GEMMA:
         out.update(_gemma_keys(m, out["rope_parameters"]))
         del out["hidden_act"]

@@ -1,11 +1,13 @@
-"""Tensor names and layouts between maxlm params and HF Llama/Qwen2/Qwen3/Mistral/Gemma2/Gemma3 safetensors; reading and
-streaming-writing those files.
+"""Tensor names and layouts between maxlm params and HF Llama/Qwen2/Qwen3/Mistral/Gemma2/Gemma3/Mixtral/Qwen3-MoE safetensors;
+reading and streaming-writing those files.
 
 maxlm weights put the contracted (input) dims first: q `[D, N, H]`, o `[N, H, D]`,
 gate `[D, F]`, lm_head `[D, V]`. A torch Linear weight is `[out, in]`, so HF's tensor is the
 maxlm one flattened to `[in, out]` and transposed. RoPE needs no permutation: maxlm rotates
 the two halves of each head (HF's `rotate_half` layout), not interleaved pairs.
-Letters: D model, N heads, K kv heads, H head dim, F mlp, V vocab, L layers.
+An MoE's experts are stacked in maxlm (gate `[E, D, F]`, router `[D, E]`) and one tensor per
+expert in HF (`{j}` in the names below), as transformers 5 still saves them.
+Letters: D model, N heads, K kv heads, H head dim, F mlp, V vocab, L layers, E experts.
 """
 
 from __future__ import annotations
@@ -50,6 +52,21 @@ GEMMA_LAYER_TENSORS = {
     "attn_post_norm/scale": ("post_attention_layernorm.weight", "flat"),
     "mlp_post_norm/scale": ("post_feedforward_layernorm.weight", "flat"),
 }
+# The MLP of an MoE layer: a router and, for each expert j, a SwiGLU (Mixtral's w1 / w3 / w2 are gate / up / down).
+MOE_TENSORS: dict[str, dict[str, tuple[str, Layout]]] = {
+    "mixtral": {
+        "moe/router": ("block_sparse_moe.gate.weight", 1),
+        "moe/gate": ("block_sparse_moe.experts.{j}.w1.weight", 1),
+        "moe/up": ("block_sparse_moe.experts.{j}.w3.weight", 1),
+        "moe/down": ("block_sparse_moe.experts.{j}.w2.weight", 1),
+    },
+    "qwen3_moe": {
+        "moe/router": ("mlp.gate.weight", 1),
+        "moe/gate": ("mlp.experts.{j}.gate_proj.weight", 1),
+        "moe/up": ("mlp.experts.{j}.up_proj.weight", 1),
+        "moe/down": ("mlp.experts.{j}.down_proj.weight", 1),
+    },
+}
 TOP_TENSORS: dict[str, tuple[str, Layout]] = {
     "embed": ("model.embed_tokens.weight", "same"),
     "final_norm/scale": ("model.norm.weight", "flat"),
@@ -65,13 +82,21 @@ SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 
 
 def layer_tensors(family: str) -> dict[str, tuple[str, Layout]]:
-    """Returns {maxlm leaf under params["layers"]: (HF name under `model.layers.{i}.`, layout)} for `family`."""
+    """Returns {maxlm leaf under params["layers"]: (HF name under `model.layers.{i}.`, layout)} for `family`;
+    a name holding `{j}` is one tensor per expert j of a stacked [E, ...] leaf."""
+    if family in MOE_TENSORS:
+        return {k: v for k, v in LAYER_TENSORS.items() if not k.startswith("mlp/")} | MOE_TENSORS[family]
     return GEMMA_LAYER_TENSORS if family in ("gemma2", "gemma3") else LAYER_TENSORS
 
 
-def layer_name(i: int, name: str) -> str:
-    """Returns the full HF name of layer `i`'s tensor `name`."""
-    return f"model.layers.{i}.{name}"
+def per_expert(name: str) -> bool:
+    """Returns whether layer tensor `name` is one of a set, one per expert (`{j}` in it)."""
+    return "{j}" in name
+
+
+def layer_name(i: int, name: str, j: int | None = None) -> str:
+    """Returns the full HF name of layer `i`'s tensor `name` (of expert `j` for a per-expert name)."""
+    return f"model.layers.{i}.{name if j is None else name.format(j=j)}"
 
 
 def hf_shape(shape: tuple[int, ...], layout: Layout) -> tuple[int, ...]:

@@ -75,8 +75,8 @@ class StoredStep:
         """Returns the stored dtype of `leaf`."""
         return np.dtype(self._meta(leaf).dtype)
 
-    def read(self, leaf: str, layer: int | None = None) -> np.ndarray:
-        """Returns `leaf`, or only its row `layer` when given, reading just the chunks that row touches."""
+    def read(self, leaf: str, layer: int | tuple[int, ...] | None = None) -> np.ndarray:
+        """Returns `leaf`, or only its row `layer` when given (an index tuple: (layer, expert)), reading just the chunks that row touches."""
         if self._open is None or self._open[0] != leaf:
             self._open = None  # drops the previous leaf's store, and with its context its cached chunks
             self._open = (leaf, self._open_leaf(leaf))

@@ -52,9 +52,9 @@ class RopeScalingConfig:
 
 @dataclass
 class ModelConfig:
-    """Decoder shape and numerics; covers Llama 2, Llama 3.x, Qwen2, Qwen3, Mistral, Gemma 2 and Gemma 3 (text)."""
+    """Decoder shape and numerics; covers Llama 2, Llama 3.x, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3 (text), Mixtral and Qwen3-MoE."""
 
-    family: Literal["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3"] = "llama"  # naming used for HF export
+    family: Literal["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "mixtral", "qwen3_moe"] = "llama"  # naming used for HF export
     vocab_size: int = ranged(0, ge=0)  # 0: taken from the tokenizer
     hidden_size: int = ranged(256, gt=0)
     num_layers: int = ranged(4, gt=0)
@@ -67,7 +67,7 @@ class ModelConfig:
     rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     norm_eps: float = ranged(1e-5, gt=0)
     qkv_bias: bool = False
-    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE; true exactly for families qwen3 and gemma3
+    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE; true exactly for families qwen3, qwen3_moe and gemma3
     sliding_window: int = ranged(0, ge=0)  # a query sees the keys this many positions back, itself included (Mistral, Gemma's local layers); 0: all
     global_every: int = ranged(0, ge=0)  # with sliding_window: layers n-1, 2n-1, ... see the full context (Gemma 2: 2, Gemma 3: 6); 0: every layer slides
     rope_local_theta: float = ranged(0.0, ge=0)  # > 0: the sliding layers' RoPE base, unscaled (Gemma 3); 0: every layer rotates alike
@@ -78,6 +78,12 @@ class ModelConfig:
     norm_offset: bool = False  # every RMSNorm scales by 1 + weight, its weights stored zero-centred (Gemma)
     embed_scale: bool = False  # token embeddings times sqrt(hidden_size), in the compute dtype (Gemma)
     mlp_activation: Literal["silu", "gelu_tanh"] = "silu"  # the gate's activation: SwiGLU, or GeGLU with the tanh-approximated GELU (Gemma)
+    num_experts: int = ranged(0, ge=0)  # > 0: every layer's MLP is a mixture of this many SwiGLU experts (families mixtral, qwen3_moe); 0: dense
+    experts_per_token: int = ranged(2, gt=0)  # top-k: the experts each token is routed to
+    moe_mlp_dim: int = ranged(0, ge=0)  # each expert's hidden width (Qwen3-MoE's moe_intermediate_size); 0: mlp_dim
+    router_renormalize: bool = True  # the top-k router weights are rescaled to sum to 1 (Mixtral always; Qwen3-MoE's norm_topk_prob)
+    router_aux_coef: float = ranged(0.001, ge=0)  # weight of the load-balancing loss E·Σ_i f_i·P_i (HF's router_aux_loss_coef)
+    router_z_coef: float = ranged(0.0, ge=0)  # weight of the router z-loss mean(logsumexp(router logits)²) (ST-MoE)
     tie_embeddings: bool = False
     dtype: ComputeDtype = "bfloat16"  # compute dtype; logits and loss are always f32
     param_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -245,6 +251,7 @@ class MeshConfig:
 
     data: int = -1
     fsdp: int = 1
+    expert: int = 1  # shards the experts of an MoE model (and, like data, the batch)
     tensor: int = 1
 
 
@@ -346,10 +353,12 @@ def validate(cfg: Config) -> None:
     # ipo divides by beta and the others scale the margin by it; orpo's beta only weighs a term, so 0 is allowed
     if cfg.dpo.beta == 0 and cfg.dpo.kind != "orpo":
         raise Inconsistent(f"dpo.beta must be > 0 for dpo.kind {cfg.dpo.kind} (>= 0 only for orpo), got {cfg.dpo.beta}", "dpo.beta", "dpo.kind")
-    sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    mesh = cfg.mesh
+    sizes = [mesh.data, mesh.fsdp, mesh.expert, mesh.tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise Inconsistent(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}",
-                           "mesh.data", "mesh.fsdp", "mesh.tensor")
+        raise Inconsistent(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={mesh.data} fsdp={mesh.fsdp} "
+                           f"expert={mesh.expert} tensor={mesh.tensor}", "mesh.data", "mesh.fsdp", "mesh.expert", "mesh.tensor")
+    _check_experts(m)
 
 
 GEMMA = ("gemma2", "gemma3")
@@ -358,8 +367,8 @@ GEMMA = ("gemma2", "gemma3")
 def _family_switches(m: ModelConfig) -> list[tuple[str, Any, bool, tuple[str, ...], str]]:
     """Returns (key, value, is it on, the families whose HF classes have it on, what it is) for each family-bound switch."""
     return [
-        ("qk_norm", m.qk_norm, m.qk_norm, ("qwen3", "gemma3"), "q/k norms"),
-        ("sliding_window", m.sliding_window, m.sliding_window > 0, ("mistral", *GEMMA), "a sliding window"),
+        ("qk_norm", m.qk_norm, m.qk_norm, ("qwen3", "qwen3_moe", "gemma3"), "q/k norms"),
+        ("sliding_window", m.sliding_window, m.sliding_window > 0, ("mistral", "mixtral", *GEMMA), "a sliding window"),
         ("global_every", m.global_every, m.global_every > 0, GEMMA, "local and global layers"),
         ("rope_local_theta", m.rope_local_theta, m.rope_local_theta > 0, ("gemma3",), "a RoPE base of its own on local layers"),
         ("query_pre_attn_scalar", m.query_pre_attn_scalar, m.query_pre_attn_scalar > 0, GEMMA, "query_pre_attn_scalar"),
@@ -373,7 +382,7 @@ def _family_switches(m: ModelConfig) -> list[tuple[str, Any, bool, tuple[str, ..
 
 
 # (switch, family) pairs where HF's classes make the switch optional rather than always on.
-OPTIONAL = {("sliding_window", "mistral"), ("attn_softcap", "gemma2"), ("final_softcap", "gemma2"), ("final_softcap", "gemma3")}
+OPTIONAL = {("sliding_window", "mistral"), ("sliding_window", "mixtral"), ("attn_softcap", "gemma2"), ("final_softcap", "gemma2"), ("final_softcap", "gemma3")}
 
 
 def _check_family_switches(m: ModelConfig) -> None:
@@ -391,12 +400,39 @@ def _check_family_switches(m: ModelConfig) -> None:
             want = "true" if isinstance(value, bool) else "gelu_tanh" if key == "mlp_activation" else "> 0"
             raise Inconsistent(f"model.family {m.family} needs model.{key}: {want} (its Hugging Face classes always have {what})",
                                f"model.{key}", "model.family")
-    if m.qkv_bias and m.family in ("mistral", *GEMMA):
+    if m.qkv_bias and m.family in ("mistral", "mixtral", *GEMMA):
         raise Inconsistent(f"model.qkv_bias: true is not available for model.family {m.family} (maxlm maps no attention biases for it)",
                            "model.qkv_bias", "model.family")
     if m.attn_softcap and m.attention == "cudnn":
         raise Inconsistent("model.attn_softcap needs model.attention xla (cuDNN's fused attention has no soft-capping)",
                            "model.attn_softcap", "model.attention")
+
+
+MOE = ("mixtral", "qwen3_moe")
+
+
+def _check_experts(m: ModelConfig) -> None:
+    """Raises Inconsistent when the expert keys do not fit the family (HF's MoE classes route every layer; dense ones none)."""
+    if m.num_experts and m.family not in MOE:
+        raise Inconsistent(f"model.num_experts: {m.num_experts} needs model.family {' or '.join(MOE)} (a {m.family} model has no experts in Hugging Face)",
+                           "model.num_experts", "model.family")
+    if not m.num_experts and m.family in MOE:
+        raise Inconsistent(f"model.family {m.family} needs model.num_experts > 0 (its Hugging Face classes are mixtures of experts)",
+                           "model.num_experts", "model.family")
+    if m.num_experts and m.experts_per_token > m.num_experts:
+        raise Inconsistent(f"model.experts_per_token ({m.experts_per_token}) exceeds model.num_experts ({m.num_experts})",
+                           "model.experts_per_token", "model.num_experts")
+    if m.family == "mixtral" and not m.router_renormalize:
+        raise Inconsistent("model.family mixtral needs model.router_renormalize: true (Mixtral's router always rescales its top-k weights)",
+                           "model.router_renormalize", "model.family")
+    if m.family == "mixtral" and m.moe_mlp_dim not in (0, m.mlp_dim):
+        raise Inconsistent(f"model.moe_mlp_dim ({m.moe_mlp_dim}) must be 0 or model.mlp_dim ({m.mlp_dim}) for family mixtral "
+                           "(its experts are intermediate_size wide)", "model.moe_mlp_dim", "model.mlp_dim")
+
+
+def expert_dim(m: ModelConfig) -> int:
+    """Returns each expert's hidden width."""
+    return m.moe_mlp_dim or m.mlp_dim
 
 
 def sliding_layers(m: ModelConfig) -> tuple[bool, ...]:

@@ -20,6 +20,8 @@ from maxlm.config import ModelConfig, head_dim
 from maxlm.errors import MaxlmError
 from maxlm.models.layers import DTYPES, KVCache
 from maxlm.models.params import bind
+from maxlm.parallel.mesh import data_parallel_size
+from maxlm.parallel.rules import RULES
 
 
 def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
@@ -214,9 +216,9 @@ def _global_inputs(params, tokens, valid, stops, seed):
     from jax.sharding import NamedSharding, PartitionSpec
 
     mesh = jax.tree.leaves(params)[0].sharding.mesh
-    rows, same = PartitionSpec(("data", "fsdp")), NamedSharding(mesh, PartitionSpec())
+    rows, same = PartitionSpec(RULES["batch"]), NamedSharding(mesh, PartitionSpec())
     # Each process's rows fill its own row shards: pad them to a multiple with copies of row 0.
-    n, shards = len(tokens), mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count()
+    n, shards = len(tokens), data_parallel_size(mesh) // jax.process_count()
     extra = -n % max(shards, 1)
     put_rows = lambda x: jax.make_array_from_process_local_data(NamedSharding(mesh, rows), np.concatenate([x, x[:1].repeat(extra, 0)]))
     put_same = lambda x: jax.make_array_from_callback(np.shape(x), same, lambda idx: np.asarray(x)[idx])

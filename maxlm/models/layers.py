@@ -225,25 +225,34 @@ class MLP(nnx.Module):
 
 class Block(nnx.Module):
     """One pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)); with `post_norms` each
-    branch's output is normed again before its residual add (Gemma)."""
+    branch's output is normed again before its residual add (Gemma). Given `moe` (a mixture of experts,
+    models/moe.py), that replaces the MLP."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, moe: nnx.Module | None = None):
         self.post_norms = cfg.post_norms
         self.attn_norm = RMSNorm(cfg, rngs=rngs)
         self.attn = Attention(cfg, rngs=rngs)
         self.mlp_norm = RMSNorm(cfg, rngs=rngs)
-        self.mlp = MLP(cfg, rngs=rngs)
+        if moe is not None:
+            self.moe = moe
+        else:
+            self.mlp = MLP(cfg, rngs=rngs)
         if cfg.post_norms:
             self.attn_post_norm = RMSNorm(cfg, rngs=rngs)
             self.mlp_post_norm = RMSNorm(cfg, rngs=rngs)
 
-    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache=None, cache_index=None, local=True):
-        """Returns (x [B,T,D], cache); `local`: whether this layer slides (a traced bool under the layer scan)."""
+    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache=None, cache_index=None, local=True, valid_BxT=None):
+        """Returns (x [B,T,D], cache, router stats: {} unless MoE); `local`: whether this layer slides (a traced bool
+        under the layer scan); `valid_BxT`: the tokens the router statistics count."""
         a_BxTxD, cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index, local)
         if self.post_norms:
             a_BxTxD = self.attn_post_norm(a_BxTxD)
         x_BxTxD = x_BxTxD + a_BxTxD
-        m_BxTxD = self.mlp(self.mlp_norm(x_BxTxD))
+        stats = {}
+        if hasattr(self, "moe"):
+            m_BxTxD, stats = self.moe(self.mlp_norm(x_BxTxD), valid_BxT)
+        else:
+            m_BxTxD = self.mlp(self.mlp_norm(x_BxTxD))
         if self.post_norms:
             m_BxTxD = self.mlp_post_norm(m_BxTxD)
-        return x_BxTxD + m_BxTxD, cache
+        return x_BxTxD + m_BxTxD, cache, stats

@@ -1,8 +1,9 @@
-"""The Llama-family decoder (Llama 2, Llama 3.x, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3 text) as one Flax NNX module.
+"""The Llama-family decoder (Llama 2, Llama 3.x, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3 text, Mixtral, Qwen3-MoE) as one Flax NNX module.
 
 Layers are stored stacked ([L, ...] leading axis, logical name "layers") and run under
 `jax.lax.scan` with a selectable remat policy, so compile time does not grow with depth;
-which layers slide (Gemma's local / global pattern) is a scanned [L] flag, not a second body.
+which layers slide (Gemma's local / global pattern) is a scanned [L] flag, not a second body. An MoE
+model's experts are stacked per layer too ([L, E, ...]); its router statistics come out of the scan.
 Letters: B batch, T length, S key length, D model, V vocab, L layers.
 """
 
@@ -15,6 +16,7 @@ from flax import nnx
 from maxlm.config import ModelConfig, sliding_layers
 from maxlm.models.block_causal import softcap
 from maxlm.models.layers import DTYPES, Block, KVCache, RMSNorm, linear, param
+from maxlm.models.moe import MoE
 from maxlm.parallel.rules import constrain
 
 REMAT_POLICIES = {
@@ -51,7 +53,7 @@ class Decoder(nnx.Module):
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_layers(r: nnx.Rngs) -> Block:
-            return Block(cfg, rngs=r)
+            return Block(cfg, rngs=r, moe=MoE(cfg, rngs=r) if cfg.num_experts else None)
 
         self.layers = make_layers(rngs)
         self.final_norm = RMSNorm(cfg, rngs=rngs)
@@ -61,9 +63,16 @@ class Decoder(nnx.Module):
             self.score_head = param(rngs, (cfg.hidden_size,), ("embed",), cfg, init="zeros")
 
     def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None):
-        """Returns (final-normed hidden states [B, T, D], updated stacked cache or None).
+        """Returns (final-normed hidden states [B, T, D], the updated cache: stacked [L, ...], a tuple of L per-layer caches, or None).
 
         Without a cache, `mask_BxTxS` must be causal (as from causal_segment_mask).
+        """
+        return self.forward(tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index)[:2]
+
+    def forward(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None, valid_BxT=None):
+        """Returns (hidden [B, T, D], cache, router stats summed over layers: {} for a dense model), as `hidden`.
+
+        The stats (moe.router_stats) count the tokens where `valid_BxT` (default: all); moe.router_losses turns them into losses.
         """
         dt = DTYPES[self.dtype]
         x = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
@@ -71,32 +80,36 @@ class Decoder(nnx.Module):
             # Rounded to the compute dtype first, as Gemma's reference does (sqrt(3584) is 59.75 in bf16).
             x = x * jnp.asarray(self.embed_scale, dt)
         x = constrain(x, ("batch", "length", "act_embed"))
+        if valid_BxT is None:
+            valid_BxT = jnp.ones(tokens_BxT.shape, bool)
         graphdef, layer_state = nnx.split(self.layers)
         local_L = jnp.asarray(self.sliding)
 
         def body(x, xs):
             state_l, cache_l, local = xs
-            return nnx.merge(graphdef, state_l)(x, positions_BxT, mask_BxTxS, cache_l, cache_index, local)
+            x, cache_l, stats = nnx.merge(graphdef, state_l)(x, positions_BxT, mask_BxTxS, cache_l, cache_index, local, valid_BxT)
+            return x, (cache_l, stats)
 
         if self.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
         if isinstance(cache, tuple):
             # One cache per layer (the sampler's): layers unrolled, each cache updated in place and each
             # layer's weights sliced once outside the decode loop, where a scan would copy both every step.
-            caches = []
+            caches, stats = [], []
             for i, cache_l in enumerate(cache):
-                x, c = body(x, (jax.tree.map(lambda a: a[i], layer_state), cache_l, local_L[i]))
+                x, (c, st) = body(x, (jax.tree.map(lambda a: a[i], layer_state), cache_l, local_L[i]))
                 caches.append(c)
-            return self.final_norm(x), tuple(caches)
+                stats.append(st)
+            return self.final_norm(x), tuple(caches), jax.tree.map(lambda *a: sum(a), *stats) if stats[0] else {}
         if self.scan_layers:
-            x, cache = jax.lax.scan(body, x, (layer_state, cache, local_L))
+            x, (cache, stats_L) = jax.lax.scan(body, x, (layer_state, cache, local_L))
         else:
-            caches = []
+            ys = []
             for i in range(self.num_layers):
-                x, c = body(x, jax.tree.map(lambda a: a[i], (layer_state, cache, local_L)))
-                caches.append(c)
-            cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
-        return self.final_norm(x), cache
+                x, y = body(x, jax.tree.map(lambda a: a[i], (layer_state, cache, local_L)))
+                ys.append(y)
+            cache, stats_L = jax.tree.map(lambda *a: jnp.stack(a), *ys)
+        return self.final_norm(x), cache, jax.tree.map(lambda a: jnp.sum(a, axis=0), stats_L)
 
     def head(self) -> jax.Array:
         """Returns the LM head's weights [D, V] (the transposed embedding when tied)."""

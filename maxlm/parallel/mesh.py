@@ -1,4 +1,4 @@
-"""The device mesh: data / fsdp / tensor axes sized from the config."""
+"""The device mesh: data / fsdp / expert / tensor axes sized from the config."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from jax.sharding import AxisType, Mesh
 
 from maxlm.config import MeshConfig
 from maxlm.errors import MaxlmError
+from maxlm.parallel.rules import RULES
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "expert", "tensor")
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
-    """Returns the (data, fsdp, tensor) sizes with a -1 axis filled from `num_devices`."""
-    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
-    described = f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}"
+    """Returns the (data, fsdp, expert, tensor) sizes with a -1 axis filled from `num_devices`."""
+    sizes = [cfg.data, cfg.fsdp, cfg.expert, cfg.tensor]
+    described = f"mesh data={cfg.data} fsdp={cfg.fsdp} expert={cfg.expert} tensor={cfg.tensor}"
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
@@ -42,4 +43,4 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
 
 def data_parallel_size(mesh: Mesh) -> int:
     """Returns how many ways the batch dimension is split."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+    return math.prod(mesh.shape[ax] for ax in RULES["batch"])

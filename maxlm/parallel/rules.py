@@ -6,15 +6,19 @@ Model code names axes ("embed", "mlp", "heads", ...); only this module knows the
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
 # Parameters are sharded over fsdp on their model dimension and over tensor on the
 # dimension that a Megatron split would cut; activations only ever on batch and tensor.
+# An MoE's stacked experts split over `expert`, which also splits the batch, so attention and
+# the rest of the model run data-parallel there instead of repeating the same rows.
 RULES: dict[str, tuple[str, ...]] = {
-    "batch": ("data", "fsdp"),
+    "batch": ("data", "fsdp", "expert"),
+    "expert": ("expert",),
+    "router": (),
     "length": (),
     "layers": (),
     "vocab": ("tensor",),
@@ -55,6 +59,27 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None, me
 def named_sharding(mesh: jax.sharding.Mesh, names: Sequence[str | None], shape: Sequence[int] | None = None) -> NamedSharding:
     """Returns the NamedSharding of an array with logical axis `names` on `mesh`."""
     return NamedSharding(mesh, logical_to_spec(names, shape, dict(mesh.shape)))
+
+
+# The axes a row-local computation may run apart on (per_data_shard): not expert, whose split the
+# partitioner must still see inside (an MoE's experts), nor tensor, which splits features, not rows.
+DATA_PARALLEL = ("data", "fsdp")
+
+
+def per_data_shard(fn: Callable, n_split: int, *args: jax.Array) -> jax.Array:
+    """Returns fn(*args), run apart on each data × fsdp shard when a mesh splits those axes: the first `n_split`
+    args (and the result) split on dim 0, the others whole (gathered at the boundary, as fsdp does).
+
+    For computations whose rows do not interact but which XLA cannot see to be row-local (an MoE's sort of the
+    tokens by expert would otherwise gather the whole batch onto every device). Runs fn directly off a mesh or
+    when dim 0 does not divide.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = () if mesh.empty else tuple(a for a in DATA_PARALLEL if mesh.shape.get(a, 1) > 1)
+    if not axes or args[0].shape[0] % math.prod(mesh.shape[a] for a in axes):
+        return fn(*args)
+    specs = tuple(PartitionSpec(axes) if i < n_split else PartitionSpec() for i in range(len(args)))
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(axes), axis_names=set(axes))(*args)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

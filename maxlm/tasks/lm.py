@@ -12,30 +12,40 @@ from maxlm.config import Config, TrainConfig
 from maxlm.losses.head import chunk_count, fused_next_token_loss
 from maxlm.losses.logprobs import next_targets, next_token_weights
 from maxlm.models.llama import causal_segment_mask
+from maxlm.models.moe import router_losses
 from maxlm.models.params import bind
 from maxlm.optim.update import Objective
 from maxlm.tasks.task import Task, file_data, gradient_step
 
 
-def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = TrainConfig.loss_chunks) -> Objective:
-    """Returns the next-token objective (pretrain, and SFT whose loss_mask keeps only responses)."""
+def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = TrainConfig.loss_chunks,
+                   router_aux: float = 0.0, router_z: float = 0.0) -> Objective:
+    """Returns the next-token objective (pretrain, and SFT whose loss_mask keeps only responses); an MoE model's
+    router losses are added with weights `router_aux` / `router_z` and reported as router_aux_loss / router_z_loss."""
 
     def objective(params, batch, ref_params=None):
         tokens, seg = batch["tokens"], batch["segment_ids"]
         model = bind(graphdef, params)
-        hidden, _ = model.hidden(tokens, batch["positions"], causal_segment_mask(seg))
+        hidden, _, router = model.forward(tokens, batch["positions"], causal_segment_mask(seg), valid_BxT=seg > 0)
         w = next_token_weights(seg, batch["loss_mask"])
         loss, (nll, z) = fused_next_token_loss(hidden, model.head(), next_targets(tokens), w, z_loss,
                                                chunk_count(tokens.shape[1], loss_chunks), model.final_softcap)
         processed = jnp.sum(seg > 0).astype(jnp.float32)  # for throughput; count = trained
-        return loss, {"loss_sum": nll, "z_loss_sum": z, "count": jnp.sum(w), "tokens": processed}
+        count = jnp.sum(w)
+        sums = {"loss_sum": nll, "z_loss_sum": z, "count": count, "tokens": processed}
+        if router:
+            # Per-batch means, weighted by the batch's count: accumulation and the step's division by count give their mean.
+            aux, rz = router_losses(router)
+            loss = loss + count * (router_aux * aux + router_z * rz)
+            sums |= {"router_aux_loss_sum": count * aux, "router_z_loss_sum": count * rz}
+        return loss, sums
 
     return objective
 
 
 def objective(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
-    """Returns the run's next-token objective (train.z_loss, train.loss_chunks)."""
-    return language_model(graphdef, cfg.train.z_loss, cfg.train.loss_chunks)
+    """Returns the run's next-token objective (train.z_loss, train.loss_chunks, model.router_aux_coef / router_z_coef)."""
+    return language_model(graphdef, cfg.train.z_loss, cfg.train.loss_chunks, cfg.model.router_aux_coef, cfg.model.router_z_coef)
 
 
 def _data(cfg, tokenizer, graphdef, services):

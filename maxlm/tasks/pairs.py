@@ -28,6 +28,7 @@ from maxlm.losses.preference import REFERENCE_KINDS, pool_scores, preference_los
 from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
 from maxlm.optim.update import Objective
+from maxlm.parallel.rules import RULES
 from maxlm.tasks.task import Task, file_data, gradient_step
 
 
@@ -150,7 +151,7 @@ def annotate_reference(score: Callable[[dict], np.ndarray], examples: Examples, 
 
 def reference_annotation(graphdef, ref_params: Any, mesh, cfg: Config, pad_id: int) -> Annotation:
     """Returns the Annotation that adds the reference's `ref_logps` [2] to every example of the run's sources."""
-    score = reference_scorer(graphdef, ref_params, NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
+    score = reference_scorer(graphdef, ref_params, NamedSharding(mesh, PartitionSpec(RULES["batch"])))
     return Annotation(lambda examples: annotate_reference(score, examples, cfg, pad_id), {"ref_logps": (2,)})
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from maxlm.config import ModelConfig, head_dim
+from maxlm.config import ModelConfig, expert_dim, head_dim
 from maxlm.errors import MaxlmError
 from maxlm.files import atomic
 from maxlm.files.writers import cut_torn_tail
@@ -35,17 +35,22 @@ def peak_flops_per_device() -> float | None:
     return None
 
 
-def param_count(cfg: ModelConfig) -> int:
-    """Returns the number of parameters of the decoder (embedding and heads included)."""
+def param_count(cfg: ModelConfig, active: bool = False) -> int:
+    """Returns the number of parameters of the decoder (embedding and heads included); with `active`, an MoE's
+    counts only the experts_per_token experts a token runs through (and the router)."""
     d, f, h, n, k, v, layers = cfg.hidden_size, cfg.mlp_dim, head_dim(cfg), cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size, cfg.num_layers
     attn = d * h * (n + 2 * k) + n * h * d + (h * (n + 2 * k) if cfg.qkv_bias else 0)
-    per_layer = attn + 3 * d * f + 2 * d
-    return layers * per_layer + v * d * (1 if cfg.tie_embeddings else 2) + d
+    norms = 2 * d + (2 * h if cfg.qk_norm else 0) + (2 * d if cfg.post_norms else 0)
+    if cfg.num_experts:
+        mlp = (cfg.experts_per_token if active else cfg.num_experts) * 3 * d * expert_dim(cfg) + d * cfg.num_experts
+    else:
+        mlp = 3 * d * f
+    return layers * (attn + mlp + norms) + v * d * (1 if cfg.tie_embeddings else 2) + d
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Returns training FLOPs per token: 6·N (matmul params) + 12·L·N_heads·H·T (attention, PaLM's count)."""
-    matmul_params = param_count(cfg) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_embeddings else 1)
+    """Returns training FLOPs per token: 6·N (active matmul params) + 12·L·N_heads·H·T (attention, PaLM's count)."""
+    matmul_params = param_count(cfg, active=True) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_embeddings else 1)
     return 6 * matmul_params + 12 * cfg.num_layers * cfg.num_heads * head_dim(cfg) * seq_len
 
 

@@ -28,6 +28,7 @@ from maxlm.models import params as params_lib
 from maxlm.optim import optimizer
 from maxlm.optim.update import eval_step
 from maxlm.parallel.mesh import data_parallel_size
+from maxlm.parallel.rules import RULES
 from maxlm.tasks import TASKS
 from maxlm.tasks.task import Services, Task, TaskData
 from maxlm.train import metrics as metrics_lib
@@ -141,7 +142,7 @@ def _compiled(cfg: Config, task: Task, graphdef, tx, mesh, p_shard, o_shard, ref
     """Returns (the jitted step, score(params, local batch) -> eval sums, to_global(local batch) -> global arrays)."""
     objective = task.objective(graphdef, cfg)
     r_shard = p_shard if ref_params is not None else None
-    batch_shard = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    batch_shard = NamedSharding(mesh, PartitionSpec(RULES["batch"]))
     # The last argument holds the task's host scalars (RL's KL coefficient and step number).
     step_fn = jax.jit(
         task.step(graphdef, cfg, tx, objective),

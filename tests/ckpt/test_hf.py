@@ -22,11 +22,22 @@ from maxlm.ckpt import step as stored_step  # noqa: E402
 from maxlm.ckpt.hf import export_hf, import_hf  # noqa: E402
 from maxlm.ckpt.manager import Checkpoints  # noqa: E402
 from maxlm.cli import main as cli_main  # noqa: E402
-from maxlm.config import Config, MeshConfig, ModelConfig, RopeScalingConfig, TokenizerConfig, head_dim, load_config, sliding_layers  # noqa: E402
+from maxlm.config import (  # noqa: E402
+    Config,
+    MeshConfig,
+    ModelConfig,
+    RopeScalingConfig,
+    TokenizerConfig,
+    expert_dim,
+    head_dim,
+    load_config,
+    sliding_layers,
+)
 from maxlm.data.tokenizers import load_tokenizer, train_sentencepiece  # noqa: E402
 from maxlm.errors import MaxlmError  # noqa: E402
 from maxlm.models import params as params_lib  # noqa: E402
 from maxlm.parallel.mesh import make_mesh  # noqa: E402
+from maxlm.train.metrics import param_count  # noqa: E402
 
 V, T = 128, 48
 # llama3 scaling over an original context of 32 with head_dim 16 puts the 8 frequencies in
@@ -116,6 +127,30 @@ def mistral(tmp_path_factory):
     return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("mistral_run") / "run")
 
 
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory):
+    """Returns (torch model, HF dir, imported run dir) of a Mixtral with 4 experts, top-2, and a sliding window (8) under T = 48."""
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(**SHAPE, num_local_experts=4, num_experts_per_tok=2, sliding_window=8, rope_theta=10000.0)
+    model = randomized(transformers.MixtralForCausalLM(cfg))
+    hf_dir = tmp_path_factory.mktemp("mixtral_hf")
+    model.save_pretrained(hf_dir)
+    return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("mixtral_run") / "run")
+
+
+@pytest.fixture(scope="module")
+def qwen3_moe(tmp_path_factory):
+    """Returns (torch model, HF dir, imported run dir) of a Qwen3-MoE with 4 experts of width 40 (not intermediate_size),
+    top-2 without renormalization (norm_topk_prob false), q/k norms and head_dim 24."""
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3MoeConfig(**SHAPE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=40, norm_topk_prob=False,
+                                      head_dim=24, rope_theta=10000.0)
+    model = randomized(transformers.Qwen3MoeForCausalLM(cfg))
+    hf_dir = tmp_path_factory.mktemp("qwen3_moe_hf")
+    model.save_pretrained(hf_dir)
+    return model, hf_dir, import_hf(hf_dir, tmp_path_factory.mktemp("qwen3_moe_run") / "run")
+
+
 # Gemma's fixtures: head_dim 24, query_pre_attn_scalar 20 (neither 24 nor hidden / heads), a window of 8
 # under T = 48, and caps small enough (2 on scores, 3 on logits) that tanh bends them.
 GEMMA_SHAPE = dict(SHAPE, head_dim=24, sliding_window=8, query_pre_attn_scalar=20)
@@ -150,7 +185,10 @@ def gemma3(tmp_path_factory):
 # Per fixture: (num_kv_heads, head_dim, tie_embeddings, qkv_bias, qk_norm, sliding_window, rope scaling type) of the import.
 IMPORTED = {"llama": (2, 16, False, False, False, 0, "llama3"), "qwen2": (2, 16, True, True, False, 0, "none"),
             "qwen3": (2, 24, True, False, True, 0, "none"), "mistral": (2, 16, False, False, False, 8, "none"),
-            "gemma2": (2, 24, True, False, False, 8, "none"), "gemma3": (2, 24, True, False, True, 8, "linear")}
+            "gemma2": (2, 24, True, False, False, 8, "none"), "gemma3": (2, 24, True, False, True, 8, "linear"),
+            "mixtral": (2, 16, False, False, False, 8, "none"), "qwen3_moe": (2, 24, False, False, True, 0, "none")}
+# Per MoE fixture: (experts, top-k, expert width, renormalized).
+MOE_IMPORTED = {"mixtral": (4, 2, 96, True), "qwen3_moe": (4, 2, 40, False)}
 # Gemma's own switches: (which layers slide, local RoPE base, query_pre_attn_scalar, attn / final soft-cap).
 GEMMA_IMPORTED = {"gemma2": ((True, False), 0.0, 20, 2.0, 3.0), "gemma3": ((True, True, False), 10000.0, 20, 0.0, 0.0)}
 
@@ -161,6 +199,28 @@ def test_gemma_import_reads_every_switch(which, request):
     m = maxlm.from_pretrained(run).config.model
     assert (sliding_layers(m), m.rope_local_theta, m.query_pre_attn_scalar, m.attn_softcap, m.final_softcap) == GEMMA_IMPORTED[which]
     assert (m.post_norms, m.norm_offset, m.embed_scale, m.mlp_activation) == (True, True, True, "gelu_tanh")
+
+
+@pytest.mark.parametrize("which", MOE_IMPORTED)
+def test_moe_router_losses_match_transformers(which, request, tokens):
+    """Imported MoE keys as transformers built them; the load-balancing loss equals transformers' aux_loss on the same tokens."""
+    from maxlm.models.llama import causal_segment_mask
+    from maxlm.models.moe import router_losses
+
+    model, _, run = request.getfixturevalue(which)
+    loaded = maxlm.from_pretrained(run)
+    m = loaded.config.model
+    assert (m.num_experts, m.experts_per_token, expert_dim(m), m.router_renormalize) == MOE_IMPORTED[which]
+    positions = jnp.broadcast_to(jnp.arange(T), tokens.shape)
+    _, _, stats = params_lib.bind(loaded.graphdef, loaded.params).forward(tokens, positions, causal_segment_mask(jnp.ones(tokens.shape, jnp.int32)))
+    aux, z = router_losses(stats)
+    with torch.no_grad():
+        out = model(torch.as_tensor(tokens, dtype=torch.long), output_router_logits=True)
+    logits_LxNxE = torch.stack(out.router_logits).float()
+    want_z = torch.logsumexp(logits_LxNxE, -1).pow(2).mean().item()
+    print(f"{which}: aux {float(aux):.6f} vs {out.aux_loss.item():.6f}, z {float(z):.5f} vs {want_z:.5f}")
+    assert float(aux) == pytest.approx(out.aux_loss.item(), rel=1e-5)
+    assert float(z) == pytest.approx(want_z, rel=1e-5)
 
 
 @pytest.mark.parametrize("which", IMPORTED)
@@ -236,7 +296,10 @@ GEMMA3 = dict(GEMMA, family="gemma3", global_every=2, qk_norm=True, rope_theta=1
 @pytest.mark.parametrize("model", [dict(family="llama", qkv_bias=True), dict(family="qwen2", tie_embeddings=True),
                                    dict(family="qwen3", qk_norm=True, qkv_bias=True, head_dim=24),
                                    dict(family="mistral", sliding_window=8), dict(GEMMA2, tie_embeddings=True),
-                                   dict(GEMMA3, tie_embeddings=False)])
+                                   dict(GEMMA3, tie_embeddings=False),
+                                   # Qwen3-MoE renormalized (norm_topk_prob true), with attention_bias and experts of width 40.
+                                   dict(family="qwen3_moe", qk_norm=True, qkv_bias=True, head_dim=24, num_experts=4, experts_per_token=2,
+                                        moe_mlp_dim=40, router_renormalize=True)])
 def test_export_of_maxlm_trained_model(model, tmp_path, sp_model):
     run, cfg = _maxlm_run(tmp_path, sp_model, **model)
     out = export_hf(run / "checkpoints" / "5", tmp_path / "hf")  # a step dir works as well as the run
@@ -370,7 +433,7 @@ def test_unsupported_architecture_names_file_and_architecture(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "config.json") in msg and "GPT2LMHeadModel" in msg
     assert msg.endswith("(supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, Gemma2ForCausalLM, "
-                        "Gemma3ForCausalLM)")
+                        "Gemma3ForCausalLM, MixtralForCausalLM, Qwen3MoeForCausalLM)")
     assert not (tmp_path / "out").exists()
 
 
@@ -420,6 +483,26 @@ def test_config_mapping_accepts_legacy_rope_keys():
         model_config({**legacy, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "config.json")
 
 
+QWEN3_MOE_RAW = {"architectures": ["Qwen3MoeForCausalLM"], "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "intermediate_size": 16, "moe_intermediate_size": 4, "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": True}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mlp_only_layers": [1]}, r"dense layers among the sparse ones \(mlp_only_layers \[1\], decoder_sparse_step 1\) are not supported"),
+    ({"decoder_sparse_step": 2}, "decoder_sparse_step 2"),
+    ({"router_jitter_noise": 0.1}, "router_jitter_noise 0.1 is not supported"),
+    ({"num_experts": None}, "missing required key num_experts"),
+])
+def test_moe_layouts_maxlm_does_not_build_are_refused(change, message):
+    from maxlm.ckpt.hf_config import hf_config, model_config
+
+    m = model_config(QWEN3_MOE_RAW, "config.json")
+    assert (m.num_experts, m.experts_per_token, m.moe_mlp_dim, m.router_renormalize) == (4, 2, 4, True)
+    assert model_config(hf_config(m, dtype="float32", bos_id=1, eos_id=2, pad_id=None, score=False), "x") == dataclasses.replace(m, head_dim=4)
+    with pytest.raises(MaxlmError, match=r"^config\.json: .*" + message):
+        model_config({**QWEN3_MOE_RAW, **change}, "config.json")
+
+
 @pytest.mark.parametrize("which", IMPORTED)
 def test_greedy_generate_equals_transformers(which, request):
     """The KV-cache sampler's greedy tokens equal transformers' generate, one prompt at a time and batched."""
@@ -449,14 +532,17 @@ def test_import_refuses_a_foreign_non_empty_out_and_its_own_input(llama, tmp_pat
 NON_EMBEDDING_B = {"qwen3_0_6b.yaml": 0.44, "qwen3_8b.yaml": 6.95}
 # The model cards' total counts, in billions (google/gemma-2-2b 2.6B, gemma-2-9b 9.2B, gemma-3-1b-pt 1.0B; gemma-3-4b-pt's
 # 4.3B less its ~0.4B SigLIP vision tower).
-TOTAL_B = {"gemma2_2b.yaml": 2.6, "gemma2_9b.yaml": 9.2, "gemma3_1b.yaml": 1.0, "gemma3_4b.yaml": 3.9}
+TOTAL_B = {"gemma2_2b.yaml": 2.6, "gemma2_9b.yaml": 9.2, "gemma3_1b.yaml": 1.0, "gemma3_4b.yaml": 3.9,
+           "mixtral_8x7b.yaml": 46.7, "qwen3_30b_a3b.yaml": 30.5}
+# Parameters a token runs through, in billions: the model cards give 12.9B (Mixtral 8x7B) and 3.3B (Qwen3-30B-A3B, truncated from 3.35).
+ACTIVE_B = {"mixtral_8x7b.yaml": 12.9, "qwen3_30b_a3b.yaml": 3.35}
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (Path(__file__).parents[2] / "configs" / "models").glob("*.yaml")))
 def test_preset_maps_to_transformers_with_the_same_parameters(preset, tmp_path):
     """Each preset with a fixed vocabulary, exported as an HF config, reads back as itself and builds
     as many parameters in transformers (on the meta device) as in maxlm."""
-    from maxlm.ckpt.hf_config import hf_config, model_config
+    from maxlm.ckpt.hf_config import ARCHITECTURE, hf_config, model_config
 
     m = load_config(Path(__file__).parents[2] / "configs" / "models" / preset).model
     if m.vocab_size == 0:
@@ -468,8 +554,10 @@ def test_preset_maps_to_transformers_with_the_same_parameters(preset, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(raw))
     with torch.device("meta"):
         hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(tmp_path))
-    assert type(hf).__name__ == f"{m.family.title()}ForCausalLM"
-    assert ours == sum(p.numel() for p in hf.parameters())
+    assert type(hf).__name__ == ARCHITECTURE[m.family]
+    assert ours == sum(p.numel() for p in hf.parameters()) == param_count(m)
+    if preset in ACTIVE_B:
+        assert round(param_count(m, active=True) / 1e9, 2 if preset.startswith("qwen") else 1) == ACTIVE_B[preset]
     if preset in NON_EMBEDDING_B:
         embeddings = m.vocab_size * m.hidden_size * (1 if m.tie_embeddings else 2)
         assert round((ours - embeddings) / 1e9, 2) == NON_EMBEDDING_B[preset]

@@ -52,6 +52,9 @@ def test_presets_resolve_from_configs_dir(tmp_path):
         ("model.family=gemma3", "model.family gemma3 needs model.qk_norm: true"),
         ("model.post_norms=true", "model.post_norms: true needs model.family gemma2 or gemma3"),
         ("model.mlp_activation=gelu_tanh", "model.mlp_activation: gelu_tanh needs model.family gemma2 or gemma3"),
+        ("model.num_experts=4", "model.num_experts: 4 needs model.family mixtral or qwen3_moe"),
+        ("model.family=mixtral", "model.family mixtral needs model.num_experts > 0"),
+        ("mesh.expert=0", "mesh: at most one axis may be -1 and the others must be >= 1"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

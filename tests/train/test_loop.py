@@ -164,7 +164,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, shared_data, tokenizer_model,
     "overrides, message",
     [
         (["train.stepz=3"], "did you mean train.steps?"),
-        (["mesh.data=3"], "mesh data=3 fsdp=1 tensor=1 needs 3 devices but 8 are present"),
+        (["mesh.data=3"], "mesh data=3 fsdp=1 expert=1 tensor=1 needs 3 devices but 8 are present"),
         (["train.global_batch_size=6"], "not divisible by the data-parallel size 8"),
         (["data.train_files=[/nope/missing.jsonl]"], "/nope/missing.jsonl"),
     ],
