@@ -17,6 +17,7 @@ from maxlm.config.schema import (
     DataConfig,
     ExportConfig,
     Inconsistent,
+    LoraConfig,
     MeshConfig,
     ModelConfig,
     PreferenceConfig,
@@ -38,7 +39,7 @@ from maxlm.config.schema import (
 )
 
 __all__ = [
-    "CONFIGS_DIR", "ChatTemplate", "CheckpointConfig", "ComputeDtype", "Config", "DataConfig", "ExportConfig", "Inconsistent",
+    "CONFIGS_DIR", "ChatTemplate", "CheckpointConfig", "ComputeDtype", "Config", "DataConfig", "ExportConfig", "Inconsistent", "LoraConfig",
     "MeshConfig", "ModelConfig", "PreferenceConfig", "RLConfig", "Range", "Remat", "RewardModelConfig",
     "RopeScalingConfig", "SampleConfig", "SourceConfig", "Task", "TokenizerConfig", "TrainConfig", "Verifier",
     "Where", "build", "check_ranges", "choices", "coerce", "dump_yaml", "field_range", "flag_type", "from_dict",

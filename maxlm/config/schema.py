@@ -242,6 +242,18 @@ class SampleConfig:
     top_p: float = ranged(1.0, gt=0, le=1)
 
 
+LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down"]  # the projections of maxlm/models/layers.py, by logical name
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters on a frozen base (train.init_from's weights, else the seed's init); rank 0: off, every weight trains."""
+
+    rank: int = ranged(0, ge=0)
+    alpha: float = ranged(16.0, gt=0)  # the adapter's output is scaled by alpha / rank, as PEFT's LoRA
+    targets: list[LoraTarget] = field(default_factory=lambda: ["q", "k", "v", "o"])
+
+
 @dataclass
 class ExportConfig:
     """Hugging Face export at the end of a run."""
@@ -266,6 +278,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maxlm.config import ModelConfig, RopeScalingConfig, head_dim
+from maxlm.config import LoraConfig, ModelConfig, RopeScalingConfig, head_dim
 from maxlm.models.block_causal import block_causal_attention, masked_attention
 from maxlm.parallel.rules import constrain
 
@@ -40,6 +40,38 @@ def linear(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Arr
     lead, contract, out = x.shape[: x.ndim - n_in], w.shape[:n_in], w.shape[n_in:]
     y = jnp.dot(x.reshape(-1, math.prod(contract)), w.astype(x.dtype).reshape(math.prod(contract), -1), preferred_element_type=out_dtype)
     return y.reshape(*lead, *out)
+
+
+class Adapter(nnx.Module):
+    """A low-rank update of one projection (LoRA): (alpha / r) · (x @ a) @ b, with a [in..., r] random and
+    b [r, out...] zero, so that a fresh adapter changes nothing. Stored under `<projection>_lora`."""
+
+    def __init__(self, cfg: ModelConfig, lora: LoraConfig, rngs: nnx.Rngs, in_shape: tuple[int, ...], in_axes: tuple[str, ...],
+                 out_shape: tuple[int, ...], out_axes: tuple[str, ...]):
+        self.scale = lora.alpha / lora.rank
+        self.n_in = len(in_shape)
+        self.a = param(rngs, (*in_shape, lora.rank), (*in_axes, "lora_rank"), cfg, fan_in=math.prod(in_shape))
+        self.b = param(rngs, (lora.rank, *out_shape), ("lora_rank", *out_axes), cfg, init="zeros")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Returns the update of x's projection: x contracted over its last n_in dims, shaped [..., out...]."""
+        return linear(linear(x, self.a[...], self.n_in), self.b[...]) * jnp.asarray(self.scale, x.dtype)
+
+
+def adapters(module: nnx.Module, cfg: ModelConfig, lora: LoraConfig | None, rngs: nnx.Rngs, shapes: dict) -> None:
+    """Adds an Adapter `<name>_lora` to `module` for each of its projections (`shapes`: name -> (in, in axes, out, out axes)) that lora targets."""
+    if lora is None or lora.rank == 0:
+        return
+    for name, (i, i_axes, o, o_axes) in shapes.items():
+        if name in lora.targets:
+            setattr(module, f"{name}_lora", Adapter(cfg, lora, rngs, i, i_axes, o, o_axes))
+
+
+def project(module: nnx.Module, name: str, x: jax.Array, n_in: int = 1) -> jax.Array:
+    """Returns x through the module's projection `name`, plus its adapter's update when it has one."""
+    y = linear(x, getattr(module, name)[...], n_in)
+    adapter = getattr(module, f"{name}_lora", None)
+    return y if adapter is None else y + adapter(x)
 
 
 class RMSNorm(nnx.Module):
@@ -111,7 +143,7 @@ class Attention(nnx.Module):
     flag of the layer scan; the layers share one compiled body.
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
         self.qkv_bias = cfg.qkv_bias
         self.qk_norm = cfg.qk_norm
@@ -128,6 +160,12 @@ class Attention(nnx.Module):
         self.k = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg, fan_in=d)
         self.v = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg, fan_in=d)
         self.o = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), cfg, fan_in=n * h)
+        adapters(self, cfg, lora, rngs, {
+            "q": ((d,), ("embed",), (n, h), ("heads", "head_dim")),
+            "k": ((d,), ("embed",), (k, h), ("kv_heads", "head_dim")),
+            "v": ((d,), ("embed",), (k, h), ("kv_heads", "head_dim")),
+            "o": ((n, h), ("heads", "head_dim"), (d,), ("embed",)),
+        })
         if cfg.qkv_bias:
             self.q_bias = param(rngs, (n, h), ("heads", "head_dim"), cfg, init="zeros")
             self.k_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), cfg, init="zeros")
@@ -153,9 +191,9 @@ class Attention(nnx.Module):
         """
         dt = x_BxTxD.dtype
         inv_freq = self.inv_freq(local)
-        q_BxTxNxH = linear(x_BxTxD, self.q[...])
-        k_BxTxKxH = linear(x_BxTxD, self.k[...])
-        v_BxTxKxH = linear(x_BxTxD, self.v[...])
+        q_BxTxNxH = project(self, "q", x_BxTxD)
+        k_BxTxKxH = project(self, "k", x_BxTxD)
+        v_BxTxKxH = project(self, "v", x_BxTxD)
         if self.qkv_bias:
             q_BxTxNxH = q_BxTxNxH + self.q_bias[...].astype(dt)
             k_BxTxKxH = k_BxTxKxH + self.k_bias[...].astype(dt)
@@ -192,7 +230,7 @@ class Attention(nnx.Module):
             else:
                 out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None, :, :],
                                                            scale=self.scale, implementation=self.impl)
-        out = linear(out_BxTxNxH, self.o[...], n_in=2)
+        out = project(self, "o", out_BxTxNxH, n_in=2)
         return constrain(out, ("batch", "length", "act_embed")), cache
 
 
@@ -202,30 +240,32 @@ ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approx
 class MLP(nnx.Module):
     """Gated feed-forward: down(act(gate(x)) * up(x)), act silu (SwiGLU) or tanh-approximated GELU (GeGLU)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         d, f = cfg.hidden_size, cfg.mlp_dim
         self.activation = cfg.mlp_activation
         self.gate = param(rngs, (d, f), ("embed", "mlp"), cfg, fan_in=d)
         self.up = param(rngs, (d, f), ("embed", "mlp"), cfg, fan_in=d)
         self.down = param(rngs, (f, d), ("mlp", "embed"), cfg, fan_in=f)
+        up = ((d,), ("embed",), (f,), ("mlp",))
+        adapters(self, cfg, lora, rngs, {"gate": up, "up": up, "down": ((f,), ("mlp",), (d,), ("embed",))})
 
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        g = linear(x_BxTxD, self.gate[...])
-        u = linear(x_BxTxD, self.up[...])
+        g = project(self, "gate", x_BxTxD)
+        u = project(self, "up", x_BxTxD)
         h = constrain(ACTIVATIONS[self.activation](g) * u, ("batch", "length", "act_mlp"))
-        return constrain(linear(h, self.down[...]), ("batch", "length", "act_embed"))
+        return constrain(project(self, "down", h), ("batch", "length", "act_embed"))
 
 
 class Block(nnx.Module):
     """One pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)); with `post_norms` each
     branch's output is normed again before its residual add (Gemma)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         self.post_norms = cfg.post_norms
         self.attn_norm = RMSNorm(cfg, rngs=rngs)
-        self.attn = Attention(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs, lora=lora)
         self.mlp_norm = RMSNorm(cfg, rngs=rngs)
-        self.mlp = MLP(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs, lora=lora)
         if cfg.post_norms:
             self.attn_post_norm = RMSNorm(cfg, rngs=rngs)
             self.mlp_post_norm = RMSNorm(cfg, rngs=rngs)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maxlm.config import ModelConfig, sliding_layers
+from maxlm.config import LoraConfig, ModelConfig, sliding_layers
 from maxlm.models.block_causal import softcap
 from maxlm.models.layers import DTYPES, Block, KVCache, RMSNorm, linear, param
 from maxlm.parallel.rules import constrain
@@ -33,9 +33,10 @@ def causal_segment_mask(segment_ids_BxT: jax.Array) -> jax.Array:
 
 
 class Decoder(nnx.Module):
-    """Token embedding → L pre-norm blocks → final norm → LM head (and optional scalar head)."""
+    """Token embedding → L pre-norm blocks → final norm → LM head (and optional scalar head); with
+    `lora` (rank > 0), low-rank adapters on its target projections (layers.Adapter)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be resolved (from the tokenizer) before building the model")
         self.num_layers = cfg.num_layers
@@ -51,7 +52,7 @@ class Decoder(nnx.Module):
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_layers(r: nnx.Rngs) -> Block:
-            return Block(cfg, rngs=r)
+            return Block(cfg, rngs=r, lora=lora)
 
         self.layers = make_layers(rngs)
         self.final_norm = RMSNorm(cfg, rngs=rngs)

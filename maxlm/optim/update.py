@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from maxlm.config import TrainConfig
+from maxlm.models import lora
 
 Objective = Callable[[Any, dict, Any], tuple[jax.Array, dict]]
 
@@ -32,29 +33,39 @@ def report(sums: dict) -> dict:
     return {(k[:-4] if k.endswith("_sum") else k): (v / count if k.endswith("_sum") else v) for k, v in sums.items()}
 
 
-def train_step(objective: Objective, tx: optax.GradientTransformation, cfg: TrainConfig) -> Callable:
-    """Returns step(params, opt_state, batch, ref_params=None) -> (params, opt_state, metrics), skipping non-finite updates."""
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
+def train_step(objective: Objective, tx: optax.GradientTransformation, cfg: TrainConfig, frozen_base: bool = False) -> Callable:
+    """Returns step(params, opt_state, batch, ref_params=None) -> (params, opt_state, metrics), skipping non-finite updates.
+
+    frozen_base (LoRA): only `lora.split`'s trainable part is differentiated and updated, and
+    `opt_state` is the optimizer state of that part alone; the base passes through unchanged.
+    """
+    def loss(trainable, frozen, batch, ref_params):
+        return objective(lora.join(trainable, frozen) if frozen_base else trainable, batch, ref_params)
+
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
 
     def step(params: Any, opt_state: Any, batch: dict, ref_params: Any = None):
+        trainable, frozen = lora.split(params) if frozen_base else (params, None)
         if cfg.grad_accum_steps == 1:
-            (_, sums), grads = grad_fn(params, batch, ref_params)
+            (_, sums), grads = grad_fn(trainable, frozen, batch, ref_params)
         else:
             def body(carry, mb):
-                (_, s), g = grad_fn(params, mb, ref_params)
+                (_, s), g = grad_fn(trainable, frozen, mb, ref_params)
                 return jax.tree.map(jnp.add, carry, (g, s)), None
 
-            shapes = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], microbatches(batch, cfg.grad_accum_steps)), ref_params)[0][1])
-            zeros = jax.tree.map(jnp.zeros_like, (params, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)))
+            first = jax.tree.map(lambda x: x[0], microbatches(batch, cfg.grad_accum_steps))
+            shapes = jax.eval_shape(lambda: grad_fn(trainable, frozen, first, ref_params)[0][1])
+            zeros = jax.tree.map(jnp.zeros_like, (trainable, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)))
             (grads, sums), _ = jax.lax.scan(body, zeros, microbatches(batch, cfg.grad_accum_steps))
         count = jnp.maximum(sums["count"], 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(sums["loss_sum"]) & jnp.isfinite(grad_norm)
         # A non-finite step leaves params and optimizer state exactly as they were (optimizer.adamw).
-        updates, new_opt_state = tx.update(grads, opt_state, params, finite=finite)
+        updates, new_opt_state = tx.update(grads, opt_state, trainable, finite=finite)
         metrics = report(sums) | {"grad_norm": grad_norm, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
-        return optax.apply_updates(params, updates), new_opt_state, metrics
+        new = optax.apply_updates(trainable, updates)
+        return (lora.join(new, frozen) if frozen_base else new), new_opt_state, metrics
 
     return step
 

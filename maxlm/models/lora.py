@@ -1,0 +1,93 @@
+"""A LoRA run's params as pure trees: which leaves train, the base with adapters off, and adapters merged into the base.
+
+Adapters (layers.Adapter) sit beside the projection they update, as `<projection>_lora` = {a, b}
+(e.g. params["layers"]["attn"]["q_lora"]["a"] [L, D, r]), stacked over layers like every layer leaf.
+What trains in a LoRA run: the adapters, and a scalar head (a reward model's or PPO's value head:
+a fresh head has nothing of the base to adapt). Everything else is the frozen base.
+Letters: L layers, I a projection's inputs (flattened), O its outputs (flattened), r rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from maxlm.config import LoraConfig
+
+SUFFIX = "_lora"
+TRAINED_HEADS = ("score_head",)
+
+
+def is_adapter(key: str) -> bool:
+    """Returns whether a params key is an adapter's (`<projection>_lora`)."""
+    return key.endswith(SUFFIX)
+
+
+def split(params: dict, heads: bool = True) -> tuple[dict, dict]:
+    """Returns (trainable, frozen): the adapters and (with `heads`) the scalar head, and the rest, as two disjoint nested dicts."""
+    trainable, frozen = {}, {}
+    for k, v in params.items():
+        if is_adapter(k) or (heads and k in TRAINED_HEADS):
+            trainable[k] = v
+        elif isinstance(v, dict):
+            t, f = split(v, heads)
+            if t:
+                trainable[k] = t
+            if f:
+                frozen[k] = f
+        else:
+            frozen[k] = v
+    return trainable, frozen
+
+
+def trainable(params: dict) -> dict:
+    """Returns the trainable part of a LoRA run's params (what its checkpoints hold)."""
+    return split(params)[0]
+
+
+def join(a: dict, b: dict) -> dict:
+    """Returns the union of two disjoint nested dicts (`split`'s inverse)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = join(out[k], v) if k in out else v
+    return out
+
+
+def adapters_off(params: dict) -> dict:
+    """Returns params with every adapter's b zeroed: the base's forward, sharing the base's arrays (the reference of dpo / ppo / grpo)."""
+    out = {}
+    for k, v in params.items():
+        if is_adapter(k):
+            out[k] = {"a": v["a"], "b": jnp.zeros_like(v["b"])}
+        else:
+            out[k] = adapters_off(v) if isinstance(v, dict) else v
+    return out
+
+
+def delta(a_LxIxr: jax.Array, b_Lxrx0: jax.Array, scale: float) -> jax.Array:
+    """Returns scale · a @ b per layer, f32, shaped [L, in..., out...] like the projection (a [L, in..., r], b [L, r, out...])."""
+    lead, rank = a_LxIxr.shape[0], a_LxIxr.shape[-1]
+    a = a_LxIxr.astype(jnp.float32).reshape(lead, -1, rank)
+    b = b_Lxrx0.astype(jnp.float32).reshape(lead, rank, -1)
+    return scale * jnp.einsum("lir,lro->lio", a, b).reshape(*a_LxIxr.shape[:-1], *b_Lxrx0.shape[2:])
+
+
+def merged(params: dict, lora: LoraConfig) -> dict:
+    """Returns plain params: each target projection W + (alpha / r) · a @ b, the adapters dropped."""
+    out = {}
+    for k, v in params.items():
+        if is_adapter(k):
+            continue
+        adapter = params.get(k + SUFFIX)
+        if adapter is not None:
+            out[k] = (v.astype(jnp.float32) + delta(adapter["a"], adapter["b"], lora.alpha / lora.rank)).astype(v.dtype)
+        else:
+            out[k] = merged(v, lora) if isinstance(v, dict) else v
+    return out
+
+
+def count(params: dict) -> int:
+    """Returns the number of scalars in a params tree."""
+    return sum(int(x.size) for x in jax.tree.leaves(params))
