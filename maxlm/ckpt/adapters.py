@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from maxlm.ckpt.manager import Checkpoints, abstract_like
@@ -101,3 +102,77 @@ def restore_lora(ckpts: Checkpoints, step: int, cfg: Config, model: ModelConfig,
     _, shapes, _ = params_lib.abstract(model, cfg.lora)
     abstract = lora.trainable(abstract_like(shapes, params_lib.shardings(model, mesh, cfg.lora)))
     return frozen, ckpts.restore(step, abstract)["params"]
+
+
+def base_step(stored: StoredStep) -> StoredStep:
+    """Returns the stored step of the base a LoRA run's step was trained on (MaxlmError when it has none on disk)."""
+    record = stored.checkpoints.base(stored.step)
+    if record is None:
+        raise MaxlmError(f"{stored.params_dir.parent}: a LoRA run's step without its base record")
+    if not record["init_from"]:
+        raise MaxlmError(f"{stored.run_dir}: a LoRA run on a seed's random init (no train.init_from) has no stored base to export onto")
+    path = Path(record["init_from"]) / str(record["step"])
+    if not path.is_dir():
+        raise MaxlmError(f"the LoRA base {path} is gone (step {record['step']} of {record['init_from']}); restore it to use these adapters")
+    return StoredStep(path)
+
+
+class MergedStep:
+    """A LoRA run's stored step read as a plain one (export --merge): the base's leaves, each target
+    projection with its adapter's a @ b merged in, one layer at a time like StoredStep.read.
+
+    The base may itself be a LoRA run (merged in turn); its fingerprint is checked on opening,
+    reading it one layer slice at a time.
+    """
+
+    def __init__(self, stored: StoredStep):
+        self.adapters = stored
+        self.config, self.step, self.run_dir, self.params_dir = stored.config, stored.step, stored.run_dir, stored.params_dir
+        base = base_step(stored)
+        self.base = MergedStep(base) if base.config.lora.rank else base
+        own = {k: v for k, v in stored.leaves.items() if not any(lora.is_adapter(p) for p in k.split("/"))}
+        # The run's own scalar head (trained with the adapters) replaces the base's.
+        self.leaves = {k: v for k, v in self.base.leaves.items() if k not in lora.TRAINED_HEADS} | own
+        self.scale = self.config.lora.alpha / self.config.lora.rank
+        check_fingerprint(stored.checkpoints.base(stored.step)["fingerprint"], self._base_fingerprint(), str(self.params_dir.parent))
+
+    def _base_fingerprint(self) -> dict[str, list]:
+        out = {}
+        for leaf in self.base.leaves:
+            if leaf in lora.TRAINED_HEADS:
+                continue
+            shape = self.base.shape(leaf)
+            rows = range(shape[0]) if leaf.startswith("layers/") else [None]
+            s = q = 0.0
+            for i in rows:
+                x = self.base.read(leaf, i).astype(np.float64)
+                s, q = s + float(x.sum()), q + float((x * x).sum())
+            out[leaf] = [list(shape), self.base.dtype(leaf).name, s, q]
+        return out
+
+    def _source(self, leaf: str):
+        return self.adapters if leaf in self.adapters.leaves else self.base
+
+    def shape(self, leaf: str) -> tuple[int, ...]:
+        """Returns the shape of `leaf` (a "/"-joined path)."""
+        return self._source(leaf).shape(leaf)
+
+    def dtype(self, leaf: str) -> np.dtype:
+        """Returns the stored dtype of `leaf`."""
+        return self._source(leaf).dtype(leaf)
+
+    def read(self, leaf: str, layer: int | None = None) -> np.ndarray:
+        """Returns `leaf` (or its row `layer`) with its adapter's update merged in, in the leaf's dtype."""
+        w = self._source(leaf).read(leaf, layer)
+        if f"{leaf}{lora.SUFFIX}/a" not in self.adapters.leaves:
+            return w
+        a = self.adapters.read(f"{leaf}{lora.SUFFIX}/a", layer).astype(np.float32)
+        b = self.adapters.read(f"{leaf}{lora.SUFFIX}/b", layer).astype(np.float32)
+        if layer is not None:
+            a, b = a[None], b[None]
+        d = np.asarray(lora.delta(a, b, self.scale))
+        return (w.astype(np.float32) + (d if layer is None else d[0])).astype(w.dtype)
+
+    def tokenizer_path(self) -> Path | None:
+        """Returns the run's tokenizer, else its base's."""
+        return self.adapters.tokenizer_path() or self.base.tokenizer_path()
