@@ -1,0 +1,55 @@
+"""LoRA adapters in the decoder: the adapted forward equals the merged weights' forward, adapters off is the base, rank 0 adds nothing."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maxlm.config import LoraConfig, MeshConfig, ModelConfig
+from maxlm.models import lora
+from maxlm.models import params as params_lib
+from maxlm.parallel.mesh import make_mesh
+
+MODEL = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=48, dtype="float32")
+ALL = LoraConfig(rank=4, alpha=8.0, targets=["q", "k", "v", "o", "gate", "up", "down"])
+
+
+@pytest.fixture(scope="module")
+def adapted():
+    """Returns params of MODEL with every adapter's a and b random (a fresh b is zero, which would hide mistakes)."""
+    mesh = make_mesh(MeshConfig(data=-1, fsdp=1))
+    trainable, frozen = lora.split(params_lib.init(MODEL, mesh, 0, ALL))
+    keys = iter(jax.random.split(jax.random.key(1), 64))
+    trainable = jax.tree.map(lambda x: 0.2 * jax.random.normal(next(keys), x.shape), trainable)
+    return lora.join(trainable, frozen)
+
+
+def logits(params, lora_cfg=None) -> np.ndarray:
+    graphdef, _, _ = params_lib.abstract(MODEL, lora_cfg)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 12)))
+    return np.asarray(jax.jit(lambda p, t: params_lib.bind(graphdef, p)(t))(params, tokens))
+
+
+def test_adapted_forward_equals_merged_weights(adapted):
+    ours = logits(adapted, ALL)
+    merged = logits(lora.merged(adapted, ALL))
+    base = logits(lora.split(adapted)[1])
+    assert np.abs(ours - merged).max() < 1e-5
+    assert np.abs(ours - base).max() > 0.1  # the adapters do change the output
+
+
+def test_adapters_off_is_the_base(adapted):
+    np.testing.assert_array_equal(logits(lora.adapters_off(adapted), ALL), logits(lora.split(adapted)[1]))
+
+
+def test_adapters_only_on_targets_and_rank_zero_adds_nothing():
+    _, shapes, names = params_lib.abstract(MODEL, LoraConfig(rank=2, targets=["q", "down"]))
+    leaves = {"/".join(k.key for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(lora.trainable(shapes))[0]}
+    assert leaves == {"layers/attn/q_lora/a", "layers/attn/q_lora/b", "layers/mlp/down_lora/a", "layers/mlp/down_lora/b"}
+    assert shapes["layers"]["attn"]["q_lora"]["b"].shape == (2, 2, 4, 8)  # [L, r, N, H], stacked like the layer
+    assert tuple(names["layers"]["attn"]["q_lora"]["a"]) == ("layers", "embed", "lora_rank")
+    plain = params_lib.abstract(MODEL)
+    zero = params_lib.abstract(MODEL, LoraConfig(rank=0))
+    assert jax.tree.structure(plain[1]) == jax.tree.structure(zero[1]) and plain[0] == zero[0]
