@@ -2,8 +2,9 @@
 
 The record (`base` item of each step): {"init_from": the base run's checkpoints dir or "",
 "step": its step, "seed": the seed whose init is the base when there is no init_from,
-"fingerprint": {leaf: [shape, dtype, sum, sum of squares]}}. Restoring reloads the base from it
-and checks the fingerprint, so adapters never land silently on a base that changed since.
+"fingerprint": {leaf: [shape, dtype, sum, sum of squares]} of the base as loaded, before
+lora.base_dtype casts or quantizes it}. Restoring reloads the base from it and checks the
+fingerprint, so adapters never land silently on a base that changed since.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def base_record(init_from: str, seed: int) -> dict:
 def base_params(record: dict, cfg: Config, mesh: Mesh) -> Any:
     """Returns the whole plain base model (a scalar head kept if it has one) that `record` names, sharded for `mesh`."""
     if not record["init_from"]:
-        return lora.merged(params_lib.init(cfg.model, mesh, record["seed"], cfg.lora), cfg.lora)
+        # The seed's init of the adapted model (adapters draw from the same stream), in float.
+        float_lora = dataclasses.replace(cfg.lora, base_dtype="param_dtype")
+        return lora.merged(params_lib.init(cfg.model, mesh, record["seed"], float_lora), float_lora)
     path = Path(record["init_from"]) / str(record["step"])
     if not path.is_dir():
         raise MaxlmError(f"the LoRA base {path} is gone (step {record['step']} of {record['init_from']}); restore it to use these adapters")
@@ -82,7 +85,7 @@ def restore_plain(stored: StoredStep, model: ModelConfig, mesh: Mesh) -> Any:
     if cfg.lora.rank == 0:
         return stored.restore(abstract_like(params_lib.abstract(model)[1], params_lib.shardings(model, mesh)))
     frozen, adapters = restore_lora(stored.checkpoints, stored.step, cfg, model, mesh)
-    return jax.jit(lambda p: lora.merged(p, cfg.lora))(lora.join(adapters, frozen))
+    return jax.jit(lambda p: lora.merged(p, cfg.lora, jnp.dtype(model.param_dtype)))(lora.join(adapters, frozen))
 
 
 def reload_base(ckpts: Checkpoints, step: int, cfg: Config, mesh: Mesh) -> tuple[Any, dict]:
@@ -93,7 +96,7 @@ def reload_base(ckpts: Checkpoints, step: int, cfg: Config, mesh: Mesh) -> tuple
         raise MaxlmError(f"{where}: a LoRA run's step (lora.rank {cfg.lora.rank}) without its base record; it cannot be restored")
     _, frozen = lora.split(base_params(record, cfg, mesh))
     check_fingerprint(record["fingerprint"], fingerprint(frozen), where)
-    return frozen, record
+    return jax.jit(lambda f: lora.held_base(f, cfg.lora))(frozen), record
 
 
 def restore_lora(ckpts: Checkpoints, step: int, cfg: Config, model: ModelConfig, mesh: Mesh) -> tuple[Any, Any]:

@@ -59,17 +59,27 @@ class Adapter(nnx.Module):
 
 
 def adapters(module: nnx.Module, cfg: ModelConfig, lora: LoraConfig | None, rngs: nnx.Rngs, shapes: dict) -> None:
-    """Adds an Adapter `<name>_lora` to `module` for each of its projections (`shapes`: name -> (in, in axes, out, out axes)) that lora targets."""
+    """Adds an Adapter `<name>_lora` to `module` for each of its projections (`shapes`: name -> (in, in axes, out, out axes))
+    that lora targets; with lora.base_dtype int8, every projection becomes int8 with a `<name>_scale` [1 per input, out...]."""
     if lora is None or lora.rank == 0:
         return
     for name, (i, i_axes, o, o_axes) in shapes.items():
         if name in lora.targets:
             setattr(module, f"{name}_lora", Adapter(cfg, lora, rngs, i, i_axes, o, o_axes))
+        if lora.base_dtype == "int8":
+            # Shapes only: a LoRA run's base is loaded (models/lora.py held_base), never initialized here.
+            setattr(module, name, nnx.Param(jnp.zeros((*i, *o), jnp.int8), out_sharding=(*i_axes, *o_axes), eager_sharding=False))
+            setattr(module, f"{name}_scale", nnx.Param(jnp.ones((*(1 for _ in i), *o), jnp.float32),
+                                                       out_sharding=(*(None for _ in i), *o_axes), eager_sharding=False))
 
 
 def project(module: nnx.Module, name: str, x: jax.Array, n_in: int = 1) -> jax.Array:
-    """Returns x through the module's projection `name`, plus its adapter's update when it has one."""
-    y = linear(x, getattr(module, name)[...], n_in)
+    """Returns x through the module's projection `name` (an int8 one dequantized as it is used), plus its adapter's update when it has one."""
+    w = getattr(module, name)[...]
+    scale = getattr(module, f"{name}_scale", None)
+    if scale is not None:
+        w = w.astype(jnp.float32) * scale[...]
+    y = linear(x, w, n_in)
     adapter = getattr(module, f"{name}_lora", None)
     return y if adapter is None else y + adapter(x)
 

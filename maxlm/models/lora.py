@@ -16,7 +16,10 @@ import jax.numpy as jnp
 from maxlm.config import LoraConfig
 
 SUFFIX = "_lora"
+SCALE = "_scale"  # an int8 projection's per-output-channel scale, beside it
 TRAINED_HEADS = ("score_head",)
+# The projections of a layer (params["layers"][block][name]) and how many leading dims (after L) are inputs.
+PROJECTIONS = {"q": ("attn", 1), "k": ("attn", 1), "v": ("attn", 1), "o": ("attn", 2), "gate": ("mlp", 1), "up": ("mlp", 1), "down": ("mlp", 1)}
 
 
 def is_adapter(key: str) -> bool:
@@ -73,18 +76,46 @@ def delta(a_LxIxr: jax.Array, b_Lxrx0: jax.Array, scale: float) -> jax.Array:
     return scale * jnp.einsum("lir,lro->lio", a, b).reshape(*a_LxIxr.shape[:-1], *b_Lxrx0.shape[2:])
 
 
-def merged(params: dict, lora: LoraConfig) -> dict:
-    """Returns plain params: each target projection W + (alpha / r) · a @ b, the adapters dropped."""
+def merged(params: dict, lora: LoraConfig, dtype=jnp.float32) -> dict:
+    """Returns plain params: each target projection W + (alpha / r) · a @ b, the adapters dropped; an int8
+    projection dequantized into `dtype` (the model's param dtype) first."""
     out = {}
     for k, v in params.items():
-        if is_adapter(k):
+        if is_adapter(k) or k.endswith(SCALE):
             continue
+        if k + SCALE in params:
+            v = dequantize(v, params[k + SCALE]).astype(dtype)
         adapter = params.get(k + SUFFIX)
         if adapter is not None:
             out[k] = (v.astype(jnp.float32) + delta(adapter["a"], adapter["b"], lora.alpha / lora.rank)).astype(v.dtype)
         else:
-            out[k] = merged(v, lora) if isinstance(v, dict) else v
+            out[k] = merged(v, lora, dtype) if isinstance(v, dict) else v
     return out
+
+
+def quantize(w_LxIxO: jax.Array, n_in: int) -> tuple[jax.Array, jax.Array]:
+    """Returns (int8 values, f32 scale [L, 1 per input dim, out...]): symmetric per output channel, max |w| over the inputs / 127."""
+    w = w_LxIxO.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(w), axis=tuple(range(1, 1 + n_in)), keepdims=True) / 127.0
+    scale = jnp.where(scale > 0, scale, 1.0)  # an all-zero channel stays zero
+    return jnp.clip(jnp.round(w / scale), -127, 127).astype(jnp.int8), scale
+
+
+def dequantize(q: jax.Array, scale: jax.Array) -> jax.Array:
+    """Returns f32 q · scale (the scale keeps the input dims as 1s, so a stacked leaf and one layer's slice broadcast alike)."""
+    return q.astype(jnp.float32) * scale.astype(jnp.float32)
+
+
+def held_base(frozen: dict, lora: LoraConfig) -> dict:
+    """Returns the frozen base as `lora.base_dtype` holds it: unchanged, cast to bfloat16, or with int8 projections and their scales."""
+    if lora.base_dtype == "bfloat16":
+        return jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, frozen)
+    if lora.base_dtype != "int8":
+        return frozen
+    layers = {block: dict(sub) for block, sub in frozen["layers"].items()}
+    for name, (block, n_in) in PROJECTIONS.items():
+        layers[block][name], layers[block][name + SCALE] = quantize(layers[block][name], n_in)
+    return frozen | {"layers": layers}
 
 
 def count(params: dict) -> int:

@@ -105,7 +105,9 @@ def lora_start(cfg: Config, mesh: Mesh) -> tuple[Any, dict]:
     record = adapters.base_record(cfg.train.init_from, cfg.train.seed)
     head, frozen = lora.split(fit_head(adapters.base_params(record, cfg, mesh), cfg, mesh))
     fresh = params_lib.init(cfg.model, mesh, cfg.train.seed, cfg.lora, keep=lambda t: lora.split(t, heads=False)[0])
-    return lora.join(lora.join(fresh, head), frozen), record | {"fingerprint": adapters.fingerprint(frozen)}
+    record |= {"fingerprint": adapters.fingerprint(frozen)}
+    held = jax.jit(lambda f: lora.held_base(f, cfg.lora))(frozen)  # the fingerprint is the loaded base's, before any cast
+    return lora.join(lora.join(fresh, head), held), record
 
 
 def reference_params(cfg: Config, mesh: Mesh) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,3 +55,23 @@ def test_adapters_only_on_targets_and_rank_zero_adds_nothing():
     plain = params_lib.abstract(MODEL)
     zero = params_lib.abstract(MODEL, LoraConfig(rank=0))
     assert jax.tree.structure(plain[1]) == jax.tree.structure(zero[1]) and plain[0] == zero[0]
+
+
+@pytest.mark.parametrize("base_dtype, tolerance", [("bfloat16", 0.05), ("int8", 0.08)])
+def test_held_base_stays_near_the_float_base_in_less_memory(adapted, base_dtype, tolerance):
+    held_cfg = dataclasses.replace(ALL, base_dtype=base_dtype)
+    trainable, frozen = lora.split(adapted)
+    held = lora.held_base(frozen, held_cfg)
+    projections = lambda tree: sum(x.nbytes for k, x in jax.tree_util.tree_flatten_with_path(tree["layers"])[0]
+                                   if k[-1].key.removesuffix(lora.SCALE) in lora.PROJECTIONS)
+    full = logits(adapted, ALL)
+    diff = np.abs(logits(lora.join(trainable, held), held_cfg) - full).max()
+    ratio = projections(held) / projections(frozen)
+    print(f"{base_dtype} base: max |logits - f32 base's| = {diff:.4f} (logit std {full.std():.3f}), projection bytes x{ratio:.3f}")
+    assert diff <= tolerance * full.std()
+    assert ratio <= (0.5 if base_dtype == "bfloat16" else 0.25 + 1 / 32)  # int8: a byte a weight + an f32 scale per output channel
+    if base_dtype == "int8":
+        assert held["layers"]["mlp"]["down"].dtype == jnp.int8 and held["layers"]["attn"]["o_scale"].shape == (2, 1, 1, 32)
+        # The adapted int8 forward is the merged (dequantized) weights' forward.
+        merged = logits(lora.merged(lora.join(trainable, held), held_cfg))
+        assert np.abs(merged - logits(lora.join(trainable, held), held_cfg)).max() < 1e-5
