@@ -68,7 +68,7 @@ def export_peft(stored: StoredStep, out_dir: Path, overwrite: bool) -> Path:
     base = base_step(stored)
     entries, targets = adapter_entries(stored)
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha, "lora_dropout": 0.0,
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
         "target_modules": sorted(targets), "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "inference_mode": True,
         # The base as maxlm knows it: its run (export that with `maxlm export-hf` for transformers).
         "base_model_name_or_path": str(base.run_dir),

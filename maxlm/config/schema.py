@@ -251,6 +251,7 @@ class LoraConfig:
 
     rank: int = ranged(0, ge=0)
     alpha: float = ranged(16.0, gt=0)  # the adapter's output is scaled by alpha / rank, as PEFT's LoRA
+    dropout: float = ranged(0.0, ge=0, lt=1)  # on each adapter's input, in training updates only (PEFT's lora_dropout)
     targets: list[LoraTarget] = field(default_factory=lambda: ["q", "k", "v", "o"])
     # How the frozen base is held: as model.param_dtype; cast to bfloat16; or int8 projections (QLoRA-style:
     # all seven projections of every layer int8 with one f32 scale per output channel, dequantized as they are used).

@@ -49,12 +49,17 @@ class Adapter(nnx.Module):
     def __init__(self, cfg: ModelConfig, lora: LoraConfig, rngs: nnx.Rngs, in_shape: tuple[int, ...], in_axes: tuple[str, ...],
                  out_shape: tuple[int, ...], out_axes: tuple[str, ...]):
         self.scale = lora.alpha / lora.rank
+        self.dropout = lora.dropout
         self.n_in = len(in_shape)
         self.a = param(rngs, (*in_shape, lora.rank), (*in_axes, "lora_rank"), cfg, fan_in=math.prod(in_shape))
         self.b = param(rngs, (lora.rank, *out_shape), ("lora_rank", *out_axes), cfg, init="zeros")
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Returns the update of x's projection: x contracted over its last n_in dims, shaped [..., out...]."""
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        """Returns the update of x's projection: x contracted over its last n_in dims, shaped [..., out...];
+        with a key, lora.dropout on x first (the adapter's input only, as PEFT's lora_dropout)."""
+        if dropout_key is not None and self.dropout > 0:
+            keep = 1.0 - self.dropout
+            x = jnp.where(jax.random.bernoulli(dropout_key, keep, x.shape), x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
         return linear(linear(x, self.a[...], self.n_in), self.b[...]) * jnp.asarray(self.scale, x.dtype)
 
 
@@ -73,7 +78,10 @@ def adapters(module: nnx.Module, cfg: ModelConfig, lora: LoraConfig | None, rngs
                                                        out_sharding=(*(None for _ in i), *o_axes), eager_sharding=False))
 
 
-def project(module: nnx.Module, name: str, x: jax.Array, n_in: int = 1) -> jax.Array:
+PROJECTION_IDS = {name: i for i, name in enumerate(("q", "k", "v", "o", "gate", "up", "down"))}  # each adapter's own dropout stream
+
+
+def project(module: nnx.Module, name: str, x: jax.Array, n_in: int = 1, dropout_key: jax.Array | None = None) -> jax.Array:
     """Returns x through the module's projection `name` (an int8 one dequantized as it is used), plus its adapter's update when it has one."""
     w = getattr(module, name)[...]
     scale = getattr(module, f"{name}_scale", None)
@@ -81,7 +89,9 @@ def project(module: nnx.Module, name: str, x: jax.Array, n_in: int = 1) -> jax.A
         w = w.astype(jnp.float32) * scale[...]
     y = linear(x, w, n_in)
     adapter = getattr(module, f"{name}_lora", None)
-    return y if adapter is None else y + adapter(x)
+    if adapter is None:
+        return y
+    return y + adapter(x, None if dropout_key is None else jax.random.fold_in(dropout_key, PROJECTION_IDS[name]))
 
 
 class RMSNorm(nnx.Module):
@@ -193,17 +203,17 @@ class Attention(nnx.Module):
             return inv
         return jnp.where(local, rope_inv_freq(h, self.rope_local_theta, RopeScalingConfig()), inv)
 
-    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None, local=True):
-        """Returns (out [B,T,D], updated cache or None); with a cache, writes T slots at `cache_index`.
+    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None, local=True, dropout_key=None):
+        """Returns (out [B,T,D], updated cache or None); with a cache, writes T slots at `cache_index`; `dropout_key`: the adapters' dropout.
 
         Without a cache the mask must be causal: attention skips the key blocks above the diagonal
         (and, on a sliding layer, those behind the window). `local`: bool scalar, may be traced.
         """
         dt = x_BxTxD.dtype
         inv_freq = self.inv_freq(local)
-        q_BxTxNxH = project(self, "q", x_BxTxD)
-        k_BxTxKxH = project(self, "k", x_BxTxD)
-        v_BxTxKxH = project(self, "v", x_BxTxD)
+        q_BxTxNxH = project(self, "q", x_BxTxD, dropout_key=dropout_key)
+        k_BxTxKxH = project(self, "k", x_BxTxD, dropout_key=dropout_key)
+        v_BxTxKxH = project(self, "v", x_BxTxD, dropout_key=dropout_key)
         if self.qkv_bias:
             q_BxTxNxH = q_BxTxNxH + self.q_bias[...].astype(dt)
             k_BxTxKxH = k_BxTxKxH + self.k_bias[...].astype(dt)
@@ -240,7 +250,7 @@ class Attention(nnx.Module):
             else:
                 out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None, :, :],
                                                            scale=self.scale, implementation=self.impl)
-        out = project(self, "o", out_BxTxNxH, n_in=2)
+        out = project(self, "o", out_BxTxNxH, n_in=2, dropout_key=dropout_key)
         return constrain(out, ("batch", "length", "act_embed")), cache
 
 
@@ -259,11 +269,11 @@ class MLP(nnx.Module):
         up = ((d,), ("embed",), (f,), ("mlp",))
         adapters(self, cfg, lora, rngs, {"gate": up, "up": up, "down": ((f,), ("mlp",), (d,), ("embed",))})
 
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        g = project(self, "gate", x_BxTxD)
-        u = project(self, "up", x_BxTxD)
+    def __call__(self, x_BxTxD: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        g = project(self, "gate", x_BxTxD, dropout_key=dropout_key)
+        u = project(self, "up", x_BxTxD, dropout_key=dropout_key)
         h = constrain(ACTIVATIONS[self.activation](g) * u, ("batch", "length", "act_mlp"))
-        return constrain(project(self, "down", h), ("batch", "length", "act_embed"))
+        return constrain(project(self, "down", h, dropout_key=dropout_key), ("batch", "length", "act_embed"))
 
 
 class Block(nnx.Module):
@@ -280,13 +290,13 @@ class Block(nnx.Module):
             self.attn_post_norm = RMSNorm(cfg, rngs=rngs)
             self.mlp_post_norm = RMSNorm(cfg, rngs=rngs)
 
-    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache=None, cache_index=None, local=True):
+    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache=None, cache_index=None, local=True, dropout_key=None):
         """Returns (x [B,T,D], cache); `local`: whether this layer slides (a traced bool under the layer scan)."""
-        a_BxTxD, cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index, local)
+        a_BxTxD, cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index, local, dropout_key)
         if self.post_norms:
             a_BxTxD = self.attn_post_norm(a_BxTxD)
         x_BxTxD = x_BxTxD + a_BxTxD
-        m_BxTxD = self.mlp(self.mlp_norm(x_BxTxD))
+        m_BxTxD = self.mlp(self.mlp_norm(x_BxTxD), dropout_key)
         if self.post_norms:
             m_BxTxD = self.mlp_post_norm(m_BxTxD)
         return x_BxTxD + m_BxTxD, cache

@@ -61,10 +61,11 @@ class Decoder(nnx.Module):
         if cfg.scalar_head:
             self.score_head = param(rngs, (cfg.hidden_size,), ("embed",), cfg, init="zeros")
 
-    def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None):
+    def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None, dropout_key=None):
         """Returns (final-normed hidden states [B, T, D], updated stacked cache or None).
 
-        Without a cache, `mask_BxTxS` must be causal (as from causal_segment_mask).
+        Without a cache, `mask_BxTxS` must be causal (as from causal_segment_mask). `dropout_key`
+        (training steps of a LoRA run): the adapters' dropout, one stream per layer.
         """
         dt = DTYPES[self.dtype]
         x = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
@@ -74,19 +75,20 @@ class Decoder(nnx.Module):
         x = constrain(x, ("batch", "length", "act_embed"))
         graphdef, layer_state = nnx.split(self.layers)
         local_L = jnp.asarray(self.sliding)
+        keys_L = None if dropout_key is None else jax.random.split(dropout_key, self.num_layers)
 
         def body(x, xs):
-            state_l, cache_l, local = xs
-            return nnx.merge(graphdef, state_l)(x, positions_BxT, mask_BxTxS, cache_l, cache_index, local)
+            state_l, cache_l, local, key_l = xs
+            return nnx.merge(graphdef, state_l)(x, positions_BxT, mask_BxTxS, cache_l, cache_index, local, key_l)
 
         if self.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
         if self.scan_layers:
-            x, cache = jax.lax.scan(body, x, (layer_state, cache, local_L))
+            x, cache = jax.lax.scan(body, x, (layer_state, cache, local_L, keys_L))
         else:
             caches = []
             for i in range(self.num_layers):
-                x, c = body(x, jax.tree.map(lambda a: a[i], (layer_state, cache, local_L)))
+                x, c = body(x, jax.tree.map(lambda a: a[i], (layer_state, cache, local_L, keys_L)))
                 caches.append(c)
             cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
         return self.final_norm(x), cache
@@ -104,13 +106,13 @@ class Decoder(nnx.Module):
         """Returns the scalar head's f32 output [B, T] (reward or value per position)."""
         return jnp.einsum("btd,d->bt", hidden_BxTxD.astype(jnp.float32), self.score_head[...].astype(jnp.float32))
 
-    def __call__(self, tokens_BxT, segment_ids_BxT=None, positions_BxT=None) -> jax.Array:
+    def __call__(self, tokens_BxT, segment_ids_BxT=None, positions_BxT=None, dropout_key=None) -> jax.Array:
         """Returns f32 logits [B, T, V] for (optionally packed) token rows."""
         b, t = tokens_BxT.shape
         if segment_ids_BxT is None:
             segment_ids_BxT = jnp.ones((b, t), jnp.int32)
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        h, _ = self.hidden(tokens_BxT, positions_BxT, causal_segment_mask(segment_ids_BxT))
+        h, _ = self.hidden(tokens_BxT, positions_BxT, causal_segment_mask(segment_ids_BxT), dropout_key=dropout_key)
         return self.logits(h)
 

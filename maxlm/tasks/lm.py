@@ -23,7 +23,7 @@ def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = Tra
     def objective(params, batch, ref_params=None):
         tokens, seg = batch["tokens"], batch["segment_ids"]
         model = bind(graphdef, params)
-        hidden, _ = model.hidden(tokens, batch["positions"], causal_segment_mask(seg))
+        hidden, _ = model.hidden(tokens, batch["positions"], causal_segment_mask(seg), dropout_key=batch.get("dropout_key"))
         w = next_token_weights(seg, batch["loss_mask"])
         loss, (nll, z) = fused_next_token_loss(hidden, model.head(), next_targets(tokens), w, z_loss,
                                                chunk_count(tokens.shape[1], loss_chunks), model.final_softcap)

@@ -1,4 +1,5 @@
-"""LoRA adapters in the decoder: the adapted forward equals the merged weights' forward, adapters off is the base, rank 0 adds nothing."""
+"""LoRA adapters in the decoder: the adapted forward equals the merged weights' forward, adapters off is the base, rank 0
+adds nothing, a bfloat16 / int8 base stays near the f32 one in less memory, dropout is unbiased and only in training."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from maxlm.config import LoraConfig, MeshConfig, ModelConfig
 from maxlm.models import lora
 from maxlm.models import params as params_lib
+from maxlm.models.layers import Adapter
 from maxlm.parallel.mesh import make_mesh
 
 MODEL = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=48, dtype="float32")
@@ -75,3 +78,17 @@ def test_held_base_stays_near_the_float_base_in_less_memory(adapted, base_dtype,
         # The adapted int8 forward is the merged (dequantized) weights' forward.
         merged = logits(lora.merged(lora.join(trainable, held), held_cfg))
         assert np.abs(merged - logits(lora.join(trainable, held), held_cfg)).max() < 1e-5
+
+
+def test_adapter_dropout_is_unbiased_and_only_with_a_key():
+    cfg = dataclasses.replace(ALL, dropout=0.3)
+    adapter = Adapter(MODEL, cfg, nnx.Rngs(0), (32,), ("embed",), (48,), ("mlp",))
+    adapter.b.value = jax.random.normal(jax.random.key(2), adapter.b.value.shape)
+    x = jax.random.normal(jax.random.key(3), (4, 32))
+    plain = adapter(x)
+    np.testing.assert_array_equal(np.asarray(adapter(x, None)), np.asarray(plain))  # eval, sampling: no key, no dropout
+    dropped = jax.vmap(lambda k: adapter(x, k))(jax.random.split(jax.random.key(4), 4000))
+    assert np.abs(np.asarray(dropped[0] - plain)).max() > 0.1
+    # The adapter is linear in its input: inverted dropout leaves its mean update unchanged.
+    spread = np.asarray(jnp.std(dropped, axis=0)) / np.sqrt(len(dropped))
+    assert np.all(np.abs(np.asarray(jnp.mean(dropped, axis=0) - plain)) <= 5 * spread + 1e-6)
