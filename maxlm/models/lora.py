@@ -9,7 +9,6 @@ Letters: L layers, I a projection's inputs (flattened), O its outputs (flattened
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 
