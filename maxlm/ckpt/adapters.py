@@ -70,10 +70,7 @@ def base_params(record: dict, cfg: Config, mesh: Mesh) -> Any:
         # The seed's init of the adapted model (adapters draw from the same stream), in float.
         float_lora = dataclasses.replace(cfg.lora, base_dtype="param_dtype")
         return lora.merged(params_lib.init(cfg.model, mesh, record["seed"], float_lora), float_lora)
-    path = Path(record["init_from"]) / str(record["step"])
-    if not path.is_dir():
-        raise MaxlmError(f"the LoRA base {path} is gone (step {record['step']} of {record['init_from']}); restore it to use these adapters")
-    stored = StoredStep(path)
+    stored = _stored_base(record)
     # The base's own head, which may differ from the run's (an RM's LoRA on an SFT base).
     return restore_plain(stored, dataclasses.replace(cfg.model, scalar_head=stored.config.model.scalar_head), mesh)
 
@@ -114,6 +111,11 @@ def base_step(stored: StoredStep) -> StoredStep:
         raise MaxlmError(f"{stored.params_dir.parent}: a LoRA run's step without its base record")
     if not record["init_from"]:
         raise MaxlmError(f"{stored.run_dir}: a LoRA run on a seed's random init (no train.init_from) has no stored base to export onto")
+    return _stored_base(record)
+
+
+def _stored_base(record: dict) -> StoredStep:
+    """Returns the stored step a base record names (MaxlmError when it is gone)."""
     path = Path(record["init_from"]) / str(record["step"])
     if not path.is_dir():
         raise MaxlmError(f"the LoRA base {path} is gone (step {record['step']} of {record['init_from']}); restore it to use these adapters")
