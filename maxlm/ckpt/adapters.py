@@ -71,17 +71,19 @@ def base_params(record: dict, cfg: Config, mesh: Mesh) -> Any:
         float_lora = dataclasses.replace(cfg.lora, base_dtype="param_dtype")
         return lora.merged(params_lib.init(cfg.model, mesh, record["seed"], float_lora), float_lora)
     stored = _stored_base(record)
+    # Every process restores together (training), not StoredStep's process-local reader.
+    ckpts = Checkpoints(stored.checkpoints.directory, read_only=True)
     # The base's own head, which may differ from the run's (an RM's LoRA on an SFT base).
-    return restore_plain(stored, dataclasses.replace(cfg.model, scalar_head=stored.config.model.scalar_head), mesh)
+    return restore_plain(ckpts, stored.step, dataclasses.replace(cfg.model, scalar_head=stored.config.model.scalar_head), mesh)
 
 
-def restore_plain(stored: StoredStep, model: ModelConfig, mesh: Mesh) -> Any:
-    """Returns the params of a stored step as a plain `model` (rank-0 shapes): a LoRA run's base reloaded
+def restore_plain(ckpts: Checkpoints, step: int, model: ModelConfig, mesh: Mesh) -> Any:
+    """Returns the params of `step` as a plain `model` (rank-0 shapes): a LoRA run's base reloaded
     from its record and checked, its adapters merged in."""
-    cfg = stored.config
+    cfg = ckpts.config(step)
     if cfg.lora.rank == 0:
-        return stored.restore(abstract_like(params_lib.abstract(model)[1], params_lib.shardings(model, mesh)))
-    frozen, adapters = restore_lora(stored.checkpoints, stored.step, cfg, model, mesh)
+        return ckpts.restore(step, abstract_like(params_lib.abstract(model)[1], params_lib.shardings(model, mesh)))["params"]
+    frozen, adapters = restore_lora(ckpts, step, cfg, model, mesh)
     return jax.jit(lambda p: lora.merged(p, cfg.lora, jnp.dtype(model.param_dtype)))(lora.join(adapters, frozen))
 
 

@@ -138,7 +138,7 @@ def from_pretrained(path: str | os.PathLike, dtype: str | None = None, mesh: Mes
         stored = StoredStep(path)
         cfg = stored.config
         # A LoRA run loads as its base with the adapters merged in: a plain model to sample and score.
-        params = restore_plain(stored, cfg.model, mesh)
+        params = restore_plain(stored.checkpoints, stored.step, cfg.model, mesh)
         tok = stored.tokenizer_path()
         tokenizer = str(tok) if tok else None
     if dtype is not None:

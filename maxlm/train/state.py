@@ -13,7 +13,6 @@ from jax.sharding import Mesh
 
 from maxlm.ckpt import adapters
 from maxlm.ckpt.manager import Checkpoints, abstract_like
-from maxlm.ckpt.step import StoredStep
 from maxlm.config import Config
 from maxlm.errors import MaxlmError
 from maxlm.models import lora
@@ -80,14 +79,9 @@ def load_params(path: str, cfg: Config, mesh: Mesh) -> Any:
     checkpoint lacks, e.g. a reward model started from an SFT model, and dropped in the reverse case.
     """
     ckpts = Checkpoints(path, read_only=True)
-    src = ckpts.config()
-    saved_model = dataclasses.replace(cfg.model, scalar_head=src.model.scalar_head)
-    if src.lora.rank:
-        params = adapters.restore_plain(StoredStep(path), saved_model, mesh)
-    else:
-        _, shapes, _ = params_lib.abstract(saved_model)
-        params = ckpts.restore(None, abstract_like(shapes, params_lib.shardings(saved_model, mesh)))["params"]
-    return fit_head(params, cfg, mesh)
+    step = ckpts.latest_step()
+    saved_model = dataclasses.replace(cfg.model, scalar_head=ckpts.config(step).model.scalar_head)
+    return fit_head(adapters.restore_plain(ckpts, step, saved_model, mesh), cfg, mesh)
 
 
 def fit_head(params: Any, cfg: Config, mesh: Mesh) -> Any:
