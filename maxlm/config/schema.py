@@ -346,6 +346,10 @@ def validate(cfg: Config) -> None:
     # ipo divides by beta and the others scale the margin by it; orpo's beta only weighs a term, so 0 is allowed
     if cfg.dpo.beta == 0 and cfg.dpo.kind != "orpo":
         raise Inconsistent(f"dpo.beta must be > 0 for dpo.kind {cfg.dpo.kind} (>= 0 only for orpo), got {cfg.dpo.beta}", "dpo.beta", "dpo.kind")
+    if cfg.lora.rank and not cfg.lora.targets:
+        raise Inconsistent(f"lora.rank {cfg.lora.rank} needs at least one of lora.targets (q, k, v, o, gate, up, down)", "lora.targets", "lora.rank")
+    if cfg.lora.rank and len(set(cfg.lora.targets)) != len(cfg.lora.targets):
+        raise Inconsistent(f"lora.targets names a projection twice: {cfg.lora.targets}", "lora.targets")
     sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise Inconsistent(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}",

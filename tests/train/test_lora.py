@@ -33,6 +33,7 @@ from maxlm.models import lora  # noqa: E402
 from maxlm.models import params as params_lib  # noqa: E402
 from maxlm.parallel.mesh import make_mesh  # noqa: E402
 from maxlm.tasks.pairs import completion_logps  # noqa: E402
+from maxlm.train.resume import check_resumable  # noqa: E402
 from maxlm.train.run import train  # noqa: E402
 from maxlm.train.setup import setup  # noqa: E402
 from maxlm.train.state import load_params  # noqa: E402
@@ -179,3 +180,10 @@ def test_dpo_with_lora_compares_with_the_base_with_adapters_off(base, tmp_path, 
         off = jax.jit(lambda p, b: completion_logps(run.graphdef, lora.adapters_off(p), b))(run.state.params, batch)[0]
         ref = jax.jit(lambda p, b: completion_logps(plain_graphdef, p, b))(base_params, batch)[0]
     np.testing.assert_allclose(np.asarray(off), np.asarray(ref), atol=1e-4)
+
+
+def test_resume_refuses_other_adapters(sft_run):
+    cfg = StoredStep(sft_run).config
+    for lora_cfg in (dataclasses.replace(cfg.lora, rank=8), dataclasses.replace(cfg.lora, targets=["q", "v"])):
+        with pytest.raises(MaxlmError, match="resumes only with the adapters it started with"):
+            check_resumable(dataclasses.replace(cfg, run_dir=str(sft_run), lora=lora_cfg))
