@@ -38,6 +38,7 @@ from maxlm.train.run import train  # noqa: E402
 from maxlm.train.setup import setup  # noqa: E402
 from maxlm.train.state import load_params  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a few LoRA runs and their compiles
 V = 512
 SHAPE = {"vocab_size": V, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": False}
