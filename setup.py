@@ -27,9 +27,10 @@ EXTRAS = {
     # datatrove: the rule filters' parity tests call its filters (internals: pinned); spacy is its English tokenizer.
     # lm-eval: the decontaminate stage's n-grams are compared with its janitor module, and `--model maxlm` with its `hf` model (internals: pinned).
     # wandb / mlflow-skinny: the train.trackers tests read an offline W&B run and an MLflow file store back.
+    # peft: LoRA exports are loaded by PeftModel.from_pretrained in the tests.
     # trl: the preference/reward loss tests compare against TRL's own loss methods (private API: pinned).
     "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "tokenizers>=0.20", "ray>=2.9", "trl==1.16.0", "rouge-score>=0.1.2",
-             "datatrove==0.10.1", "spacy==3.8.18", "lm-eval==0.4.13", "wandb==0.31.0", "mlflow-skinny==3.18.0"],
+             "datatrove==0.10.1", "spacy==3.8.18", "lm-eval==0.4.13", "wandb==0.31.0", "mlflow-skinny==3.18.0", "peft==0.21.2"],
     "hf": ["transformers>=5.0", "tokenizers>=0.20"],
     "seqio": ["seqio>=0.0.19"],
     "gpu": ["jax[cuda12]>=0.10"],

@@ -71,7 +71,7 @@ def cmd_import_hf(args) -> int:
 def cmd_export_hf(args) -> int:
     from maxlm.ckpt.hf import export_hf
 
-    print(f"exported: {export_hf(args.path, args.out, overwrite=args.overwrite)}")
+    print(f"exported: {export_hf(args.path, args.out, overwrite=args.overwrite, merge=args.merge)}")
     return 0
 
 
@@ -227,6 +227,8 @@ def _add_hf(sub) -> None:
     e.add_argument("path", help="run dir, its checkpoints/ dir, or one step dir")
     e.add_argument("out")
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT (replaces only the files an export writes)")
+    e.add_argument("--merge", action="store_true", help="a LoRA run: a plain model with the adapters merged into its base "
+                                                         "(default: a PEFT adapter dir)")
     e.set_defaults(fn=cmd_export_hf)
 
 

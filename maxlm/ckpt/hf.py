@@ -27,6 +27,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from maxlm.ckpt.adapters import MergedStep
+from maxlm.ckpt.hf_peft import RUN_FILE, export_peft
 from maxlm.ckpt.hf_config import generation_config, hf_config, model_config, read_config_json
 from maxlm.ckpt.step import StoredStep
 from maxlm.ckpt.hf_tokenizer import copy_hf_tokenizer, special_ids, write_hf_tokenizer
@@ -147,7 +149,7 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str 
 
 
 def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_bytes: int = MAX_SHARD_BYTES,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, merge: bool = False) -> Path:
     """Returns `out_dir`, an HF model dir written from a maxlm run dir, its checkpoints/ dir or one step dir.
 
     Llama runs become LlamaForCausalLM, the others their family's ForCausalLM (Gemma 3: text-only); a run with a scalar head
@@ -155,8 +157,13 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
     Weights keep their stored dtype; shards hold whole layers, up to `max_shard_bytes` each.
     A non-empty `out_dir` is refused unless `overwrite`; then only the files an export writes are
     replaced (and an earlier export's surplus shards removed): nothing else there is deleted.
+    A LoRA run becomes a PEFT adapter dir (ckpt/hf_peft.py); with `merge`, a plain model with the adapters merged into its base.
     """
     stored = StoredStep(path)
+    if stored.config.lora.rank and not merge:
+        return export_peft(stored, Path(out_dir).resolve(), overwrite)
+    if stored.config.lora.rank:
+        stored = MergedStep(stored)
     m = stored.config.model
     if has_reward_head(stored.config) and stored.config.rm.pooling != "last":
         raise MaxlmError(
@@ -278,8 +285,10 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def exported_from(out_dir: str | os.PathLike) -> str | None:
-    """Returns the run dir whose export `out_dir` holds (from its index), or None."""
+    """Returns the run dir whose export `out_dir` holds (from its index, or a PEFT export's own file), or None."""
     try:
+        if (Path(out_dir) / RUN_FILE).is_file():
+            return json.loads((Path(out_dir) / RUN_FILE).read_text())["maxlm_run"]
         return json.loads((Path(out_dir) / "model.safetensors.index.json").read_text())["metadata"]["maxlm_run"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -1,7 +1,8 @@
 """The one checkpoint manager: orbax steps under `run_dir/checkpoints/<step>/`.
 
 Each step holds `params` (pure nested dict of arrays), optionally `opt_state` and
-`data_state` (each process's Grain iterator state, one file per process), and `config` (the resolved Config as JSON).
+`data_state` (each process's Grain iterator state, one file per process), `config` (the resolved Config as JSON)
+and, for a LoRA run, `base` (JSON: which frozen base its params, the adapters, go on; see ckpt/adapters.py).
 Orbax writes into a temporary directory and renames on commit, so a step that was being
 written when the process died is never listed, never restored.
 """
@@ -81,9 +82,12 @@ class Checkpoints:
         """Returns the newest committed step, or None."""
         return self._mgr.latest_step()
 
-    def save(self, step: int, params: Any, config: config_lib.Config, opt_state: Any = None, data_state: dict | None = None) -> None:
+    def save(self, step: int, params: Any, config: config_lib.Config, opt_state: Any = None, data_state: dict | None = None,
+             base: dict | None = None) -> None:
         """Starts an (async) save of `step`; `wait()` blocks until it is committed."""
         items = {"params": ocp.args.StandardSave(params, save_args=_layer_chunks(params)), "config": ocp.args.JsonSave(config_lib.to_dict(config))}
+        if base is not None:
+            items["base"] = ocp.args.JsonSave(base)
         if opt_state is not None:
             items["opt_state"] = ocp.args.StandardSave(opt_state)
         if data_state is not None:
@@ -95,6 +99,13 @@ class Checkpoints:
         step = self._step(step)
         raw = self._mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
         return config_lib.from_dict(raw, where=f"{self.directory}/{step}/config")
+
+    def base(self, step: int | None = None) -> dict | None:
+        """Returns the base record saved with `step` (default: latest), or None when the step holds the whole model."""
+        step = self._step(step)
+        if "base" not in self.item_names(step):
+            return None
+        return self._mgr.restore(step, args=ocp.args.Composite(base=ocp.args.JsonRestore()))["base"]
 
     def restore(self, step: int | None, abstract_params: Any, abstract_opt_state: Any = None, data_state: bool = False) -> dict:
         """Returns {"params", ["opt_state"], ["data_state"]} of `step`, placed like the abstract trees."""

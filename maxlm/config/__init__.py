@@ -18,6 +18,7 @@ from maxlm.config.schema import (
     ExportConfig,
     HarnessConfig,
     Inconsistent,
+    LoraConfig,
     MeshConfig,
     ModelConfig,
     PreferenceConfig,
@@ -41,7 +42,7 @@ from maxlm.config.schema import (
 )
 
 __all__ = [
-    "CONFIGS_DIR", "ChatTemplate", "CheckpointConfig", "ComputeDtype", "Config", "DataConfig", "ExportConfig", "HarnessConfig", "Inconsistent",
+    "CONFIGS_DIR", "ChatTemplate", "CheckpointConfig", "ComputeDtype", "Config", "DataConfig", "ExportConfig", "HarnessConfig", "Inconsistent", "LoraConfig",
     "MeshConfig", "ModelConfig", "PreferenceConfig", "RLConfig", "Range", "Remat", "RewardModelConfig",
     "RopeScalingConfig", "SampleConfig", "SourceConfig", "Task", "TokenizerConfig", "TrainConfig", "Tracker", "Verifier",
     "Where", "build", "check_ranges", "choices", "coerce", "dump_yaml", "expert_dim", "field_range", "flag_type", "from_dict",

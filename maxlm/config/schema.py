@@ -266,6 +266,22 @@ class SampleConfig:
     top_p: float = ranged(1.0, gt=0, le=1)
 
 
+LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down"]  # the projections of maxlm/models/layers.py, by logical name
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters on a frozen base (train.init_from's weights, else the seed's init); rank 0: off, every weight trains."""
+
+    rank: int = ranged(0, ge=0)
+    alpha: float = ranged(16.0, gt=0)  # the adapter's output is scaled by alpha / rank, as PEFT's LoRA
+    dropout: float = ranged(0.0, ge=0, lt=1)  # on each adapter's input, in training updates only (PEFT's lora_dropout)
+    targets: list[LoraTarget] = field(default_factory=lambda: ["q", "k", "v", "o"])
+    # How the frozen base is held: as model.param_dtype; cast to bfloat16; or int8 projections (QLoRA-style:
+    # all seven projections of every layer int8 with one f32 scale per output channel, dequantized as they are used).
+    base_dtype: Literal["param_dtype", "bfloat16", "int8"] = "param_dtype"
+
+
 @dataclass
 class ExportConfig:
     """Hugging Face export at the end of a run."""
@@ -290,6 +306,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)
@@ -353,6 +370,14 @@ def validate(cfg: Config) -> None:
     # ipo divides by beta and the others scale the margin by it; orpo's beta only weighs a term, so 0 is allowed
     if cfg.dpo.beta == 0 and cfg.dpo.kind != "orpo":
         raise Inconsistent(f"dpo.beta must be > 0 for dpo.kind {cfg.dpo.kind} (>= 0 only for orpo), got {cfg.dpo.beta}", "dpo.beta", "dpo.kind")
+    if cfg.lora.rank and not cfg.lora.targets:
+        raise Inconsistent(f"lora.rank {cfg.lora.rank} needs at least one of lora.targets (q, k, v, o, gate, up, down)", "lora.targets", "lora.rank")
+    if cfg.lora.rank and len(set(cfg.lora.targets)) != len(cfg.lora.targets):
+        raise Inconsistent(f"lora.targets names a projection twice: {cfg.lora.targets}", "lora.targets")
+    mlp_targets = sorted(set(cfg.lora.targets) & {"gate", "up", "down"})
+    if cfg.lora.rank and cfg.model.num_experts and mlp_targets:
+        raise Inconsistent(f"lora.targets {mlp_targets}: an MoE model's experts take no adapters; target the attention (q, k, v, o)",
+                           "lora.targets", "model.num_experts")
     mesh = cfg.mesh
     sizes = [mesh.data, mesh.fsdp, mesh.expert, mesh.tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):

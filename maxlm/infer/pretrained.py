@@ -23,9 +23,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from maxlm.ckpt.hf import read_hf
+from maxlm.ckpt.adapters import restore_plain
 from maxlm.ckpt.step import StoredStep
 from maxlm.ckpt.hf_tokenizer import has_hf_tokenizer
-from maxlm.ckpt.manager import abstract_like
 from maxlm.config import ComputeDtype, Config, MeshConfig, choices
 from maxlm.data import chat
 from maxlm.data.tokenizers import Tokenizer, encode_text, load_tokenizer
@@ -137,8 +137,8 @@ def from_pretrained(path: str | os.PathLike, dtype: str | None = None, mesh: Mes
     else:
         stored = StoredStep(path)
         cfg = stored.config
-        _, shapes, _ = params_lib.abstract(cfg.model)
-        params = stored.restore(abstract_like(shapes, params_lib.shardings(cfg.model, mesh)))
+        # A LoRA run loads as its base with the adapters merged in: a plain model to sample and score.
+        params = restore_plain(stored.checkpoints, stored.step, cfg.model, mesh)
         tok = stored.tokenizer_path()
         tokenizer = str(tok) if tok else None
     if dtype is not None:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maxlm.config import ModelConfig, RopeScalingConfig, head_dim
+from maxlm.config import LoraConfig, ModelConfig, RopeScalingConfig, head_dim
 from maxlm.models.block_causal import block_causal_attention, masked_attention
 from maxlm.parallel.rules import constrain
 
@@ -40,6 +40,58 @@ def linear(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Arr
     lead, contract, out = x.shape[: x.ndim - n_in], w.shape[:n_in], w.shape[n_in:]
     y = jnp.dot(x.reshape(-1, math.prod(contract)), w.astype(x.dtype).reshape(math.prod(contract), -1), preferred_element_type=out_dtype)
     return y.reshape(*lead, *out)
+
+
+class Adapter(nnx.Module):
+    """A low-rank update of one projection (LoRA): (alpha / r) · (x @ a) @ b, with a [in..., r] random and
+    b [r, out...] zero, so that a fresh adapter changes nothing. Stored under `<projection>_lora`."""
+
+    def __init__(self, cfg: ModelConfig, lora: LoraConfig, rngs: nnx.Rngs, in_shape: tuple[int, ...], in_axes: tuple[str, ...],
+                 out_shape: tuple[int, ...], out_axes: tuple[str, ...]):
+        self.scale = lora.alpha / lora.rank
+        self.dropout = lora.dropout
+        self.n_in = len(in_shape)
+        self.a = param(rngs, (*in_shape, lora.rank), (*in_axes, "lora_rank"), cfg, fan_in=math.prod(in_shape))
+        self.b = param(rngs, (lora.rank, *out_shape), ("lora_rank", *out_axes), cfg, init="zeros")
+
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        """Returns the update of x's projection: x contracted over its last n_in dims, shaped [..., out...];
+        with a key, lora.dropout on x first (the adapter's input only, as PEFT's lora_dropout)."""
+        if dropout_key is not None and self.dropout > 0:
+            keep = 1.0 - self.dropout
+            x = jnp.where(jax.random.bernoulli(dropout_key, keep, x.shape), x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+        return linear(linear(x, self.a[...], self.n_in), self.b[...]) * jnp.asarray(self.scale, x.dtype)
+
+
+def adapters(module: nnx.Module, cfg: ModelConfig, lora: LoraConfig | None, rngs: nnx.Rngs, shapes: dict) -> None:
+    """Adds an Adapter `<name>_lora` to `module` for each of its projections (`shapes`: name -> (in, in axes, out, out axes))
+    that lora targets; with lora.base_dtype int8, every projection becomes int8 with a `<name>_scale` [1 per input, out...]."""
+    if lora is None or lora.rank == 0:
+        return
+    for name, (i, i_axes, o, o_axes) in shapes.items():
+        if name in lora.targets:
+            setattr(module, f"{name}_lora", Adapter(cfg, lora, rngs, i, i_axes, o, o_axes))
+        if lora.base_dtype == "int8":
+            # Shapes only: a LoRA run's base is loaded (models/lora.py held_base), never initialized here.
+            setattr(module, name, nnx.Param(jnp.zeros((*i, *o), jnp.int8), out_sharding=(*i_axes, *o_axes), eager_sharding=False))
+            setattr(module, f"{name}_scale", nnx.Param(jnp.ones((*(1 for _ in i), *o), jnp.float32),
+                                                       out_sharding=(*(None for _ in i), *o_axes), eager_sharding=False))
+
+
+PROJECTION_IDS = {name: i for i, name in enumerate(("q", "k", "v", "o", "gate", "up", "down"))}  # each adapter's own dropout stream
+
+
+def project(module: nnx.Module, name: str, x: jax.Array, n_in: int = 1, dropout_key: jax.Array | None = None) -> jax.Array:
+    """Returns x through the module's projection `name` (an int8 one dequantized as it is used), plus its adapter's update when it has one."""
+    w = getattr(module, name)[...]
+    scale = getattr(module, f"{name}_scale", None)
+    if scale is not None:
+        w = w.astype(jnp.float32) * scale[...]
+    y = linear(x, w, n_in)
+    adapter = getattr(module, f"{name}_lora", None)
+    if adapter is None:
+        return y
+    return y + adapter(x, None if dropout_key is None else jax.random.fold_in(dropout_key, PROJECTION_IDS[name]))
 
 
 class RMSNorm(nnx.Module):
@@ -119,7 +171,7 @@ class Attention(nnx.Module):
     flag of the layer scan; the layers share one compiled body.
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
         self.qkv_bias = cfg.qkv_bias
         self.qk_norm = cfg.qk_norm
@@ -136,6 +188,12 @@ class Attention(nnx.Module):
         self.k = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg, fan_in=d)
         self.v = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg, fan_in=d)
         self.o = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), cfg, fan_in=n * h)
+        adapters(self, cfg, lora, rngs, {
+            "q": ((d,), ("embed",), (n, h), ("heads", "head_dim")),
+            "k": ((d,), ("embed",), (k, h), ("kv_heads", "head_dim")),
+            "v": ((d,), ("embed",), (k, h), ("kv_heads", "head_dim")),
+            "o": ((n, h), ("heads", "head_dim"), (d,), ("embed",)),
+        })
         if cfg.qkv_bias:
             self.q_bias = param(rngs, (n, h), ("heads", "head_dim"), cfg, init="zeros")
             self.k_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), cfg, init="zeros")
@@ -153,17 +211,17 @@ class Attention(nnx.Module):
             return inv
         return jnp.where(local, rope_inv_freq(h, self.rope_local_theta, RopeScalingConfig()), inv)
 
-    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None, local=True):
-        """Returns (out [B,T,D], updated cache or None); with a cache, writes T slots at `cache_index`.
+    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None, local=True, dropout_key=None):
+        """Returns (out [B,T,D], updated cache or None); with a cache, writes T slots at `cache_index`; `dropout_key`: the adapters' dropout.
 
         Without a cache the mask must be causal: attention skips the key blocks above the diagonal
         (and, on a sliding layer, those behind the window). `local`: bool scalar, may be traced.
         """
         dt = x_BxTxD.dtype
         inv_freq = self.inv_freq(local)
-        q_BxTxNxH = linear(x_BxTxD, self.q[...])
-        k_BxTxKxH = linear(x_BxTxD, self.k[...])
-        v_BxTxKxH = linear(x_BxTxD, self.v[...])
+        q_BxTxNxH = project(self, "q", x_BxTxD, dropout_key=dropout_key)
+        k_BxTxKxH = project(self, "k", x_BxTxD, dropout_key=dropout_key)
+        v_BxTxKxH = project(self, "v", x_BxTxD, dropout_key=dropout_key)
         if self.qkv_bias:
             q_BxTxNxH = q_BxTxNxH + self.q_bias[...].astype(dt)
             k_BxTxKxH = k_BxTxKxH + self.k_bias[...].astype(dt)
@@ -199,7 +257,7 @@ class Attention(nnx.Module):
             else:
                 out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None, :, :],
                                                            scale=self.scale, implementation=self.impl)
-        out = linear(out_BxTxNxH, self.o[...], n_in=2)
+        out = project(self, "o", out_BxTxNxH, n_in=2, dropout_key=dropout_key)
         return constrain(out, ("batch", "length", "act_embed")), cache
 
 
@@ -209,18 +267,20 @@ ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approx
 class MLP(nnx.Module):
     """Gated feed-forward: down(act(gate(x)) * up(x)), act silu (SwiGLU) or tanh-approximated GELU (GeGLU)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         d, f = cfg.hidden_size, cfg.mlp_dim
         self.activation = cfg.mlp_activation
         self.gate = param(rngs, (d, f), ("embed", "mlp"), cfg, fan_in=d)
         self.up = param(rngs, (d, f), ("embed", "mlp"), cfg, fan_in=d)
         self.down = param(rngs, (f, d), ("mlp", "embed"), cfg, fan_in=f)
+        up = ((d,), ("embed",), (f,), ("mlp",))
+        adapters(self, cfg, lora, rngs, {"gate": up, "up": up, "down": ((f,), ("mlp",), (d,), ("embed",))})
 
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        g = linear(x_BxTxD, self.gate[...])
-        u = linear(x_BxTxD, self.up[...])
+    def __call__(self, x_BxTxD: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        g = project(self, "gate", x_BxTxD, dropout_key=dropout_key)
+        u = project(self, "up", x_BxTxD, dropout_key=dropout_key)
         h = constrain(ACTIVATIONS[self.activation](g) * u, ("batch", "length", "act_mlp"))
-        return constrain(linear(h, self.down[...]), ("batch", "length", "act_embed"))
+        return constrain(project(self, "down", h, dropout_key=dropout_key), ("batch", "length", "act_embed"))
 
 
 class Block(nnx.Module):
@@ -228,23 +288,23 @@ class Block(nnx.Module):
     branch's output is normed again before its residual add (Gemma). Given `moe` (a mixture of experts,
     models/moe.py), that replaces the MLP."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, moe: nnx.Module | None = None):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, moe: nnx.Module | None = None, lora: LoraConfig | None = None):
         self.post_norms = cfg.post_norms
         self.attn_norm = RMSNorm(cfg, rngs=rngs)
-        self.attn = Attention(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs, lora=lora)
         self.mlp_norm = RMSNorm(cfg, rngs=rngs)
         if moe is not None:
             self.moe = moe
         else:
-            self.mlp = MLP(cfg, rngs=rngs)
+            self.mlp = MLP(cfg, rngs=rngs, lora=lora)
         if cfg.post_norms:
             self.attn_post_norm = RMSNorm(cfg, rngs=rngs)
             self.mlp_post_norm = RMSNorm(cfg, rngs=rngs)
 
-    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache=None, cache_index=None, local=True, valid_BxT=None):
+    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache=None, cache_index=None, local=True, valid_BxT=None, dropout_key=None):
         """Returns (x [B,T,D], cache, router stats: {} unless MoE); `local`: whether this layer slides (a traced bool
-        under the layer scan); `valid_BxT`: the tokens the router statistics count."""
-        a_BxTxD, cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index, local)
+        under the layer scan); `valid_BxT`: the tokens the router statistics count; `dropout_key`: LoRA dropout's."""
+        a_BxTxD, cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index, local, dropout_key)
         if self.post_norms:
             a_BxTxD = self.attn_post_norm(a_BxTxD)
         x_BxTxD = x_BxTxD + a_BxTxD
@@ -252,7 +312,7 @@ class Block(nnx.Module):
         if hasattr(self, "moe"):
             m_BxTxD, stats = self.moe(self.mlp_norm(x_BxTxD), valid_BxT)
         else:
-            m_BxTxD = self.mlp(self.mlp_norm(x_BxTxD))
+            m_BxTxD = self.mlp(self.mlp_norm(x_BxTxD), dropout_key)
         if self.post_norms:
             m_BxTxD = self.mlp_post_norm(m_BxTxD)
         return x_BxTxD + m_BxTxD, cache, stats

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maxlm.config import ModelConfig, sliding_layers
+from maxlm.config import LoraConfig, ModelConfig, sliding_layers
 from maxlm.models.block_causal import softcap
 from maxlm.models.layers import DTYPES, Block, KVCache, RMSNorm, linear, param
 from maxlm.models.moe import MoE
@@ -35,9 +35,10 @@ def causal_segment_mask(segment_ids_BxT: jax.Array) -> jax.Array:
 
 
 class Decoder(nnx.Module):
-    """Token embedding → L pre-norm blocks → final norm → LM head (and optional scalar head)."""
+    """Token embedding → L pre-norm blocks → final norm → LM head (and optional scalar head); with
+    `lora` (rank > 0), low-rank adapters on its target projections (layers.Adapter)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be resolved (from the tokenizer) before building the model")
         self.num_layers = cfg.num_layers
@@ -53,7 +54,7 @@ class Decoder(nnx.Module):
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_layers(r: nnx.Rngs) -> Block:
-            return Block(cfg, rngs=r, moe=MoE(cfg, rngs=r) if cfg.num_experts else None)
+            return Block(cfg, rngs=r, moe=MoE(cfg, rngs=r) if cfg.num_experts else None, lora=lora)
 
         self.layers = make_layers(rngs)
         self.final_norm = RMSNorm(cfg, rngs=rngs)
@@ -62,14 +63,16 @@ class Decoder(nnx.Module):
         if cfg.scalar_head:
             self.score_head = param(rngs, (cfg.hidden_size,), ("embed",), cfg, init="zeros")
 
-    def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None):
+    def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None, dropout_key=None):
         """Returns (final-normed hidden states [B, T, D], the updated cache: stacked [L, ...], a tuple of L per-layer caches, or None).
 
-        Without a cache, `mask_BxTxS` must be causal (as from causal_segment_mask).
+        Without a cache, `mask_BxTxS` must be causal (as from causal_segment_mask). `dropout_key`
+        (training steps of a LoRA run): the adapters' dropout, one stream per layer.
         """
-        return self.forward(tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index)[:2]
+        return self.forward(tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index, dropout_key=dropout_key)[:2]
 
-    def forward(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None, valid_BxT=None):
+    def forward(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=None, valid_BxT=None,
+                dropout_key=None):
         """Returns (hidden [B, T, D], cache, router stats summed over layers: {} for a dense model), as `hidden`.
 
         The stats (moe.router_stats) count the tokens where `valid_BxT` (default: all); moe.router_losses turns them into losses.
@@ -84,10 +87,11 @@ class Decoder(nnx.Module):
             valid_BxT = jnp.ones(tokens_BxT.shape, bool)
         graphdef, layer_state = nnx.split(self.layers)
         local_L = jnp.asarray(self.sliding)
+        keys_L = None if dropout_key is None else jax.random.split(dropout_key, self.num_layers)
 
         def body(x, xs):
-            state_l, cache_l, local = xs
-            x, cache_l, stats = nnx.merge(graphdef, state_l)(x, positions_BxT, mask_BxTxS, cache_l, cache_index, local, valid_BxT)
+            state_l, cache_l, local, key_l = xs
+            x, cache_l, stats = nnx.merge(graphdef, state_l)(x, positions_BxT, mask_BxTxS, cache_l, cache_index, local, valid_BxT, key_l)
             return x, (cache_l, stats)
 
         if self.remat != "none":
@@ -97,16 +101,17 @@ class Decoder(nnx.Module):
             # layer's weights sliced once outside the decode loop, where a scan would copy both every step.
             caches, stats = [], []
             for i, cache_l in enumerate(cache):
-                x, (c, st) = body(x, (jax.tree.map(lambda a: a[i], layer_state), cache_l, local_L[i]))
+                state_i, local_i, key_i = jax.tree.map(lambda a: a[i], (layer_state, local_L, keys_L))
+                x, (c, st) = body(x, (state_i, cache_l, local_i, key_i))
                 caches.append(c)
                 stats.append(st)
             return self.final_norm(x), tuple(caches), jax.tree.map(lambda *a: sum(a), *stats) if stats[0] else {}
         if self.scan_layers:
-            x, (cache, stats_L) = jax.lax.scan(body, x, (layer_state, cache, local_L))
+            x, (cache, stats_L) = jax.lax.scan(body, x, (layer_state, cache, local_L, keys_L))
         else:
             ys = []
             for i in range(self.num_layers):
-                x, y = body(x, jax.tree.map(lambda a: a[i], (layer_state, cache, local_L)))
+                x, y = body(x, jax.tree.map(lambda a: a[i], (layer_state, cache, local_L, keys_L)))
                 ys.append(y)
             cache, stats_L = jax.tree.map(lambda *a: jnp.stack(a), *ys)
         return self.final_norm(x), cache, jax.tree.map(lambda a: jnp.sum(a, axis=0), stats_L)
@@ -124,13 +129,13 @@ class Decoder(nnx.Module):
         """Returns the scalar head's f32 output [B, T] (reward or value per position)."""
         return jnp.einsum("btd,d->bt", hidden_BxTxD.astype(jnp.float32), self.score_head[...].astype(jnp.float32))
 
-    def __call__(self, tokens_BxT, segment_ids_BxT=None, positions_BxT=None) -> jax.Array:
+    def __call__(self, tokens_BxT, segment_ids_BxT=None, positions_BxT=None, dropout_key=None) -> jax.Array:
         """Returns f32 logits [B, T, V] for (optionally packed) token rows."""
         b, t = tokens_BxT.shape
         if segment_ids_BxT is None:
             segment_ids_BxT = jnp.ones((b, t), jnp.int32)
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        h, _ = self.hidden(tokens_BxT, positions_BxT, causal_segment_mask(segment_ids_BxT))
+        h, _ = self.hidden(tokens_BxT, positions_BxT, causal_segment_mask(segment_ids_BxT), dropout_key=dropout_key)
         return self.logits(h)
 

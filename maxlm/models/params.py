@@ -6,23 +6,23 @@ Training, checkpoints and HF interop all handle params as the pure nested dict t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from maxlm.config import ModelConfig
+from maxlm.config import LoraConfig, ModelConfig
 from maxlm.models.llama import Decoder
 from maxlm.parallel.rules import named_sharding
 
 
-def abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any, Any]:
-    """Returns (graphdef, params of ShapeDtypeStructs, logical axis names per param) without allocating."""
+def abstract(cfg: ModelConfig, lora: LoraConfig | None = None) -> tuple[nnx.GraphDef, Any, Any]:
+    """Returns (graphdef, params of ShapeDtypeStructs, logical axis names per param) without allocating; with `lora`, its adapters too."""
     box = {}
 
     def make():
-        box["graphdef"], state = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)))
+        box["graphdef"], state = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0), lora=lora))
         return state
 
     # jax.eval_shape, not nnx.eval_shape: the latter binds logical names to any active mesh.
@@ -33,20 +33,23 @@ def abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any, Any]:
     return graphdef, shapes, names
 
 
-def shardings(cfg: ModelConfig, mesh: Mesh) -> Any:
+def shardings(cfg: ModelConfig, mesh: Mesh, lora: LoraConfig | None = None) -> Any:
     """Returns the NamedSharding of every parameter on `mesh` from its logical axis names."""
-    _, shapes, names = abstract(cfg)
+    _, shapes, names = abstract(cfg, lora)
     return jax.tree.map(
         lambda s, n: named_sharding(mesh, tuple(n), s.shape), shapes, names, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
     )
 
 
-def init(cfg: ModelConfig, mesh: Mesh, seed: int) -> Any:
-    """Returns freshly initialized params, each created directly in its sharded layout."""
-    def make():
-        return nnx.to_pure_dict(nnx.split(Decoder(cfg, rngs=nnx.Rngs(seed)))[1])
+def init(cfg: ModelConfig, mesh: Mesh, seed: int, lora: LoraConfig | None = None, keep: Callable[[Any], Any] | None = None) -> Any:
+    """Returns freshly initialized params, each created directly in its sharded layout; `keep(tree) -> subtree`:
+    only that part (e.g. a LoRA run's adapters on a loaded base), the rest never computed."""
+    keep = keep or (lambda tree: tree)
 
-    out_shardings = shardings(cfg, mesh)
+    def make():
+        return keep(nnx.to_pure_dict(nnx.split(Decoder(cfg, rngs=nnx.Rngs(seed), lora=lora))[1]))
+
+    out_shardings = keep(shardings(cfg, mesh, lora))
     with jax.set_mesh(mesh):
         return jax.jit(make, out_shardings=out_shardings)()
 

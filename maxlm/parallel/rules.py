@@ -27,6 +27,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "heads": ("tensor",),
     "kv_heads": ("tensor",),
     "head_dim": (),
+    "lora_rank": (),  # an adapter's rank is small: replicated
     "act_embed": (),
     "act_mlp": ("tensor",),
     "act_heads": ("tensor",),

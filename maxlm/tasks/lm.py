@@ -26,7 +26,8 @@ def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = Tra
     def objective(params, batch, ref_params=None):
         tokens, seg = batch["tokens"], batch["segment_ids"]
         model = bind(graphdef, params)
-        hidden, _, router = model.forward(tokens, batch["positions"], causal_segment_mask(seg), valid_BxT=seg > 0)
+        hidden, _, router = model.forward(tokens, batch["positions"], causal_segment_mask(seg), valid_BxT=seg > 0,
+                                          dropout_key=batch.get("dropout_key"))
         w = next_token_weights(seg, batch["loss_mask"])
         loss, (nll, z) = fused_next_token_loss(hidden, model.head(), next_targets(tokens), w, z_loss,
                                                chunk_count(tokens.shape[1], loss_chunks), model.final_softcap)

@@ -42,7 +42,7 @@ def pair_rewards(graphdef: nnx.GraphDef, params, batch: dict, pooling: str = "la
     """Returns the scalar head's reward of each completion (`rm.pooling` over its tokens), [B, 2] f32."""
     tokens, seg, pos, mask = _flat_pairs(batch)
     model = bind(graphdef, params)
-    hidden, _ = model.hidden(tokens, pos, causal_segment_mask(seg))
+    hidden, _ = model.hidden(tokens, pos, causal_segment_mask(seg), dropout_key=batch.get("dropout_key"))
     return pool_scores(model.scores(hidden), seg, mask, pooling).reshape(-1, 2)
 
 
@@ -77,7 +77,7 @@ def reward_model(graphdef: nnx.GraphDef, center_coef: float, pooling: str = "las
 def completion_logps(graphdef: nnx.GraphDef, params, batch: dict) -> tuple[jax.Array, jax.Array]:
     """Returns (summed log-probs of each completion [B, 2], its token count [B, 2]), f32."""
     tokens, seg, pos, mask = _flat_pairs(batch)
-    logits = bind(graphdef, params)(tokens, seg, pos)
+    logits = bind(graphdef, params)(tokens, seg, pos, dropout_key=batch.get("dropout_key"))
     logp, _ = token_logprobs(logits, next_targets(tokens))
     total, count = sequence_logps(logp, next_token_weights(seg, mask))
     return total.reshape(-1, 2), count.reshape(-1, 2)

@@ -142,7 +142,8 @@ class Task:
 
 def gradient_step(graphdef: Any, cfg: Config, tx: Any, objective: Objective) -> Callable:
     """Returns step(params, opt_state, batch, ref_params, args) -> (params, opt_state, metrics): one update on the batch."""
-    update = train_step(objective, tx, cfg.train)
+    update = train_step(objective, tx, cfg.train,
+                        frozen_base=cfg.lora.rank > 0, dropout=cfg.lora.rank > 0 and cfg.lora.dropout > 0)
 
     def step(params, opt_state, batch, ref_params, args):
         del args  # a file batch needs no host scalars

@@ -96,7 +96,7 @@ class Loop:
         """Checkpoints `step`: params, optimizer state, config and the batches' position."""
         r = self.run
         self.writer.sync()  # the metrics of every step up to `step` outlive a kill -9 once it commits
-        r.ckpts.save(step, r.state.params, r.cfg, r.state.opt_state, r.data.train.get_state())
+        r.ckpts.save(step, r.state.saved_params(), r.cfg, r.state.opt_state, r.data.train.get_state(), base=r.state.base)
         self.progress.last_saved = step
 
     def evaluate(self, step: int) -> dict:

@@ -22,11 +22,17 @@ def check_resumable(cfg: Config) -> None:
     if step is None:
         return
     try:
-        saved = ckpts.config(step).model
+        saved_cfg = ckpts.config(step)
     except MaxlmError:
         raise
     except Exception as e:  # a truncated or deleted config item
         raise ckpts.damaged(step, e, ckpts.config) from None
+    saved, was, now = saved_cfg.model, saved_cfg.lora, cfg.lora
+    if (was.rank, was.targets) != (now.rank, now.targets):
+        raise MaxlmError(
+            f"lora: the checkpoint {ckpts.directory / str(step)} was saved with lora.rank={was.rank} lora.targets={was.targets}, "
+            f"the config now says lora.rank={now.rank} lora.targets={now.targets}; a run resumes only with the adapters it started with: use a new run_dir"
+        )
     for key in SHAPE_KEYS:
         was, now = _shape_value(saved, key), _shape_value(cfg.model, key)
         if was != now:

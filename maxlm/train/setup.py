@@ -24,6 +24,7 @@ from maxlm.errors import MaxlmError
 from maxlm.infer.generate import generate_batched
 from maxlm.infer.pretrained import Pretrained
 from maxlm.infer.replies import load_scoring_model
+from maxlm.models import lora
 from maxlm.models import params as params_lib
 from maxlm.optim import optimizer
 from maxlm.optim.update import eval_step
@@ -118,7 +119,7 @@ def setup(cfg: Config, mesh, log=print) -> Setup:
     tokenizer = ensure_tokenizer(cfg, task.tokenizer_texts(cfg))
     cfg = resolve_vocab(cfg, tokenizer.vocab_size)
     check_resumable(cfg)  # before config.yaml is rewritten and before any compile
-    graphdef, _, _ = params_lib.abstract(cfg.model)
+    graphdef, _, _ = params_lib.abstract(cfg.model, cfg.lora if cfg.lora.rank else None)
     check_sample_prompts(cfg, task, tokenizer, graphdef, mesh)
     if main:
         config_lib.dump_yaml(cfg, run_dir / "config.yaml")
@@ -132,10 +133,26 @@ def setup(cfg: Config, mesh, log=print) -> Setup:
         log(f"resumed from {ckpts.directory}/{state.step}")
     n_params = metrics_lib.param_count(cfg.model)
     log(f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} devices")
-    ref_params = state_lib.reference_params(cfg, mesh) if task.needs_reference(cfg) else None
+    if cfg.lora.rank:
+        n_train = lora.count(lora.trainable(state.params))
+        log(f"lora: rank {cfg.lora.rank} on {','.join(cfg.lora.targets)}: {n_train:,} trainable params "
+            f"({100 * n_train / lora.count(state.params):.3f}% of {lora.count(state.params):,}); the base is frozen")
+    # A LoRA run's reference is its own base with the adapters off (_compiled): no second model in memory.
+    ref_params = state_lib.reference_params(cfg, mesh) if task.needs_reference(cfg) and not cfg.lora.rank else None
     step_fn, score, to_global = _compiled(cfg, task, graphdef, tx, mesh, p_shard, o_shard, ref_params)
     return Setup(cfg, task, mesh, run_dir, main, tokenizer, graphdef, data, ckpts, state, ref_params, step_fn, score, to_global,
                  optimizer.schedule(cfg.train))
+
+
+def _base_as_reference(step: Callable, evaluate: Callable) -> tuple[Callable, Callable]:
+    """Returns (step, evaluate) of a LoRA run whose reference is its base: the params with the adapters off, the same arrays."""
+    def lora_step(params, opt_state, batch, ref_params, args):
+        return step(params, opt_state, batch, lora.adapters_off(params), args)
+
+    def lora_evaluate(params, batch, ref_params=None):
+        return evaluate(params, batch, lora.adapters_off(params))
+
+    return lora_step, lora_evaluate
 
 
 def _compiled(cfg: Config, task: Task, graphdef, tx, mesh, p_shard, o_shard, ref_params) -> tuple[Callable, Callable, Callable]:
@@ -143,14 +160,17 @@ def _compiled(cfg: Config, task: Task, graphdef, tx, mesh, p_shard, o_shard, ref
     objective = task.objective(graphdef, cfg)
     r_shard = p_shard if ref_params is not None else None
     batch_shard = NamedSharding(mesh, PartitionSpec(RULES["batch"]))
+    step, evaluate = task.step(graphdef, cfg, tx, objective), eval_step(objective)
+    if cfg.lora.rank and task.needs_reference(cfg):
+        step, evaluate = _base_as_reference(step, evaluate)
     # The last argument holds the task's host scalars (RL's KL coefficient and step number).
     step_fn = jax.jit(
-        task.step(graphdef, cfg, tx, objective),
+        step,
         in_shardings=(p_shard, o_shard, batch_shard, r_shard, None),
         out_shardings=(p_shard, o_shard, None),
         donate_argnums=(0, 1),
     )
-    eval_fn = jax.jit(eval_step(objective), in_shardings=(p_shard, batch_shard, r_shard))
+    eval_fn = jax.jit(evaluate, in_shardings=(p_shard, batch_shard, r_shard))
 
     def to_global(batch: dict) -> dict:
         return {k: jax.make_array_from_process_local_data(batch_shard, np.asarray(v)) for k, v in batch.items()}

@@ -11,9 +11,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from maxlm.ckpt import adapters
 from maxlm.ckpt.manager import Checkpoints, abstract_like
 from maxlm.config import Config
 from maxlm.errors import MaxlmError
+from maxlm.models import lora
 from maxlm.models import params as params_lib
 
 # Model keys that describe how to run, not what the weights are: the new run's config wins.
@@ -22,11 +24,16 @@ RUNTIME_MODEL_KEYS = ("dtype", "remat", "scan_layers", "attention", "scalar_head
 
 @dataclasses.dataclass
 class TrainState:
-    """Everything a step changes: completed steps, params, optimizer state."""
+    """Everything a step changes: completed steps, params, optimizer state; a LoRA run's `base` record (ckpt/adapters.py)."""
 
     step: int
     params: Any
-    opt_state: Any
+    opt_state: Any  # a LoRA run's: of the trainable part alone
+    base: dict | None = None
+
+    def saved_params(self) -> Any:
+        """Returns what a checkpoint holds of the params: all of them, or a LoRA run's trainable part."""
+        return self.params if self.base is None else lora.trainable(self.params)
 
 
 def source_config(path: str) -> Config:
@@ -72,15 +79,19 @@ def opt_shardings(tx: optax.GradientTransformation, shapes: Any, p_shard: Any, m
 
 
 def load_params(path: str, cfg: Config, mesh: Mesh) -> Any:
-    """Returns the params of the latest checkpoint under `path`, sharded for `mesh`.
+    """Returns the params of the latest checkpoint under `path` as a plain model (a LoRA run's adapters merged), sharded for `mesh`.
 
     A scalar head is added (zeros: every reward starts equal) when the config wants one that the
     checkpoint lacks, e.g. a reward model started from an SFT model, and dropped in the reverse case.
     """
     ckpts = Checkpoints(path, read_only=True)
-    saved_model = dataclasses.replace(cfg.model, scalar_head=ckpts.config().model.scalar_head)
-    _, shapes, _ = params_lib.abstract(saved_model)
-    params = ckpts.restore(None, abstract_like(shapes, params_lib.shardings(saved_model, mesh)))["params"]
+    step = ckpts.latest_step()
+    saved_model = dataclasses.replace(cfg.model, scalar_head=ckpts.config(step).model.scalar_head)
+    return fit_head(adapters.restore_plain(ckpts, step, saved_model, mesh), cfg, mesh)
+
+
+def fit_head(params: Any, cfg: Config, mesh: Mesh) -> Any:
+    """Returns params with a zero scalar head added when cfg.model wants one they lack, or theirs dropped when it wants none."""
     if cfg.model.scalar_head and "score_head" not in params:
         sharding = params_lib.shardings(cfg.model, mesh)["score_head"]
         params["score_head"] = jax.device_put(jnp.zeros((cfg.model.hidden_size,), jnp.dtype(cfg.model.param_dtype)), sharding)
@@ -89,28 +100,52 @@ def load_params(path: str, cfg: Config, mesh: Mesh) -> Any:
     return params
 
 
+def lora_start(cfg: Config, mesh: Mesh) -> tuple[Any, dict]:
+    """Returns (a new LoRA run's params: the base with fresh adapters (b = 0: the base's forward), its base record with fingerprint)."""
+    record = adapters.base_record(cfg.train.init_from, cfg.train.seed)
+    head, frozen = lora.split(fit_head(adapters.base_params(record, cfg, mesh), cfg, mesh))
+    fresh = params_lib.init(cfg.model, mesh, cfg.train.seed, cfg.lora, keep=lambda t: lora.split(t, heads=False)[0])
+    record |= {"fingerprint": adapters.fingerprint(frozen)}
+    held = jax.jit(lambda f: lora.held_base(f, cfg.lora))(frozen)  # the fingerprint is the loaded base's, before any cast
+    return lora.join(lora.join(fresh, head), held), record
+
+
 def reference_params(cfg: Config, mesh: Mesh) -> Any:
-    """Returns the frozen reference model: `train.init_from`'s weights, else the seed's init (ppo/grpo; dpo refuses to run without init_from)."""
+    """Returns the frozen reference model: `train.init_from`'s weights, else the seed's init (ppo/grpo; dpo refuses to run without init_from);
+    a LoRA run's: its base, in the run's params layout with the adapters off."""
+    if cfg.lora.rank:
+        return lora.adapters_off(lora_start(cfg, mesh)[0])
     if cfg.train.init_from:
         return load_params(cfg.train.init_from, cfg, mesh)
     return params_lib.init(cfg.model, mesh, cfg.train.seed)
 
 
 def restore_or_init(cfg: Config, mesh: Mesh, tx: optax.GradientTransformation, ckpts: Checkpoints) -> tuple[TrainState, dict | None, Any, Any]:
-    """Returns (state, saved data-iterator state or None, param shardings, opt-state shardings)."""
-    _, shapes, _ = params_lib.abstract(cfg.model)
-    p_shard = params_lib.shardings(cfg.model, mesh)
+    """Returns (state, saved data-iterator state or None, param shardings, opt-state shardings).
+
+    A LoRA run (lora.rank > 0) checkpoints and optimizes only `lora.trainable(params)`; its base is
+    reloaded from the run's base record on resume (ckpt/adapters.py).
+    """
+    lora_cfg = cfg.lora if cfg.lora.rank else None
+    part = lora.trainable if lora_cfg else (lambda tree: tree)
+    _, shapes, _ = params_lib.abstract(cfg.model, lora_cfg)
+    p_shard = params_lib.shardings(cfg.model, mesh, lora_cfg)
     abstract_params = abstract_like(shapes, p_shard)
     with jax.set_mesh(mesh):
-        o_shard = opt_shardings(tx, shapes, p_shard, mesh)
+        o_shard = opt_shardings(tx, part(shapes), part(p_shard), mesh)
         step = ckpts.latest_step()
         if step is not None:
-            abstract_opt = abstract_like(jax.eval_shape(tx.init, shapes), o_shard)
-            restored = ckpts.restore_checked(step, abstract_params, abstract_opt, data_state=True)
-            return TrainState(step, restored["params"], restored["opt_state"]), restored.get("data_state"), p_shard, o_shard
-        if cfg.train.init_from:
+            frozen, record = adapters.reload_base(ckpts, step, cfg, mesh) if lora_cfg else (None, None)
+            abstract_opt = abstract_like(jax.eval_shape(tx.init, part(shapes)), o_shard)
+            restored = ckpts.restore_checked(step, part(abstract_params), abstract_opt, data_state=True)
+            params = lora.join(restored["params"], frozen) if lora_cfg else restored["params"]
+            return TrainState(step, params, restored["opt_state"], record), restored.get("data_state"), p_shard, o_shard
+        record = None
+        if lora_cfg:
+            params, record = lora_start(cfg, mesh)
+        elif cfg.train.init_from:
             params = load_params(cfg.train.init_from, cfg, mesh)
         else:
             params = params_lib.init(cfg.model, mesh, cfg.train.seed)
-        opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
-    return TrainState(0, params, opt_state), None, p_shard, o_shard
+        opt_state = jax.jit(tx.init, out_shardings=o_shard)(part(params))
+    return TrainState(0, params, opt_state, record), None, p_shard, o_shard

@@ -29,7 +29,7 @@ def _policy_forward(graphdef: nnx.GraphDef, params, batch: dict, values: bool, t
     warm-up) reads its values off a stop-gradient trunk: its value loss trains the head alone.
     """
     model = bind(graphdef, params)
-    hidden, _ = model.hidden(batch["tokens"], batch["positions"], causal_segment_mask(batch["segment_ids"]))
+    hidden, _ = model.hidden(batch["tokens"], batch["positions"], causal_segment_mask(batch["segment_ids"]), dropout_key=batch.get("dropout_key"))
     logits = model.logits(hidden) / temperature
     if values and "policy_on" in batch:
         hidden = jnp.where(batch["policy_on"][:, None, None] > 0, hidden, jax.lax.stop_gradient(hidden))

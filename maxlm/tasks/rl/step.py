@@ -85,7 +85,8 @@ def rollout_step(graphdef, cfg: Config, tx: optax.GradientTransformation, value_
     value head alone (`policy_on` 0 in the objective, the rest of the params kept as they were).
     """
     r = cfg.rl
-    update = train_step(policy_gradient(graphdef, cfg, value_head), tx, cfg.train)
+    update = train_step(policy_gradient(graphdef, cfg, value_head), tx, cfg.train,
+                        frozen_base=cfg.lora.rank > 0, dropout=cfg.lora.rank > 0 and cfg.lora.dropout > 0)
     planned = r.epochs * r.minibatches
 
     def step(params, opt_state, batch, ref_params, args):

@@ -1,0 +1,122 @@
+"""A LoRA run's params as pure trees: which leaves train, the base with adapters off, and adapters merged into the base.
+
+Adapters (layers.Adapter) sit beside the projection they update, as `<projection>_lora` = {a, b}
+(e.g. params["layers"]["attn"]["q_lora"]["a"] [L, D, r]), stacked over layers like every layer leaf.
+What trains in a LoRA run: the adapters, and a scalar head (a reward model's or PPO's value head:
+a fresh head has nothing of the base to adapt). Everything else is the frozen base.
+Letters: L layers, I a projection's inputs (flattened), O its outputs (flattened), r rank.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from maxlm.config import LoraConfig
+
+SUFFIX = "_lora"
+SCALE = "_scale"  # an int8 projection's per-output-channel scale, beside it
+TRAINED_HEADS = ("score_head",)
+# The projections of a layer (params["layers"][block][name]) and how many leading dims (after L) are inputs.
+PROJECTIONS = {"q": ("attn", 1), "k": ("attn", 1), "v": ("attn", 1), "o": ("attn", 2), "gate": ("mlp", 1), "up": ("mlp", 1), "down": ("mlp", 1)}
+
+
+def is_adapter(key: str) -> bool:
+    """Returns whether a params key is an adapter's (`<projection>_lora`)."""
+    return key.endswith(SUFFIX)
+
+
+def split(params: dict, heads: bool = True) -> tuple[dict, dict]:
+    """Returns (trainable, frozen): the adapters and (with `heads`) the scalar head, and the rest, as two disjoint nested dicts."""
+    trainable, frozen = {}, {}
+    for k, v in params.items():
+        if is_adapter(k) or (heads and k in TRAINED_HEADS):
+            trainable[k] = v
+        elif isinstance(v, dict):
+            t, f = split(v, heads)
+            if t:
+                trainable[k] = t
+            if f:
+                frozen[k] = f
+        else:
+            frozen[k] = v
+    return trainable, frozen
+
+
+def trainable(params: dict) -> dict:
+    """Returns the trainable part of a LoRA run's params (what its checkpoints hold)."""
+    return split(params)[0]
+
+
+def join(a: dict, b: dict) -> dict:
+    """Returns the union of two disjoint nested dicts (`split`'s inverse)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = join(out[k], v) if k in out else v
+    return out
+
+
+def adapters_off(params: dict) -> dict:
+    """Returns params with every adapter's b zeroed: the base's forward, sharing the base's arrays (the reference of dpo / ppo / grpo)."""
+    out = {}
+    for k, v in params.items():
+        if is_adapter(k):
+            out[k] = {"a": v["a"], "b": jnp.zeros_like(v["b"])}
+        else:
+            out[k] = adapters_off(v) if isinstance(v, dict) else v
+    return out
+
+
+def delta(a_LxIxr: jax.Array, b_Lxrx0: jax.Array, scale: float) -> jax.Array:
+    """Returns scale · a @ b per layer, f32, shaped [L, in..., out...] like the projection (a [L, in..., r], b [L, r, out...])."""
+    lead, rank = a_LxIxr.shape[0], a_LxIxr.shape[-1]
+    a = a_LxIxr.astype(jnp.float32).reshape(lead, -1, rank)
+    b = b_Lxrx0.astype(jnp.float32).reshape(lead, rank, -1)
+    return scale * jnp.einsum("lir,lro->lio", a, b).reshape(*a_LxIxr.shape[:-1], *b_Lxrx0.shape[2:])
+
+
+def merged(params: dict, lora: LoraConfig, dtype=jnp.float32) -> dict:
+    """Returns plain params: each target projection W + (alpha / r) · a @ b, the adapters dropped; an int8
+    projection dequantized into `dtype` (the model's param dtype) first."""
+    out = {}
+    for k, v in params.items():
+        if is_adapter(k) or k.endswith(SCALE):
+            continue
+        if k + SCALE in params:
+            v = dequantize(v, params[k + SCALE]).astype(dtype)
+        adapter = params.get(k + SUFFIX)
+        if adapter is not None:
+            out[k] = (v.astype(jnp.float32) + delta(adapter["a"], adapter["b"], lora.alpha / lora.rank)).astype(v.dtype)
+        else:
+            out[k] = merged(v, lora, dtype) if isinstance(v, dict) else v
+    return out
+
+
+def quantize(w_LxIxO: jax.Array, n_in: int) -> tuple[jax.Array, jax.Array]:
+    """Returns (int8 values, f32 scale [L, 1 per input dim, out...]): symmetric per output channel, max |w| over the inputs / 127."""
+    w = w_LxIxO.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(w), axis=tuple(range(1, 1 + n_in)), keepdims=True) / 127.0
+    scale = jnp.where(scale > 0, scale, 1.0)  # an all-zero channel stays zero
+    return jnp.clip(jnp.round(w / scale), -127, 127).astype(jnp.int8), scale
+
+
+def dequantize(q: jax.Array, scale: jax.Array) -> jax.Array:
+    """Returns f32 q · scale (the scale keeps the input dims as 1s, so a stacked leaf and one layer's slice broadcast alike)."""
+    return q.astype(jnp.float32) * scale.astype(jnp.float32)
+
+
+def held_base(frozen: dict, lora: LoraConfig) -> dict:
+    """Returns the frozen base as `lora.base_dtype` holds it: unchanged, cast to bfloat16, or with int8 projections and their scales."""
+    if lora.base_dtype == "bfloat16":
+        return jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, frozen)
+    if lora.base_dtype != "int8":
+        return frozen
+    layers = {block: dict(sub) for block, sub in frozen["layers"].items()}
+    for name, (block, n_in) in PROJECTIONS.items():
+        layers[block][name], layers[block][name + SCALE] = quantize(layers[block][name], n_in)
+    return frozen | {"layers": layers}
+
+
+def count(params: dict) -> int:
+    """Returns the number of scalars in a params tree."""
+    return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -1,0 +1,94 @@
+"""LoRA adapters in the decoder: the adapted forward equals the merged weights' forward, adapters off is the base, rank 0
+adds nothing, a bfloat16 / int8 base stays near the f32 one in less memory, dropout is unbiased and only in training."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from maxlm.config import LoraConfig, MeshConfig, ModelConfig
+from maxlm.models import lora
+from maxlm.models import params as params_lib
+from maxlm.models.layers import Adapter
+from maxlm.parallel.mesh import make_mesh
+
+MODEL = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=48, dtype="float32")
+ALL = LoraConfig(rank=4, alpha=8.0, targets=["q", "k", "v", "o", "gate", "up", "down"])
+
+
+@pytest.fixture(scope="module")
+def adapted():
+    """Returns params of MODEL with every adapter's a and b random (a fresh b is zero, which would hide mistakes)."""
+    mesh = make_mesh(MeshConfig(data=-1, fsdp=1))
+    trainable, frozen = lora.split(params_lib.init(MODEL, mesh, 0, ALL))
+    keys = iter(jax.random.split(jax.random.key(1), 64))
+    trainable = jax.tree.map(lambda x: 0.2 * jax.random.normal(next(keys), x.shape), trainable)
+    return lora.join(trainable, frozen)
+
+
+def logits(params, lora_cfg=None) -> np.ndarray:
+    graphdef, _, _ = params_lib.abstract(MODEL, lora_cfg)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 12)))
+    return np.asarray(jax.jit(lambda p, t: params_lib.bind(graphdef, p)(t))(params, tokens))
+
+
+def test_adapted_forward_equals_merged_weights(adapted):
+    ours = logits(adapted, ALL)
+    merged = logits(lora.merged(adapted, ALL))
+    base = logits(lora.split(adapted)[1])
+    assert np.abs(ours - merged).max() < 1e-5
+    assert np.abs(ours - base).max() > 0.1  # the adapters do change the output
+
+
+def test_adapters_off_is_the_base(adapted):
+    np.testing.assert_array_equal(logits(lora.adapters_off(adapted), ALL), logits(lora.split(adapted)[1]))
+
+
+def test_adapters_only_on_targets_and_rank_zero_adds_nothing():
+    _, shapes, names = params_lib.abstract(MODEL, LoraConfig(rank=2, targets=["q", "down"]))
+    leaves = {"/".join(k.key for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(lora.trainable(shapes))[0]}
+    assert leaves == {"layers/attn/q_lora/a", "layers/attn/q_lora/b", "layers/mlp/down_lora/a", "layers/mlp/down_lora/b"}
+    assert shapes["layers"]["attn"]["q_lora"]["b"].shape == (2, 2, 4, 8)  # [L, r, N, H], stacked like the layer
+    assert tuple(names["layers"]["attn"]["q_lora"]["a"]) == ("layers", "embed", "lora_rank")
+    plain = params_lib.abstract(MODEL)
+    zero = params_lib.abstract(MODEL, LoraConfig(rank=0))
+    assert jax.tree.structure(plain[1]) == jax.tree.structure(zero[1]) and plain[0] == zero[0]
+
+
+@pytest.mark.parametrize("base_dtype, tolerance", [("bfloat16", 0.05), ("int8", 0.08)])
+def test_held_base_stays_near_the_float_base_in_less_memory(adapted, base_dtype, tolerance):
+    held_cfg = dataclasses.replace(ALL, base_dtype=base_dtype)
+    trainable, frozen = lora.split(adapted)
+    held = lora.held_base(frozen, held_cfg)
+    projections = lambda tree: sum(x.nbytes for k, x in jax.tree_util.tree_flatten_with_path(tree["layers"])[0]
+                                   if k[-1].key.removesuffix(lora.SCALE) in lora.PROJECTIONS)
+    full = logits(adapted, ALL)
+    diff = np.abs(logits(lora.join(trainable, held), held_cfg) - full).max()
+    ratio = projections(held) / projections(frozen)
+    print(f"{base_dtype} base: max |logits - f32 base's| = {diff:.4f} (logit std {full.std():.3f}), projection bytes x{ratio:.3f}")
+    assert diff <= tolerance * full.std()
+    assert ratio <= (0.5 if base_dtype == "bfloat16" else 0.25 + 1 / 32)  # int8: a byte a weight + an f32 scale per output channel
+    if base_dtype == "int8":
+        assert held["layers"]["mlp"]["down"].dtype == jnp.int8 and held["layers"]["attn"]["o_scale"].shape == (2, 1, 1, 32)
+        # The adapted int8 forward is the merged (dequantized) weights' forward.
+        merged = logits(lora.merged(lora.join(trainable, held), held_cfg))
+        assert np.abs(merged - logits(lora.join(trainable, held), held_cfg)).max() < 1e-5
+
+
+def test_adapter_dropout_is_unbiased_and_only_with_a_key():
+    cfg = dataclasses.replace(ALL, dropout=0.3)
+    adapter = Adapter(MODEL, cfg, nnx.Rngs(0), (32,), ("embed",), (48,), ("mlp",))
+    adapter.b.value = jax.random.normal(jax.random.key(2), adapter.b.value.shape)
+    x = jax.random.normal(jax.random.key(3), (4, 32))
+    plain = adapter(x)
+    np.testing.assert_array_equal(np.asarray(adapter(x, None)), np.asarray(plain))  # eval, sampling: no key, no dropout
+    dropped = jax.vmap(lambda k: adapter(x, k))(jax.random.split(jax.random.key(4), 4000))
+    assert np.abs(np.asarray(dropped[0] - plain)).max() > 0.1
+    # The adapter is linear in its input: inverted dropout leaves its mean update unchanged.
+    spread = np.asarray(jnp.std(dropped, axis=0)) / np.sqrt(len(dropped))
+    assert np.all(np.abs(np.asarray(jnp.mean(dropped, axis=0) - plain)) <= 5 * spread + 1e-6)
