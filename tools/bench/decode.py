@@ -251,6 +251,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--out", default="")
     a = p.parse_args()
     a.batches = [a.batch] if a.batch else [int(b) for b in a.batches.split(",")]
+    if a.rounds < 1 or a.new_tokens < 1 or min(a.batches) < 1:
+        p.error("--rounds, --new-tokens and every batch size must be >= 1")
     if not a.no_mix and a.mix_prompts <= a.mix_batch:
         p.error(f"--mix-prompts ({a.mix_prompts}) must exceed --mix-batch ({a.mix_batch}): only then does generate_batched stream")
     return a
