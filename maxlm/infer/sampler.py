@@ -9,7 +9,8 @@ Letters: B batch, G distinct prompts of a grouped batch, T prompt length, N new 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

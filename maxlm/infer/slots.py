@@ -20,7 +20,8 @@ Letters: B slots, P prompts, T prompt length, N new tokens, S = T + N ring slots
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,6 @@ from flax import nnx
 from maxlm.config import ModelConfig, head_dim
 from maxlm.infer.buckets import pow2_ceil
 from maxlm.infer.sampler import check_fits, choose, left_pad, prefill
-from maxlm.models.layers import DTYPES, KVCache
 from maxlm.models.params import bind
 
 
@@ -45,14 +45,18 @@ def _stream(graphdef, cache_spec, params, tokens_PxT, valid_PxT, count, stop_ids
     seed_key = jax.random.key(seed)
     (p, t), b, n = tokens_PxT.shape, rows, max_new_tokens
     s = t + n
-    layers, kv_heads, head, dtype = cache_spec
-    zeros = lambda: jnp.zeros((b, kv_heads, head, s), DTYPES[dtype])
     slots_S = jnp.arange(s)
+    # The first B prompts enter together (one [B, T] prefill, not B single ones), behind the pointer at 0.
+    logits_BxV, c = prefill(model, cache_spec, tokens_PxT[:b], valid_PxT[:b], n, 1)
+    prompt_B = jnp.arange(b, dtype=jnp.int32)
+    first_B, first_logp_B = choose(logits_BxV, _keys(seed_key, prompt_B, jnp.zeros((b,), jnp.int32)), temperature, top_k, top_p)
     state = dict(
-        cache=tuple(KVCache(zeros(), zeros()) for _ in range(layers)), valid_BxS=jnp.zeros((b, s), bool), g=jnp.int32(0), next_prompt=jnp.int32(0),
-        prompt_B=jnp.zeros((b,), jnp.int32), count_B=jnp.zeros((b,), jnp.int32), pos_B=jnp.zeros((b,), jnp.int32),
-        last_B=jnp.zeros((b,), jnp.int32), free_B=jnp.ones((b,), bool),
-        out_PxN=jnp.full((p, n), stop_ids[0], jnp.int32), logp_PxN=jnp.zeros((p, n), jnp.float32),
+        cache=jax.tree.map(lambda a: jnp.roll(a, -t, axis=-1), c), g=jnp.int32(0), next_prompt=jnp.int32(b),
+        valid_BxS=jnp.roll(jnp.concatenate([valid_PxT[:b], jnp.zeros((b, n), bool)], axis=1), -t, axis=1),
+        prompt_B=prompt_B, count_B=jnp.ones((b,), jnp.int32), pos_B=jnp.sum(valid_PxT[:b], axis=1).astype(jnp.int32) - 1,
+        last_B=first_B, free_B=jnp.isin(first_B, stop_ids) | (n == 1),
+        out_PxN=jnp.full((p, n), stop_ids[0], jnp.int32).at[:b, 0].set(first_B),
+        logp_PxN=jnp.zeros((p, n), jnp.float32).at[:b, 0].set(first_logp_B),
     )
 
     def insert(st):
@@ -126,6 +130,7 @@ def stream(
     `sample`. One process only (a multi-process run uses `sample`).
     """
     n = len(prompts)
+    rows = min(rows, n)  # every slot starts with a prompt
     # Room for a power of two of prompts, the rest never entered: one compile serves calls of similar size.
     tokens, valid = left_pad(list(prompts) + [prompts[-1]] * (pow2_ceil(n) - n), pad_id, pad_to)
     check_fits(cfg, tokens.shape[1], max_new_tokens)
