@@ -36,6 +36,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    import json
+
+    from maxlm.config import load_config
+    from maxlm.train.aot import compile_step, search
+
+    cfg = load_config(args.config, args.overrides)
+    if args.search:
+        ranked = search(cfg, args.topology, args.slices, log=lambda line: print(line, file=sys.stderr))
+        print(json.dumps(ranked[0]))
+        print(" ".join(ranked[0]["overrides"]))
+    else:
+        print(json.dumps(compile_step(cfg, args.topology, args.slices)))
+    return 0
+
+
 def cmd_tokenizer_train(args) -> int:
     from maxlm.config import SourceConfig
     from maxlm.data.sources import iter_texts
@@ -172,7 +188,7 @@ def parser() -> argparse.ArgumentParser:
     """Returns the argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="maxlm", description="Curate, train, align, evaluate and export Llama-family models in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_tokenizer, _add_hf, _add_generate, _add_eval, _add_data_tools):
+    for add in (_add_train, _add_compile, _add_tokenizer, _add_hf, _add_generate, _add_eval, _add_data_tools):
         add(sub)
     return p
 
@@ -183,6 +199,19 @@ def _add_train(sub) -> None:
     t.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
     t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=100 mesh.tensor=2")
     t.set_defaults(fn=cmd_train)
+
+
+def _add_compile(sub) -> None:
+    """Adds `maxlm compile`."""
+    c = sub.add_parser("compile", help="compile a run's train step for a TPU slice without one (needs the [aot] extra): "
+                                       "prints memory per chip, fit, FLOPs, estimated step time and MFU as one JSON line")
+    c.add_argument("config", help="YAML config file, e.g. configs/models/llama3_8b.yaml")
+    c.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.seq_len=8192 mesh.fsdp=-1")
+    c.add_argument("--topology", required=True, help="a Cloud TPU accelerator type as gcloud names it: v4-128, v5litepod-256, v5p-1024, v6e-256")
+    c.add_argument("--slices", type=int, default=1, help="number of such slices (multislice over DCN)")
+    c.add_argument("--search", action="store_true",
+                   help="try mesh splits, remat policies and train.loss_chunks; rank the fitting ones by estimated step time; print the best as k=v overrides")
+    c.set_defaults(fn=cmd_compile)
 
 
 def _add_tokenizer(sub) -> None:

@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from maxlm import config as config_lib
 from maxlm.ckpt.manager import Checkpoints
@@ -26,12 +25,12 @@ from maxlm.infer.pretrained import Pretrained
 from maxlm.infer.replies import load_scoring_model
 from maxlm.models import params as params_lib
 from maxlm.optim import optimizer
-from maxlm.optim.update import eval_step
 from maxlm.parallel.mesh import data_parallel_size
 from maxlm.tasks import TASKS
 from maxlm.tasks.task import Services, Task, TaskData
 from maxlm.train import metrics as metrics_lib
 from maxlm.train import state as state_lib
+from maxlm.train import step as step_lib
 from maxlm.train.resume import check_resumable
 
 
@@ -122,8 +121,7 @@ def setup(cfg: Config, mesh, log=print) -> Setup:
     if main:
         config_lib.dump_yaml(cfg, run_dir / "config.yaml")
     data = task.data(cfg, tokenizer, graphdef, services(cfg, mesh, log))
-    split = task.rollout_split(cfg) if task.rollout_split else None
-    tx = optimizer.optimizer(cfg.train, cfg.rl.epochs * split[1] if split else 1)
+    tx = step_lib.run_optimizer(cfg, task)
     ckpts = Checkpoints(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     state, data_state, p_shard, o_shard = state_lib.restore_or_init(cfg, mesh, tx, ckpts)
     if data_state is not None:
@@ -139,17 +137,8 @@ def setup(cfg: Config, mesh, log=print) -> Setup:
 
 def _compiled(cfg: Config, task: Task, graphdef, tx, mesh, p_shard, o_shard, ref_params) -> tuple[Callable, Callable, Callable]:
     """Returns (the jitted step, score(params, local batch) -> eval sums, to_global(local batch) -> global arrays)."""
-    objective = task.objective(graphdef, cfg)
-    r_shard = p_shard if ref_params is not None else None
-    batch_shard = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
-    # The last argument holds the task's host scalars (RL's KL coefficient and step number).
-    step_fn = jax.jit(
-        task.step(graphdef, cfg, tx, objective),
-        in_shardings=(p_shard, o_shard, batch_shard, r_shard, None),
-        out_shardings=(p_shard, o_shard, None),
-        donate_argnums=(0, 1),
-    )
-    eval_fn = jax.jit(eval_step(objective), in_shardings=(p_shard, batch_shard, r_shard))
+    step_fn, eval_fn = step_lib.jitted_step(cfg, task, graphdef, tx, mesh, p_shard, o_shard, ref_params is not None)
+    batch_shard = step_lib.batch_sharding(mesh)
 
     def to_global(batch: dict) -> dict:
         return {k: jax.make_array_from_process_local_data(batch_shard, np.asarray(v)) for k, v in batch.items()}
