@@ -39,16 +39,21 @@ def cmd_train(args) -> int:
 def cmd_compile(args) -> int:
     import json
 
+    # The compile targets abstract TPU devices; jax itself needs no accelerator (with libtpu installed
+    # and no TPU here, jax would otherwise probe for one).
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
     from maxlm.config import load_config
     from maxlm.train.aot import compile_step, search
 
     cfg = load_config(args.config, args.overrides)
+    log = lambda line: print(line, file=sys.stderr, flush=True)
     if args.search:
-        ranked = search(cfg, args.topology, args.slices, log=lambda line: print(line, file=sys.stderr))
+        ranked = search(cfg, args.topology, args.slices, log=log)
         print(json.dumps(ranked[0]))
         print(" ".join(ranked[0]["overrides"]))
     else:
-        print(json.dumps(compile_step(cfg, args.topology, args.slices)))
+        print(json.dumps(compile_step(cfg, args.topology, args.slices, cost=not args.memory_only, log=log)))
     return 0
 
 
@@ -209,6 +214,7 @@ def _add_compile(sub) -> None:
     c.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.seq_len=8192 mesh.fsdp=-1")
     c.add_argument("--topology", required=True, help="a Cloud TPU accelerator type as gcloud names it: v4-128, v5litepod-256, v5p-1024, v6e-256")
     c.add_argument("--slices", type=int, default=1, help="number of such slices (multislice over DCN)")
+    c.add_argument("--memory-only", action="store_true", help="skip the two unrolled compiles that estimate FLOPs, step time and MFU")
     c.add_argument("--search", action="store_true",
                    help="try mesh splits, remat policies and train.loss_chunks; rank the fitting ones by estimated step time; print the best as k=v overrides")
     c.set_defaults(fn=cmd_compile)

@@ -153,7 +153,7 @@ def _not_fitting(cfg: Config, s: Slice, used: float, what: str = "") -> MaxlmErr
                       f"{(used - hbm) / GIB:.1f} GiB short; try {', '.join(knobs(cfg))}")
 
 
-def compile_step(cfg: Config, topology: str, slices: int = 1, cost: bool = True) -> dict[str, Any]:
+def compile_step(cfg: Config, topology: str, slices: int = 1, cost: bool = True, log=lambda line: None) -> dict[str, Any]:
     """Returns the report of the run's step compiled for `slices` x the slice `topology` (see the module docstring);
     MaxlmError when it does not fit, naming how much is missing and which knobs would help."""
     s = parse_slice(topology)
@@ -169,6 +169,7 @@ def compile_step(cfg: Config, topology: str, slices: int = 1, cost: bool = True)
             raise
         raise _not_fitting(cfg, s, *exhausted) from None
     used = memory_bytes(compiled)
+    log(f"{s.name}: the step compiled in {time.perf_counter() - t0:.0f} s, {used / GIB:.2f} GiB per chip")
     report = {
         "topology": s.name + (f" x{slices}" if slices > 1 else ""), "libtpu_topology": s.topology, "devices": len(devices),
         "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape), "memory_gib": round(used / GIB, 2),
@@ -177,6 +178,7 @@ def compile_step(cfg: Config, topology: str, slices: int = 1, cost: bool = True)
     if not report["fits"]:
         raise _not_fitting(cfg, s, used)
     if cost:
+        log("estimating its cost from 1- and 2-layer unrolled compiles ...")
         report |= estimate(cfg, s, mesh)
     return report | {"compile_seconds": round(time.perf_counter() - t0, 1)}
 
@@ -199,7 +201,8 @@ def estimate(cfg: Config, s: Slice, mesh) -> dict[str, Any]:
     }
 
 
-# --search: remat policies from the least recomputation to the most; the first that fits a mesh split is its fastest.
+# --search: remat policies from the least recomputation to the most, and loss chunkings from the fewest;
+# the first pair that fits a mesh split is taken as that split's fastest.
 REMAT_ORDER = ("none", "dots", "dots_no_batch", "full")
 
 
@@ -209,22 +212,25 @@ def _set(cfg: Config, key: str, value) -> Config:
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{name: value})})
 
 
-def splits(cfg: Config, chips: int, slices: int) -> list[dict[str, Any]]:
-    """Returns the mesh splits and loss chunkings --search tries: data over the slices, tensor up to 8 (dividing the heads), fsdp the rest."""
-    heads = cfg.model.num_heads
-    tensors = [t for t in (1, 2, 4, 8) if chips % (t * slices) == 0 and heads % t == 0]
+def search_space(cfg: Config, chips: int, slices: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Returns (mesh splits: data over the slices, tensor up to 8 dividing the heads, fsdp the rest;
+    memory settings in the order tried: remat policies x loss chunkings that divide the length)."""
+    tensors = [t for t in (1, 2, 4, 8) if chips % (t * slices) == 0 and cfg.model.num_heads % t == 0]
+    meshes = [{"mesh.data": slices, "mesh.fsdp": -1, "mesh.tensor": t} for t in tensors]
+    c = cfg.train.loss_chunks
     lm = not TASKS[cfg.task].rollout_split
-    chunks = sorted({c for c in (cfg.train.loss_chunks, 4, 8, 16) if cfg.data.seq_len % c == 0}) if lm else [cfg.train.loss_chunks]
-    return [{"mesh.data": slices, "mesh.fsdp": -1, "mesh.tensor": t, "train.loss_chunks": c} for t in tensors for c in chunks]
+    chunks = sorted({n for n in (c, 4 * c, 16 * c) if cfg.data.seq_len % n == 0}) if lm else [c]
+    return meshes, [{"model.remat": r, "train.loss_chunks": n} for r in REMAT_ORDER for n in chunks]
 
 
 def search(cfg: Config, topology: str, slices: int = 1, log=print) -> list[dict[str, Any]]:
     """Returns the fitting candidates' reports, fastest first, each with its `overrides` (["k=v", ...]); MaxlmError when none fits."""
     s = parse_slice(topology)
+    meshes, memory = search_space(prepare(cfg), s.chips * slices, slices)
     found = []
-    for split in splits(prepare(cfg), s.chips * slices, slices):
-        for remat in REMAT_ORDER:
-            keys = split | {"model.remat": remat}
+    for split in meshes:
+        for setting in memory:
+            keys = split | setting
             trial = cfg
             for k, v in keys.items():
                 trial = _set(trial, k, v)
@@ -238,5 +244,6 @@ def search(cfg: Config, topology: str, slices: int = 1, log=print) -> list[dict[
             found.append(report | {"overrides": overrides})
             break
     if not found:
-        raise MaxlmError(f"no mesh split, remat policy or loss chunking tried fits {topology}: {', '.join(knobs(cfg)[1:])}")
+        raise MaxlmError(f"no mesh split, remat policy or loss chunking tried fits {topology}; try "
+                         + ", ".join(k for k in knobs(cfg) if not k.startswith(("model.remat", "train.loss_chunks"))))
     return sorted(found, key=lambda r: r["estimated_step_seconds"])
