@@ -110,7 +110,17 @@ def _unrolled(cfg: Config, layers: int) -> Config:
 
 def step_cost(cfg: Config, mesh) -> Cost:
     """Returns the whole step's per-device cost: the 1- and 2-layer unrolled compiles extrapolated to model.num_layers."""
-    one, two = (_cost(lower(_unrolled(cfg, n), mesh).compile()) for n in (1, 2))
+    costs = []
+    for n in (1, 2):
+        try:
+            costs.append(_cost(lower(_unrolled(cfg, n), mesh).compile()))
+        except Exception as e:  # XlaRuntimeError
+            if _exhausted(e) is None:
+                raise
+            # One loss chunk holds a row's whole [T, V] logits: a 16 GiB chip may fit the step but not this.
+            raise MaxlmError(f"the step fits, but its {n}-layer cost compile (unrolled, one loss chunk, one microbatch) "
+                             "runs out of HBM on this chip; pass --memory-only for the memory figures alone") from None
+    one, two = costs
     per_layer = two - one
     micro = 1 if TASKS[cfg.task].rollout_split else cfg.train.grad_accum_steps
     return (one + per_layer.scaled(cfg.model.num_layers - 1)).scaled(micro)
