@@ -35,6 +35,8 @@ EXTRAS = {
     "seqio": ["seqio>=0.0.19"],
     "gpu": ["jax[cuda12]>=0.10"],
     "tpu": ["jax[tpu]>=0.10"],
+    # `maxlm compile`: libtpu's compiler targets abstract TPU devices on any machine (pinned: libtpu matches one jax).
+    "aot": ["jax[tpu]==0.10.2"],
     "ray": ["ray>=2.9"],
     "synth": ["rouge-score>=0.1.2"],  # ROUGE-L novelty filter of `maxlm synth self-instruct`
     # `maxlm eval harness`, `--model maxlm` and train.eval_harness: MaxlmLM subclasses its TemplateLM (internals: pinned).

@@ -45,6 +45,27 @@ def _step_evals(cfg) -> list:
     return train_step_evals(cfg)
 
 
+def cmd_compile(args) -> int:
+    import json
+
+    # The compile targets abstract TPU devices; jax itself needs no accelerator (with libtpu installed
+    # and no TPU here, jax would otherwise probe for one).
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+    from maxlm.config import load_config
+    from maxlm.train.aot import compile_step, search
+
+    cfg = load_config(args.config, args.overrides)
+    log = lambda line: print(line, file=sys.stderr, flush=True)
+    if args.search:
+        ranked = search(cfg, args.topology, args.slices, log=log)
+        print(json.dumps(ranked[0]))
+        print(" ".join(ranked[0]["overrides"]))
+    else:
+        print(json.dumps(compile_step(cfg, args.topology, args.slices, cost=not args.memory_only, log=log)))
+    return 0
+
+
 def cmd_tokenizer_train(args) -> int:
     from maxlm.config import SourceConfig
     from maxlm.data.sources import iter_texts
@@ -190,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
     """Returns the argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="maxlm", description="Curate, train, align, evaluate and export Llama-family models in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_tokenizer, _add_hf, _add_generate, _add_eval, _add_data_tools):
+    for add in (_add_train, _add_compile, _add_tokenizer, _add_hf, _add_generate, _add_eval, _add_data_tools):
         add(sub)
     return p
 
@@ -201,6 +222,20 @@ def _add_train(sub) -> None:
     t.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
     t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=100 mesh.tensor=2")
     t.set_defaults(fn=cmd_train)
+
+
+def _add_compile(sub) -> None:
+    """Adds `maxlm compile`."""
+    c = sub.add_parser("compile", help="compile a run's train step for a TPU slice without one (needs the [aot] extra): "
+                                       "prints memory per chip, fit, FLOPs, estimated step time and MFU as one JSON line")
+    c.add_argument("config", help="YAML config file, e.g. configs/models/llama3_8b.yaml")
+    c.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.seq_len=8192 mesh.fsdp=-1")
+    c.add_argument("--topology", required=True, help="a Cloud TPU accelerator type as gcloud names it: v4-128, v5litepod-256, v5p-1024, v6e-256")
+    c.add_argument("--slices", type=int, default=1, help="number of such slices (multislice over DCN)")
+    c.add_argument("--memory-only", action="store_true", help="skip the two unrolled compiles that estimate FLOPs, step time and MFU")
+    c.add_argument("--search", action="store_true",
+                   help="try mesh splits, remat policies and train.loss_chunks; rank the fitting ones by estimated step time; print the best as k=v overrides")
+    c.set_defaults(fn=cmd_compile)
 
 
 def _add_tokenizer(sub) -> None:
@@ -317,8 +352,28 @@ def _add_data_tools(sub) -> None:
     s.set_defaults(fn=cmd_synth)
 
 
+def _skip_absent_tpu() -> None:
+    """Keeps jax off the TPU backend when libtpu is installed (the [aot] extra) but no TPU is attached.
+
+    Else every command probes for a TPU first: a screen of libtpu warnings, and /tmp/libtpu_lockfile
+    taken, which fails the next process that wants libtpu (`maxlm compile` beside a training run).
+    A GPU build of jax is left to choose for itself.
+    """
+    import glob
+    import importlib.util
+
+    if os.environ.get("JAX_PLATFORMS") or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return
+    if importlib.util.find_spec("libtpu") is None or importlib.util.find_spec("jax_cuda12_plugin") is not None:
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI and returns the process exit code; bad input prints one line, no traceback."""
+    _skip_absent_tpu()
     from maxlm.errors import BadRecordError, MaxlmError
     from maxlm.files.writable import check_writable_dir, place_error_line
 

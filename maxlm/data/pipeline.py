@@ -245,21 +245,21 @@ def make_eval_batches(
     return out
 
 
-def padding_batch(cfg: Config, rows: int, pad_id: int, annotation: Annotation | None = None) -> dict[str, np.ndarray]:
-    """Returns a batch of padding rows (pad id, segment 0, zero masks): it counts nothing in any objective."""
+def batch_layout(cfg: Config, rows: int, fields: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Returns {key: (shape, dtype)} of a batch of `rows` as the pipeline makes it; `fields` are an Annotation's (f32)."""
     pairs = record_kind(cfg.task) == "pair"
     shape = (rows, 2, cfg.data.seq_len) if pairs else (rows, cfg.data.seq_len)
-    batch = {
-        "tokens": np.full(shape, pad_id, np.int32),
-        "segment_ids": np.zeros(shape, np.int32),
-        "positions": np.zeros(shape, np.int32),
-        "loss_mask": np.zeros(shape, np.float32),
-    }
+    i32, f32 = np.dtype(np.int32), np.dtype(np.float32)
+    layout = {"tokens": (shape, i32), "segment_ids": (shape, i32), "positions": (shape, i32), "loss_mask": (shape, f32)}
     if pairs:
-        batch |= {"margin": np.zeros(rows, np.float32), "pair_mask": np.zeros(rows, np.float32)}
-    for name, row_shape in (annotation.fields if annotation else {}).items():
-        batch[name] = np.zeros((rows, *row_shape), np.float32)
-    return batch
+        layout |= {"margin": ((rows,), f32), "pair_mask": ((rows,), f32)}
+    return layout | {name: ((rows, *row_shape), f32) for name, row_shape in (fields or {}).items()}
+
+
+def padding_batch(cfg: Config, rows: int, pad_id: int, annotation: Annotation | None = None) -> dict[str, np.ndarray]:
+    """Returns a batch of padding rows (pad id, segment 0, zero masks): it counts nothing in any objective."""
+    layout = batch_layout(cfg, rows, annotation.fields if annotation else None)
+    return {k: np.full(shape, pad_id if k == "tokens" else 0, dtype) for k, (shape, dtype) in layout.items()}
 
 
 def _pad_rows(batch: dict, template: dict) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from maxlm.config import Config
 from maxlm.data.examples import Examples
-from maxlm.data.pipeline import Annotation, padding_batch
+from maxlm.data.pipeline import Annotation, batch_layout, padding_batch
 from maxlm.errors import MaxlmError
 from maxlm.losses.logprobs import next_targets, next_token_weights, sequence_logps, token_logprobs
 from maxlm.losses.preference import REFERENCE_KINDS, pool_scores, preference_loss, reward_loss
@@ -115,6 +115,7 @@ def preference(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
 # rejected), so batches, resume and eval see them like any other field.
 
 PAIR_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
+REF_LOGPS_FIELDS = {"ref_logps": (2,)}  # per pair: chosen, rejected
 
 
 def reference_scorer(graphdef, ref_params: Any, batch_shard: NamedSharding) -> Callable[[dict], np.ndarray]:
@@ -152,7 +153,7 @@ def annotate_reference(score: Callable[[dict], np.ndarray], examples: Examples, 
 def reference_annotation(graphdef, ref_params: Any, mesh, cfg: Config, pad_id: int) -> Annotation:
     """Returns the Annotation that adds the reference's `ref_logps` [2] to every example of the run's sources."""
     score = reference_scorer(graphdef, ref_params, NamedSharding(mesh, PartitionSpec(RULES["batch"])))
-    return Annotation(lambda examples: annotate_reference(score, examples, cfg, pad_id), {"ref_logps": (2,)})
+    return Annotation(lambda examples: annotate_reference(score, examples, cfg, pad_id), REF_LOGPS_FIELDS)
 
 
 def dpo_needs_reference(cfg: Config) -> bool:
@@ -186,6 +187,10 @@ def _dpo_data(cfg, tokenizer, graphdef, services):
     return file_data(cfg, tokenizer, reference_annotation(graphdef, services.reference(), services.mesh, cfg, tokenizer.pad_id))
 
 
+def _dpo_layout(cfg: Config) -> dict:
+    return batch_layout(cfg, cfg.train.global_batch_size, REF_LOGPS_FIELDS if precomputed_reference(cfg) else None)
+
+
 def _rm_objective(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
     return reward_model(graphdef, cfg.rm.center_coef, cfg.rm.pooling)
 
@@ -198,4 +203,5 @@ DPO = Task(
     name="dpo", chat=True, scalar_head=None, data=_dpo_data, objective=preference, step=gradient_step,
     # A precomputed reference rides in the batches: the step needs no reference model.
     needs_reference=lambda cfg: dpo_needs_reference(cfg) and not precomputed_reference(cfg), check=check_dpo,
+    batch_layout=_dpo_layout,
 )

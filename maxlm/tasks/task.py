@@ -1,7 +1,7 @@
 """What a task is to the run that trains it: the same few answers for every `task:` name.
 
 A run asks its task for its batches (host side: the next local batch, its state for a
-checkpoint), its objective, its step, whether it compares with a frozen reference, what its
+checkpoint), their layout (the shapes `maxlm compile` builds a step from without reading data), its objective, its step, whether it compares with a frozen reference, what its
 scalar head is, whether its prompts and samples are chat or plain text, and checks the config
 with it before any work. `maxlm.tasks.TASKS` maps each `task:` name to one `Task`.
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from maxlm.config import Config
 from maxlm.data.examples import record_texts
-from maxlm.data.pipeline import Annotation, DataIterator, make_eval_batches, make_train_iterator
+from maxlm.data.pipeline import Annotation, DataIterator, batch_layout, make_eval_batches, make_train_iterator
 from maxlm.data.sources import train_sources
 from maxlm.data.tokenizers import Tokenizer
 from maxlm.optim.update import Objective, train_step
@@ -113,6 +113,19 @@ def held_out_means(score: Callable, params: Any, batches: list[dict]) -> dict[st
     return {k[:-4]: v / count for k, v in total.items() if k.endswith("_sum") and k != "z_loss_sum"}
 
 
+Layout = dict[str, tuple[tuple[int, ...], np.dtype]]  # {key: (shape, dtype)}
+
+
+def file_batch_layout(cfg: Config) -> Layout:
+    """Returns the layout of one step's global batch of a task that reads files (train.global_batch_size rows)."""
+    return batch_layout(cfg, cfg.train.global_batch_size)
+
+
+def no_step_args(cfg: Config) -> Layout:
+    """Returns the layout of no step arguments: the batch is everything."""
+    return {}
+
+
 def no_check(cfg: Config) -> None:
     """Accepts every config: the task adds no checks of its own."""
 
@@ -138,6 +151,8 @@ class Task:
     logs_tokens_trained: bool = False  # the run's running count of tokens that carried a loss
     rollout_split: Callable[[Config], tuple[int, int]] | None = None  # (rows per prompt, updates per batch)
     tokenizer_texts: Callable[[Config], Callable[[], Iterable[str]] | None] = record_text_source
+    batch_layout: Callable[[Config], Layout] = file_batch_layout  # one step's global batch, as `data` makes it
+    step_args_layout: Callable[[Config], Layout] = no_step_args  # the host scalars of `Batches.step_args`
 
 
 def gradient_step(graphdef: Any, cfg: Config, tx: Any, objective: Objective) -> Callable:

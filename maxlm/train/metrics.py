@@ -19,20 +19,26 @@ from maxlm.files import atomic
 from maxlm.files.writers import cut_torn_tail
 from maxlm.train.trackers import TrackerRun, scalars
 
-# Dense bf16 peak FLOP/s per device, from vendor datasheets; unknown devices report no MFU.
+# Dense bf16 peak FLOP/s per device (a TPU v4 / v5p device is one megacore chip), from vendor
+# datasheets; keys are lower-case device kinds or their prefixes, unknown devices report no MFU.
 PEAK_FLOPS = {
     "h100": 989e12, "h200": 989e12, "a100": 312e12, "l4": 121e12,
-    "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12, "tpu v6": 918e12,
+    "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12,
+    "tpu v5": 459e12,  # a v5p chip reports its kind as plain "TPU v5"
 }
+
+
+def peak_flops(device_kind: str) -> float | None:
+    """Returns the dense bf16 peak FLOP/s of a device of `device_kind` (e.g. "TPU v5"), or None when unknown."""
+    kind = device_kind.lower()
+    # The longest matching key: "tpu v5" must not claim a "TPU v5 lite".
+    matches = [name for name in PEAK_FLOPS if name in kind]
+    return PEAK_FLOPS[max(matches, key=len)] if matches else None
 
 
 def peak_flops_per_device() -> float | None:
     """Returns the accelerator's dense bf16 peak FLOP/s, or None when unknown (e.g. CPU)."""
-    kind = jax.devices()[0].device_kind.lower()
-    for name, flops in PEAK_FLOPS.items():
-        if name in kind:
-            return flops
-    return None
+    return peak_flops(jax.devices()[0].device_kind)
 
 
 def param_count(cfg: ModelConfig, active: bool = False) -> int:

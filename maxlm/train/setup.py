@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from maxlm import config as config_lib
 from maxlm.ckpt.manager import Checkpoints
@@ -27,13 +26,12 @@ from maxlm.infer.replies import load_scoring_model
 from maxlm.models import lora
 from maxlm.models import params as params_lib
 from maxlm.optim import optimizer
-from maxlm.optim.update import eval_step
 from maxlm.parallel.mesh import data_parallel_size
-from maxlm.parallel.rules import RULES
 from maxlm.tasks import TASKS
 from maxlm.tasks.task import Services, Task, TaskData
 from maxlm.train import metrics as metrics_lib
 from maxlm.train import state as state_lib
+from maxlm.train import step as step_lib
 from maxlm.train.resume import check_resumable
 
 
@@ -124,8 +122,7 @@ def setup(cfg: Config, mesh, log=print) -> Setup:
     if main:
         config_lib.dump_yaml(cfg, run_dir / "config.yaml")
     data = task.data(cfg, tokenizer, graphdef, services(cfg, mesh, log))
-    split = task.rollout_split(cfg) if task.rollout_split else None
-    tx = optimizer.optimizer(cfg.train, cfg.rl.epochs * split[1] if split else 1)
+    tx = step_lib.run_optimizer(cfg, task)
     ckpts = Checkpoints(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     state, data_state, p_shard, o_shard = state_lib.restore_or_init(cfg, mesh, tx, ckpts)
     if data_state is not None:
@@ -144,33 +141,10 @@ def setup(cfg: Config, mesh, log=print) -> Setup:
                  optimizer.schedule(cfg.train))
 
 
-def _base_as_reference(step: Callable, evaluate: Callable) -> tuple[Callable, Callable]:
-    """Returns (step, evaluate) of a LoRA run whose reference is its base: the params with the adapters off, the same arrays."""
-    def lora_step(params, opt_state, batch, ref_params, args):
-        return step(params, opt_state, batch, lora.adapters_off(params), args)
-
-    def lora_evaluate(params, batch, ref_params=None):
-        return evaluate(params, batch, lora.adapters_off(params))
-
-    return lora_step, lora_evaluate
-
-
 def _compiled(cfg: Config, task: Task, graphdef, tx, mesh, p_shard, o_shard, ref_params) -> tuple[Callable, Callable, Callable]:
     """Returns (the jitted step, score(params, local batch) -> eval sums, to_global(local batch) -> global arrays)."""
-    objective = task.objective(graphdef, cfg)
-    r_shard = p_shard if ref_params is not None else None
-    batch_shard = NamedSharding(mesh, PartitionSpec(RULES["batch"]))
-    step, evaluate = task.step(graphdef, cfg, tx, objective), eval_step(objective)
-    if cfg.lora.rank and task.needs_reference(cfg):
-        step, evaluate = _base_as_reference(step, evaluate)
-    # The last argument holds the task's host scalars (RL's KL coefficient and step number).
-    step_fn = jax.jit(
-        step,
-        in_shardings=(p_shard, o_shard, batch_shard, r_shard, None),
-        out_shardings=(p_shard, o_shard, None),
-        donate_argnums=(0, 1),
-    )
-    eval_fn = jax.jit(evaluate, in_shardings=(p_shard, batch_shard, r_shard))
+    step_fn, eval_fn = step_lib.jitted_step(cfg, task, graphdef, tx, mesh, p_shard, o_shard, ref_params is not None)
+    batch_shard = step_lib.batch_sharding(mesh)
 
     def to_global(batch: dict) -> dict:
         return {k: jax.make_array_from_process_local_data(batch_shard, np.asarray(v)) for k, v in batch.items()}

@@ -17,7 +17,7 @@ from maxlm.config import Config, RLConfig
 from maxlm.data.pipeline import DataIterator
 from maxlm.errors import MaxlmError
 from maxlm.tasks.rl.objective import policy_gradient
-from maxlm.tasks.rl.rollouts import Rollouts, make_eval_rollouts, make_rollouts
+from maxlm.tasks.rl.rollouts import Rollouts, make_eval_rollouts, make_rollouts, rollout_layout
 from maxlm.tasks.rl.step import rollout_step
 from maxlm.tasks.task import Task, TaskData
 
@@ -42,6 +42,11 @@ class RolloutBatches:
     def step_args(self, step: int) -> dict[str, np.ndarray]:
         """Returns the KL coefficient and the step number the rollout step takes."""
         return {"kl_coef": np.float32(self.rollouts.kl.coef), "step": np.int32(step)}
+
+    @staticmethod
+    def step_args_layout(cfg: Config) -> dict:
+        """Returns {key: (shape, dtype)} of `step_args`."""
+        return {"kl_coef": ((), np.dtype(np.float32)), "step": ((), np.dtype(np.int32))}
 
     def observe(self, metrics: dict[str, float]) -> None:
         """Moves the KL coefficient after a finished step."""
@@ -131,10 +136,12 @@ PPO = Task(
     objective=lambda graphdef, cfg: policy_gradient(graphdef, cfg, True),
     step=lambda graphdef, cfg, tx, objective: rollout_step(graphdef, cfg, tx, True),
     needs_reference=_needs_reference, check=check_ppo, rollout_split=_split,
+    batch_layout=lambda cfg: rollout_layout(cfg, True), step_args_layout=RolloutBatches.step_args_layout,
 )
 GRPO = Task(
     name="grpo", chat=True, scalar_head=None, data=_data(False),
     objective=lambda graphdef, cfg: policy_gradient(graphdef, cfg, False),
     step=lambda graphdef, cfg, tx, objective: rollout_step(graphdef, cfg, tx, False),
     needs_reference=_needs_reference, check=check_grpo, rollout_split=_split,
+    batch_layout=lambda cfg: rollout_layout(cfg, False), step_args_layout=RolloutBatches.step_args_layout,
 )

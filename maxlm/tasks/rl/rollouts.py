@@ -276,6 +276,19 @@ def advantages(r: RLConfig, scores: np.ndarray, trained: np.ndarray) -> np.ndarr
     return out[jax.process_index() * n : (jax.process_index() + 1) * n]
 
 
+def rollout_layout(cfg: Config, value_head: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Returns {key: (shape, dtype)} of one step's global rollout batch as `Rollouts.__call__` lays it out (module docstring)."""
+    r = cfg.rl
+    rows, cols = cfg.train.global_batch_size * r.group_size, r.max_prompt_len + r.max_new_tokens
+    i32, f32 = np.dtype(np.int32), np.dtype(np.float32)
+    layout = {"tokens": ((rows, cols), i32), "segment_ids": ((rows, cols), i32), "positions": ((rows, cols), i32),
+              "loss_mask": ((rows, cols), f32), "sample_logp": ((rows, cols), f32)}
+    if value_head:
+        return layout | {"scores": ((rows,), f32)}
+    layout["advantages"] = ((rows,), f32)
+    return layout | ({"scores": ((rows,), f32), "trained": ((rows,), f32)} if r.kl_in == "reward" else {})
+
+
 def global_rows(x: np.ndarray) -> np.ndarray:
     """Returns the rows of `x` of every process, in process order (`x` itself when one process runs)."""
     if jax.process_count() == 1:
