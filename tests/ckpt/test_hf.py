@@ -38,6 +38,7 @@ from maxlm.errors import MaxlmError  # noqa: E402
 from maxlm.models import params as params_lib  # noqa: E402
 from maxlm.parallel.mesh import make_mesh  # noqa: E402
 from maxlm.train.metrics import param_count  # noqa: E402
+from maxlm.train.state import RUNTIME_MODEL_KEYS  # noqa: E402
 
 V, T = 128, 48
 # llama3 scaling over an original context of 32 with head_dim 16 puts the 8 frequencies in
@@ -548,7 +549,9 @@ def test_preset_maps_to_transformers_with_the_same_parameters(preset, tmp_path):
     if m.vocab_size == 0:
         pytest.skip("vocabulary taken from the tokenizer")
     raw = hf_config(m, dtype="float32", bos_id=1, eos_id=2, pad_id=None, score=False)
-    assert model_config(raw, preset) == dataclasses.replace(m, head_dim=head_dim(m))
+    # How to run (remat, attention, ...) is the preset's, not part of the HF config.
+    runtime = {k: getattr(m, k) for k in RUNTIME_MODEL_KEYS}
+    assert dataclasses.replace(model_config(raw, preset), **runtime) == dataclasses.replace(m, head_dim=head_dim(m))
     _, shapes, _ = params_lib.abstract(m)
     ours = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
     (tmp_path / "config.json").write_text(json.dumps(raw))
