@@ -31,6 +31,7 @@ from flax import nnx
 from maxlm.config import ModelConfig, head_dim
 from maxlm.infer.buckets import pow2_ceil
 from maxlm.infer.sampler import check_fits, choose, left_pad, prefill
+from maxlm.models.layers import DTYPES, KVCache
 from maxlm.models.params import bind
 
 
@@ -46,37 +47,38 @@ def _stream(graphdef, cache_spec, params, tokens_PxT, valid_PxT, count, stop_ids
     (p, t), b, n = tokens_PxT.shape, rows, max_new_tokens
     s = t + n
     slots_S = jnp.arange(s)
-    # The first B prompts enter together (one [B, T] prefill, not B single ones), behind the pointer at 0.
-    logits_BxV, c = prefill(model, cache_spec, tokens_PxT[:b], valid_PxT[:b], n, 1)
-    prompt_B = jnp.arange(b, dtype=jnp.int32)
-    first_B, first_logp_B = choose(logits_BxV, _keys(seed_key, prompt_B, jnp.zeros((b,), jnp.int32)), temperature, top_k, top_p)
-    state = dict(
-        cache=jax.tree.map(lambda a: jnp.roll(a, -t, axis=-1), c), g=jnp.int32(0), next_prompt=jnp.int32(b),
-        valid_BxS=jnp.roll(jnp.concatenate([valid_PxT[:b], jnp.zeros((b, n), bool)], axis=1), -t, axis=1),
-        prompt_B=prompt_B, count_B=jnp.ones((b,), jnp.int32), pos_B=jnp.sum(valid_PxT[:b], axis=1).astype(jnp.int32) - 1,
-        last_B=first_B, free_B=jnp.isin(first_B, stop_ids) | (n == 1),
-        out_PxN=jnp.full((p, n), stop_ids[0], jnp.int32).at[:b, 0].set(first_B),
-        logp_PxN=jnp.zeros((p, n), jnp.float32).at[:b, 0].set(first_logp_B),
-    )
+    layers, kv_heads, head, dtype = cache_spec
+    empty = tuple(KVCache(*(jnp.zeros((b, kv_heads, head, s), DTYPES[dtype]) for _ in range(2))) for _ in range(layers))
+    state = {
+        "cache": empty, "g": jnp.int32(0), "next_prompt": jnp.int32(0), "valid_BxS": jnp.zeros((b, s), bool),
+        "prompt_B": jnp.zeros((b,), jnp.int32), "count_B": jnp.zeros((b,), jnp.int32), "pos_B": jnp.zeros((b,), jnp.int32),
+        "last_B": jnp.zeros((b,), jnp.int32), "free_B": jnp.ones((b,), bool),
+        "out_PxN": jnp.full((p, n), stop_ids[0], jnp.int32), "logp_PxN": jnp.zeros((p, n), jnp.float32),
+    }
 
-    def insert(st):
-        r, q = jnp.argmax(st["free_B"]), st["next_prompt"]
-        tok_1xT = jax.lax.dynamic_slice_in_dim(tokens_PxT, q, 1)
-        val_1xT = jax.lax.dynamic_slice_in_dim(valid_PxT, q, 1)
-        logits_1xV, c = prefill(model, cache_spec, tok_1xT, val_1xT, n, 1)
-        # The prompt's slots 0..T-1 move behind the pointer: g - T .. g - 1 (mod S).
+    def enter(st, row_K):
+        """The next K prompts prefilled (one [K, T] forward) into slots `row_K`, their first tokens chosen."""
+        k, q = len(row_K), st["next_prompt"]
+        prompt_K = q + jnp.arange(k, dtype=jnp.int32)
+        tok_KxT = jax.lax.dynamic_slice_in_dim(tokens_PxT, q, k)
+        val_KxT = jax.lax.dynamic_slice_in_dim(valid_PxT, q, k)
+        logits_KxV, c = prefill(model, cache_spec, tok_KxT, val_KxT, n, 1)
+        # The prompts' slots 0..T-1 move behind the pointer: g - T .. g - 1 (mod S).
         shift = st["g"] - t
-        cache = jax.tree.map(lambda full, new: full.at[r].set(jnp.roll(new[0], shift, axis=-1)), st["cache"], c)
-        valid_S = jnp.roll(jnp.concatenate([val_1xT[0], jnp.zeros((n,), bool)]), shift)
-        first, logp = choose(logits_1xV, _keys(seed_key, q[None], jnp.zeros((1,), jnp.int32)), temperature, top_k, top_p)
-        stopped = jnp.isin(first[0], stop_ids) | (n == 1)
-        return st | dict(
-            cache=cache, valid_BxS=st["valid_BxS"].at[r].set(valid_S), next_prompt=q + 1,
-            prompt_B=st["prompt_B"].at[r].set(q), count_B=st["count_B"].at[r].set(1),
-            pos_B=st["pos_B"].at[r].set(jnp.sum(val_1xT) - 1), last_B=st["last_B"].at[r].set(first[0]),
-            free_B=st["free_B"].at[r].set(stopped),
-            out_PxN=st["out_PxN"].at[q, 0].set(first[0]), logp_PxN=st["logp_PxN"].at[q, 0].set(logp[0]),
-        )
+        cache = jax.tree.map(lambda full, new: full.at[row_K].set(jnp.roll(new, shift, axis=-1)), st["cache"], c)
+        valid_KxS = jnp.roll(jnp.concatenate([val_KxT, jnp.zeros((k, n), bool)], axis=1), shift, axis=1)
+        first_K, logp_K = choose(logits_KxV, _keys(seed_key, prompt_K, jnp.zeros((k,), jnp.int32)), temperature, top_k, top_p)
+        return st | {
+            "cache": cache, "valid_BxS": st["valid_BxS"].at[row_K].set(valid_KxS), "next_prompt": q + k,
+            "prompt_B": st["prompt_B"].at[row_K].set(prompt_K), "count_B": st["count_B"].at[row_K].set(1),
+            "pos_B": st["pos_B"].at[row_K].set(jnp.sum(val_KxT, axis=1).astype(jnp.int32) - 1),
+            "last_B": st["last_B"].at[row_K].set(first_K), "free_B": st["free_B"].at[row_K].set(jnp.isin(first_K, stop_ids) | (n == 1)),
+            "out_PxN": st["out_PxN"].at[prompt_K, 0].set(first_K), "logp_PxN": st["logp_PxN"].at[prompt_K, 0].set(logp_K),
+        }
+
+    # The first B prompts enter together (one [B, T] prefill, not B single ones); later ones one at a time into a free slot.
+    state = enter(state, jnp.arange(b))
+    insert = lambda st: enter(st, jnp.argmax(st["free_B"])[None])
 
     def decode(st):
         active_B, g = ~st["free_B"], st["g"]
@@ -90,12 +92,12 @@ def _stream(graphdef, cache_spec, params, tokens_PxT, valid_PxT, count, stop_ids
         row_B = jnp.where(active_B, st["prompt_B"], p)
         count_B = st["count_B"] + active_B
         stopped_B = jnp.isin(nxt_B, stop_ids) | (count_B == n)
-        return st | dict(
-            cache=cache, valid_BxS=valid_BxS, g=(g + 1) % s, pos_B=jnp.where(active_B, pos_B, st["pos_B"]), count_B=count_B,
-            last_B=jnp.where(active_B, nxt_B, st["last_B"]), free_B=st["free_B"] | stopped_B,
-            out_PxN=st["out_PxN"].at[row_B, st["count_B"]].set(nxt_B, mode="drop"),
-            logp_PxN=st["logp_PxN"].at[row_B, st["count_B"]].set(logp_B, mode="drop"),
-        )
+        return st | {
+            "cache": cache, "valid_BxS": valid_BxS, "g": (g + 1) % s, "pos_B": jnp.where(active_B, pos_B, st["pos_B"]), "count_B": count_B,
+            "last_B": jnp.where(active_B, nxt_B, st["last_B"]), "free_B": st["free_B"] | stopped_B,
+            "out_PxN": st["out_PxN"].at[row_B, st["count_B"]].set(nxt_B, mode="drop"),
+            "logp_PxN": st["logp_PxN"].at[row_B, st["count_B"]].set(logp_B, mode="drop"),
+        }
 
     def step(st):
         waiting = st["next_prompt"] < count
