@@ -22,7 +22,7 @@ from maxlm.errors import MaxlmError
 class InputConfig:
     """How input files become documents."""
 
-    format: Literal["auto", "jsonl", "parquet", "text"] = "auto"  # auto: from the file extension
+    format: Literal["auto", "jsonl", "parquet", "text", "warc"] = "auto"  # auto: from the file extension (.warc, .warc.gz: warc)
     text_key: list[str] = field(default_factory=lambda: ["text"])  # first key present is the text
     id_key: str = "id"  # absent ids become "file:line"
 

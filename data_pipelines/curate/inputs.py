@@ -1,5 +1,5 @@
-"""Input files to Documents: jsonl (plain, .gz, .zst; a .json array), parquet and plain text
-(documents separated by blank lines). Files are read by `maxlm.files.readers.iter_records` and
+"""Input files to Documents: jsonl (plain, .gz, .zst; a .json array), parquet, plain text
+(documents separated by blank lines) and WARC (the main text of each HTML page, see warc.py). Files are read by `maxlm.files.readers.iter_records` and
 formats told from the extension by `maxlm.files.formats.detect_format`, so curation reads the
 files training reads, by the same rules.
 
@@ -16,6 +16,7 @@ from typing import Iterator
 
 from data_pipelines.curate.config import InputConfig
 from data_pipelines.curate.document import Document
+from data_pipelines.curate.warc import is_warc, read_warc
 from maxlm.errors import MaxlmError
 from maxlm.files import formats
 from maxlm.files.formats import BadRecord
@@ -42,19 +43,24 @@ def list_inputs(pattern: str) -> list[InputFile]:
 
 
 def detect_format(path: str, configured: str) -> str:
-    """Returns jsonl | parquet | text for `path`, from the config or the extension (the rule `maxlm train` uses)."""
+    """Returns jsonl | parquet | text | warc for `path`, from the config or the extension (the rule `maxlm train` uses)."""
+    if configured == "warc" or (configured == "auto" and is_warc(path)):
+        return "warc"
     fmt, _ = formats.detect_format(path, configured, setting="input.format")
     if fmt not in ("jsonl", "parquet", "text"):
-        raise MaxlmError(f"{path}: curation reads jsonl, parquet or text, not {fmt}; set input.format")
+        raise MaxlmError(f"{path}: curation reads jsonl, parquet, text or warc, not {fmt}; set input.format")
     return fmt
 
 
 def read_documents(f: InputFile, cfg: InputConfig) -> Iterator[Document | BadRecord]:
     """Yields the Documents of one input file, and a BadRecord for each record that is not one."""
     fmt = detect_format(f.path, cfg.format)
-    for line, rec in iter_records(f.path, fmt, name=f.label):
+    records = read_warc(f.path, f.label) if fmt == "warc" else iter_records(f.path, fmt, name=f.label)
+    for line, rec in records:
         if isinstance(rec, BadRecord):
             yield rec
+        elif fmt == "warc":  # the record's own id, whatever input.text_key / id_key say
+            yield Document(rec.pop("id") or f"{f.label}:{line}", rec.pop("text"), rec, "text", f"{f.label}:{line}")
         elif fmt == "text":  # the same documents `maxlm train` reads
             where = f"{f.label}:{line}"
             yield Document(where, rec, {}, cfg.text_key[0], where)

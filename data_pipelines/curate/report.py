@@ -16,6 +16,7 @@ from data_pipelines.curate.run.workdir import Workdir
 from data_pipelines.curate.run.plan import Phase
 from data_pipelines.curate.stages.decontaminate import HIT_PREFIX
 from data_pipelines.curate.stats import StageStats
+from data_pipelines.curate.warc import is_warc
 
 MAX_BAD_LISTED = 1000
 MAX_HITS_SHOWN = 50  # eval items listed in report.md; report.json has them all
@@ -25,8 +26,9 @@ HIST_BINS = 30
 def cut_line(cut: dict) -> str:
     """Returns the one line that says where an input file was cut and what that cost."""
     line = cut["where"].rpartition(":")[2]
+    unit = "record" if is_warc(cut["path"]) else "line"
     why = cut["problem"].removeprefix("unreadable from here on: ")
-    return (f"{cut['path']}: cut at line {line} ({why}): the stream ends there, so the documents after it could not "
+    return (f"{cut['path']}: cut at {unit} {line} ({why}): the stream ends there, so the documents after it could not "
             f"be read and how many there were cannot be known; the {cut['records_before']} records before it were read")
 
 

@@ -108,9 +108,10 @@ def test_same_losses_on_1_and_8_devices(model, tmp_path, shared_data, tokenizer_
     cfg = tiny_config(tmp_path, shared_data, tokenizer_model, train={"steps": 5}, model=model)
     runs = {
         "1 device": (1, []),
-        "fsdp4 x tensor2": (8, ["mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2"]),
         "data2 x fsdp2 x tensor2": (8, ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]),
     }
+    if not model:  # the other families differ in the layer, not in how it shards: one 3-axis mesh checks them
+        runs["fsdp4 x tensor2"] = (8, ["mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2"])
     got = {}
     for name, (devices, mesh) in runs.items():
         out = run_cli(cfg, f"run_dir={tmp_path / name.replace(' ', '_')}", *mesh, devices=devices)

@@ -53,7 +53,7 @@ def test_curation_and_training_accept_the_same_files(tmp_path):
         reader = open_file(str(tmp_path / name))
         assert [reader[i] for i in range(len(reader))] == ["first document", "second"], name
     (tmp_path / "e.arrayrecord").write_bytes(b"")
-    with pytest.raises(MaxlmError, match=r"e.arrayrecord: curation reads jsonl, parquet or text, not arrayrecord"):
+    with pytest.raises(MaxlmError, match=r"e.arrayrecord: curation reads jsonl, parquet, text or warc, not arrayrecord"):
         _read(tmp_path, "e.arrayrecord")
     (tmp_path / "f.dat").write_bytes(b"")
     with pytest.raises(MaxlmError, match=r"f.dat: unknown file type; .* or set input.format"):
