@@ -164,7 +164,8 @@ def cmd_eval_harness(args) -> int:
 
     _enable_compilation_cache()
     tasks = [t for t in args.tasks.split(",") if t]
-    result = harness(args.path, tasks, args.include_path, args.limit, args.num_fewshot, args.batch_size)
+    result = harness(args.path, tasks, args.include_path, args.limit, args.num_fewshot, args.batch_size,
+                     args.apply_chat_template, args.fewshot_as_multiturn)
     return _eval_result(result, args.output, f"lm-evaluation-harness: {args.path} on {', '.join(tasks)}")
 
 
@@ -327,6 +328,8 @@ def _add_eval(sub) -> None:
     eh.add_argument("--limit", type=flag_type(HarnessConfig, "limit"), default=0, help="examples per task (0: all)")
     eh.add_argument("--num-fewshot", type=flag_type(HarnessConfig, "num_fewshot"), default=None)
     eh.add_argument("--batch-size", type=flag_type(HarnessConfig, "batch_size"), default=16, help="generation rows (scoring batches by tokens)")
+    eh.add_argument("--apply-chat-template", action="store_true", help="render prompts with the run's data.chat_template")
+    eh.add_argument("--fewshot-as-multiturn", action="store_true", help="few-shot examples as earlier chat turns")
     eh.set_defaults(fn=cmd_eval_harness)
 
     ew = ev.add_parser("win-rate", parents=[records, report], help="A against B, both greedy, judged by a reward model: prints {\"win_rate\", \"n\", ...}")

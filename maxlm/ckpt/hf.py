@@ -37,13 +37,14 @@ from maxlm.ckpt.hf_weights import (
     hf_shape, layer_name, layer_tensors, np_dtype, per_expert, to_hf, write_safetensors,
 )
 from maxlm.ckpt.manager import Checkpoints
+from maxlm.data.chat import jinja_template
 from maxlm.config import Config, MeshConfig, ModelConfig, dump_yaml, validate
 from maxlm.errors import MaxlmError
 from maxlm.files import atomic
 from maxlm.files.outputs import check_output_dir
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
-from maxlm.tasks import has_reward_head
+from maxlm.tasks import TASKS, has_reward_head
 
 MAX_SHARD_BYTES = 4 << 30
 PARAM_DTYPES = ("float32", "bfloat16")
@@ -198,7 +199,9 @@ def export_hf(path: str | os.PathLike, out_dir: str | os.PathLike, *, max_shard_
         s = stored.config.sample
         _write_json(tmp / "generation_config.json", generation_config(bos, eos, None, s.temperature, s.top_k, s.top_p))
         if tok_src:
-            write_hf_tokenizer(tok_src, tmp)
+            # A chat run's export prompts as it trained: its built-in template becomes the tokenizer's own.
+            chat_template = jinja_template(stored.config.data.chat_template) if TASKS[stored.config.task].chat else None
+            write_hf_tokenizer(tok_src, tmp, chat_template)
             if m.family in ("qwen2", "qwen3", "qwen3_moe") and tok_src.is_file():
                 print(f"warning: {out_dir}: AutoTokenizer loads every {m.family} model's tokenizer as Qwen2Tokenizer (byte-level BPE), "
                       "which does not reproduce this sentencepiece tokenizer; load it with transformers.PreTrainedTokenizerFast",

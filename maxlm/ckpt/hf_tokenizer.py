@@ -32,12 +32,29 @@ def copy_hf_tokenizer(src_dir: Path, dst_dir: Path) -> list[str]:
     return names
 
 
-def write_hf_tokenizer(src: Path, dst_dir: Path) -> None:
-    """Writes HF tokenizer files for `src` (an HF tokenizer dir, or a sentencepiece .model) into `dst_dir`."""
+def write_hf_tokenizer(src: Path, dst_dir: Path, chat_template: str | None = None) -> None:
+    """Writes HF tokenizer files for `src` (an HF tokenizer dir, or a sentencepiece .model) into `dst_dir`,
+    with `chat_template` (Jinja) as the tokenizer's own when given."""
     if src.is_dir():
         if not copy_hf_tokenizer(src, dst_dir):
             raise MaxlmError(f"{src}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES[:4])})")
-        return
+    else:
+        _write_spm_tokenizer(src, dst_dir)
+    if chat_template is not None:
+        set_chat_template(dst_dir, chat_template)
+
+
+def set_chat_template(dst_dir: Path, chat_template: str) -> None:
+    """Makes `chat_template` the template of the HF tokenizer in `dst_dir` (tokenizer_config.json and chat_template.jinja)."""
+    path = dst_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    config["chat_template"] = chat_template
+    path.write_text(json.dumps(config, ensure_ascii=False, indent=1) + "\n")
+    # transformers reads chat_template.jinja before tokenizer_config's: both say the same
+    (dst_dir / "chat_template.jinja").write_text(chat_template)
+
+
+def _write_spm_tokenizer(src: Path, dst_dir: Path) -> None:
     shutil.copyfile(src, dst_dir / "tokenizer.model")
     # Written from the model's own specs, with neither transformers nor tokenizers installed: the
     # core install's export is complete. Beside a Llama config.json AutoTokenizer would otherwise

@@ -144,6 +144,8 @@ class HarnessConfig:
     limit: int = ranged(0, ge=0)  # examples per task; 0: all
     num_fewshot: int = ranged(0, ge=0)
     batch_size: int = ranged(16, gt=0)  # generation rows; scoring batches by tokens
+    apply_chat_template: bool = False  # prompts rendered by the run's data.chat_template (lm-eval's --apply_chat_template)
+    fewshot_as_multiturn: bool = False  # few-shot examples as earlier turns (needs apply_chat_template)
 
 
 Tracker = Literal["wandb", "mlflow"]

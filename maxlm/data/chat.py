@@ -25,6 +25,7 @@ the ids before the reply, so sampling continues where training started.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class Special(str):
 
 
 BOS, EOS = Special("<s>"), Special("</s>")
+SPECIAL_TEXT = (BOS, EOS)  # how render_chat shows them
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,36 @@ def segments(tokenizer: Tokenizer, template: str, messages: Sequence[Message], a
     if add_generation_prompt:
         runs.append((t.header.replace("{role}", "assistant"), False))
     return [r for r in runs if r[0]]
+
+
+def jinja_template(template: str) -> str | None:
+    """Returns a built-in template as a Jinja `chat_template` that renders what `render_chat` renders (None for hf).
+
+    Written into exported tokenizers, so transformers, vLLM or lm-eval's `hf` model prompt an
+    exported model exactly as maxlm trained it.
+    """
+    if template == "hf":
+        return None
+    t = TEMPLATES[template]
+
+    def piece(p: str) -> str:
+        if p is BOS:  # left out when the tokenizer has none, as segments() does
+            return "{% if bos_token %}{{ bos_token }}{% endif %}"
+        if p is EOS:
+            return "{{ eos_token }}"
+        return "{{ " + json.dumps(p) + " }}" if p else ""
+
+    def header(role: str) -> str:
+        before, _, after = t.header.partition("{role}")
+        return piece(before) + role + piece(after)
+
+    content = "{{ message['content'] | trim }}" if t.trim else "{{ message['content'] }}"
+    out = piece(t.begin)
+    if t.default_system:
+        out += ("{% if messages[0]['role'] != 'system' %}" + header(piece("system")) + piece(t.default_system)
+                + piece(t.end) + piece(t.sep) + "{% endif %}")
+    out += "{% for message in messages %}" + header("{{ message['role'] }}") + content + piece(t.end) + piece(t.sep) + "{% endfor %}"
+    return out + "{% if add_generation_prompt %}" + header(piece("assistant")) + "{% endif %}"
 
 
 def _encode(tokenizer: Tokenizer, runs: Segments) -> tuple[list[int], list[int]]:

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from maxlm.config import Config, HarnessConfig
+from maxlm.data import chat
 from maxlm.errors import MaxlmError
 from maxlm.infer.pretrained import Pretrained, from_pretrained
 from maxlm.infer.scoring import Scorer
@@ -44,6 +46,7 @@ except ImportError:
     raise MaxlmError("lm-evaluation-harness is not installed: pip install 'maxlm[eval]'") from None
 
 DEFAULT_MAX_GEN_TOKS = 256  # as lm-eval's hf model
+SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(p) for p in chat.SPECIAL_TEXT) + ")")
 log = logging.getLogger(__name__)
 
 
@@ -70,6 +73,7 @@ class MaxlmLM(TemplateLM):
         self._max_gen_toks, self.seed = int(max_gen_toks), int(seed)
         tok = model.tokenizer
         self.add_bos = (model.config.data.add_bos if add_bos_token is None else bool(add_bos_token)) and tok.bos_id >= 0
+        self.chat = False  # lm-eval applies the chat template (set by its first apply_chat_template call)
 
     @property
     def eot_token_id(self) -> int:
@@ -89,10 +93,45 @@ class MaxlmLM(TemplateLM):
     def max_gen_toks(self) -> int:
         return self._max_gen_toks
 
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.model.tokenizer, "path", "") or self.model.name).replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """Returns the Jinja form of the run's chat template (data.chat_template), for lm-eval's records."""
+        if chat_template is False or chat_template is None:
+            return None
+        if self.model.template == "hf":
+            return getattr(getattr(self.model.tokenizer, "_tok", None), "chat_template", None)
+        return chat.jinja_template(self.model.template)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Returns the conversation rendered by the run's chat template (data.chat_template), BOS/EOS shown as text."""
+        history, tail = list(chat_history), ""
+        if not add_generation_prompt and history and history[-1]["role"] == "assistant":
+            # lm-eval's answer prefix (gen_prefix): the reply is continued, not closed, as its hf model does
+            history, tail = history[:-1], history[-1]["content"]
+        self.chat = True
+        return chat.render_chat(self.model.tokenizer, self.model.template, history, add_generation_prompt or bool(tail)) + tail
+
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        """Returns the ids of `string`, BOS first when add_special_tokens (None: add_bos_token) says so."""
-        bos = self.add_bos if add_special_tokens is None else add_special_tokens and self.model.tokenizer.bos_id >= 0
-        return ([self.model.tokenizer.bos_id] if bos else []) + self.model.tokenizer.encode(string)
+        """Returns the ids of `string`, BOS first when add_special_tokens (None: add_bos_token) says so.
+
+        With chat templates applied, the rendered BOS/EOS pieces become their ids and the text between
+        them is encoded piece by piece, as an HF tokenizer reads its special tokens: a generation prompt
+        gets the ids SFT trained on (`chat.encode_prompt`), and what follows it the hf model's ids.
+        """
+        tok = self.model.tokenizer
+        if self.chat:
+            ids = []
+            for part in SPECIAL_SPLIT.split(string):
+                if part in chat.SPECIAL_TEXT:
+                    ids.append(tok.bos_id if part == chat.BOS else tok.eos_id)
+                elif part:
+                    ids += tok.encode(part)
+            return ids
+        bos = self.add_bos if add_special_tokens is None else add_special_tokens and tok.bos_id >= 0
+        return ([tok.bos_id] if bos else []) + tok.encode(string)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """Returns (log p, greedy) of each ((context, continuation), context ids, continuation ids) request."""
@@ -148,7 +187,10 @@ class MaxlmLM(TemplateLM):
         # One sampler shape for the whole group: prompts padded to a power of two, rows one too.
         pad_to = min(_pow2_ceil(max(map(len, ids))), room)
         rows = min(self.rows, _pow2_ceil(len(ids)))
+        # A chat prompt's reply ends at the template's end-of-turn marker, as the sampler stops for SFT runs.
         eos = [self.eot_token_id] if self.eot_token_id >= 0 else []
+        if self.chat:
+            eos = chat.stop_ids(self.model.tokenizer, self.model.template)
         done = self.model.generate_batched(ids, max_new, stop_ids=eos, batch_size=rows, prompt_len=pad_to,
                                            temperature=temperature, top_k=top_k, top_p=top_p, seed=self.seed)
         return [postprocess_generated_text(t, until, None) for t in done.texts]
@@ -195,13 +237,16 @@ def task_manager(tasks: Sequence[str], include_path: str = "", setting: str = "-
 
 
 def run_tasks(lm: MaxlmLM, tasks: Sequence[str], manager: TaskManager, limit: int = 0, num_fewshot: int | None = None,
-              log_samples: bool = False) -> dict:
+              log_samples: bool = False, apply_chat_template: bool = False, fewshot_as_multiturn: bool = False) -> dict:
     """Returns lm-eval's results dict of `tasks` answered by `lm`."""
     if not tasks:
         raise MaxlmError("no lm-eval tasks given (--tasks a,b or train.eval_harness.tasks)")
+    if fewshot_as_multiturn and not apply_chat_template:
+        raise MaxlmError("fewshot_as_multiturn needs apply_chat_template (few-shot turns are chat turns)")
     return evaluator.simple_evaluate(
         model=lm, tasks=list(tasks), task_manager=manager, limit=limit or None, num_fewshot=num_fewshot,
         log_samples=log_samples, bootstrap_iters=0, verbosity="WARNING",
+        apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
     )
 
 
@@ -219,12 +264,14 @@ def task_metrics(results: dict) -> dict[str, dict[str, float]]:
 
 
 def harness(path: str, tasks: Sequence[str], include_path: str = "", limit: int = 0, num_fewshot: int | None = None,
-            batch_size: int = 16) -> dict:
+            batch_size: int = 16, apply_chat_template: bool = False, fewshot_as_multiturn: bool = False) -> dict:
     """Returns {"tasks": {task: {metric: value, "n"}}, "lm_eval": version, ...}: `maxlm eval harness`'s result."""
     manager = task_manager(tasks, include_path)
     lm = MaxlmLM(path=path, batch_size=batch_size)
-    results = run_tasks(lm, tasks, manager, limit, num_fewshot)
-    return {"model": path, "limit": limit, "num_fewshot": num_fewshot, "lm_eval": lm_eval.__version__, "tasks": task_metrics(results)}
+    results = run_tasks(lm, tasks, manager, limit, num_fewshot, apply_chat_template=apply_chat_template,
+                        fewshot_as_multiturn=fewshot_as_multiturn)
+    return {"model": path, "limit": limit, "num_fewshot": num_fewshot, "apply_chat_template": apply_chat_template,
+            "lm_eval": lm_eval.__version__, "tasks": task_metrics(results)}
 
 
 def train_step_evals(cfg: Config) -> list[StepEval]:
@@ -247,7 +294,8 @@ def harness_step(cfg: HarnessConfig) -> Callable[[Pretrained], dict[str, float]]
             held["lm"] = MaxlmLM(model=model, batch_size=cfg.batch_size)
         lm = held["lm"]
         lm.model.params = model.params
-        results = run_tasks(lm, cfg.tasks, manager, cfg.limit, cfg.num_fewshot or None)
+        results = run_tasks(lm, cfg.tasks, manager, cfg.limit, cfg.num_fewshot or None, apply_chat_template=cfg.apply_chat_template,
+                            fewshot_as_multiturn=cfg.fewshot_as_multiturn)
         return {f"harness/{task}/{name}": v for task, row in task_metrics(results).items() for name, v in row.items() if name != "n"}
 
     return evaluate

@@ -3,6 +3,8 @@ loss masks cover exactly the assistant replies and their end markers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from maxlm.data.chat import (
@@ -11,6 +13,7 @@ from maxlm.data.chat import (
     encode_pair,
     encode_prompt,
     fit_prompt,
+    jinja_template,
     render_chat,
     stop_ids,
 )
@@ -266,3 +269,21 @@ def test_fit_prompt_keeps_system_messages_and_stops_at_an_empty_last_turn(sp_tok
     # Replies that do not fit even after an empty user turn: the shortest prompt, still too long.
     fitted, cut = fit_prompt(tok, "default", prompt, REPLIES, bare - 1)
     assert cut and fitted == [system, user("")] and longest(tok, "default", fitted) > bare - 1
+
+
+@pytest.mark.parametrize("name", ["default", "llama3", "chatml"])
+def test_the_jinja_form_an_export_writes_renders_and_encodes_as_maxlm(hf_dirs, sp_tokenizer, tmp_path, name):
+    # What export-hf writes into a chat run's tokenizer: transformers prompts the export as maxlm trained it.
+    from transformers import AutoTokenizer
+
+    from maxlm.ckpt.hf_tokenizer import write_hf_tokenizer
+
+    src = Path(sp_tokenizer.path) if name == "default" else hf_dirs[name]
+    (tmp_path / name).mkdir()
+    write_hf_tokenizer(src, tmp_path / name, jinja_template(name))
+    ref, tok = AutoTokenizer.from_pretrained(tmp_path / name), load_tokenizer(src)
+    for chat in CHATS:
+        for msgs, generation in ((chat, False), (chat[:-1], True)):
+            assert ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation) == render_chat(tok, name, msgs, generation)
+        prompt = ref.apply_chat_template(chat[:-1], tokenize=True, add_generation_prompt=True)["input_ids"]
+        assert prompt == encode_chat(tok, name, chat[:-1], add_generation_prompt=True)[0]

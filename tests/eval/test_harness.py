@@ -76,11 +76,11 @@ def write_tasks(root, answers: list[str]) -> None:
                metric_list=[{"metric": "exact_match"}])
 
 
-def evaluate(model: str, model_args: dict, root, tasks=TASKS) -> dict:
-    """Returns lm-eval's results (samples logged) of `tasks` in root."""
+def evaluate(model: str, model_args: dict, root, tasks=TASKS, chat: bool = False) -> dict:
+    """Returns lm-eval's results (samples logged) of `tasks` in root, prompts rendered by the chat template when `chat`."""
     manager = task_manager(tasks, str(root))
     return evaluator.simple_evaluate(model=model, model_args=model_args, tasks=tasks, task_manager=manager, log_samples=True,
-                                     bootstrap_iters=0, verbosity="WARNING")
+                                     bootstrap_iters=0, verbosity="WARNING", apply_chat_template=chat)
 
 
 def responses(results: dict, task: str) -> list:
@@ -114,3 +114,41 @@ def test_maxlm_backend_matches_lm_evals_hf_model_on_the_export(run, tmp_path):
     np.testing.assert_allclose(np.ravel(responses(ours, "mx_ppl")), np.ravel(responses(hf, "mx_ppl")), rtol=1e-6)
     assert responses(ours, "mx_gen") == responses(hf, "mx_gen")
 
+
+
+@pytest.fixture(scope="module")
+def chat_run(run, tmp_path_factory):
+    """Returns the same weights saved as an SFT run: its export carries the run's chat template (default)."""
+    model = maxlm.from_pretrained(run)
+    cfg = dataclasses.replace(model.config, task="sft", run_dir=str(tmp_path_factory.mktemp("chat") / "run"))
+    ckpts = Checkpoints(cfg.run_dir, async_save=False)
+    ckpts.save(1, jax.tree.map(np.asarray, model.params), cfg)
+    ckpts.close()
+    return cfg.run_dir
+
+
+def test_apply_chat_template_matches_lm_evals_hf_model_on_the_export(chat_run, tmp_path):
+    hf_dir = export_hf(chat_run, tmp_path / "hf")
+    hf_args = {"pretrained": str(hf_dir), "dtype": "float32", "device": "cpu", "batch_size": 4}
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    chat_tasks = ["mx_mc", "mx_gen"]
+    write_tasks(tasks, ["?"] * len(PROMPTS))
+    greedy = [r[0] for r in responses(evaluate("hf", hf_args, tasks, ["mx_gen"], chat=True), "mx_gen")]
+    write_tasks(tasks, [g if i % 2 == 0 else g + "x" for i, g in enumerate(greedy)])
+
+    ours = evaluate("maxlm", {"path": str(chat_run), "batch_size": 4}, tasks, chat_tasks, chat=True)
+    hf = evaluate("hf", hf_args, tasks, chat_tasks, chat=True)
+    # the same rendered prompts: the export's tokenizer renders the run's template as maxlm does
+    for task in chat_tasks:
+        ours_args = [s["arguments"] for s in sorted(ours["samples"][task], key=lambda s: s["doc_id"])]
+        hf_args_seen = [s["arguments"] for s in sorted(hf["samples"][task], key=lambda s: s["doc_id"])]
+        assert ours_args == hf_args_seen, task
+        assert all("<|user|>" in str(a) for a in ours_args)
+        for metric, value in hf["results"][task].items():
+            if metric != "alias":
+                assert ours["results"][task][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, metric)
+    assert ours["results"]["mx_gen"]["exact_match,none"] == 0.5
+    for a, b in zip(responses(ours, "mx_mc"), responses(hf, "mx_mc")):
+        np.testing.assert_allclose([ll for ll, _ in a], [ll for ll, _ in b], atol=1e-4)
+    assert responses(ours, "mx_gen") == responses(hf, "mx_gen")
