@@ -380,7 +380,8 @@ def validate(cfg: Config) -> None:
     if cfg.lora.rank and cfg.model.num_experts and mlp_targets:
         raise Inconsistent(f"lora.targets {mlp_targets}: an MoE model's experts take no adapters; target the attention (q, k, v, o)",
                            "lora.targets", "model.num_experts")
-    _check_quantized_base(cfg)
+    if not cfg.train.init_from:  # else the model is init_from's, checked once read (train/state.py resolve_init_from)
+        check_quantized_base(cfg)
     mesh = cfg.mesh
     sizes = [mesh.data, mesh.fsdp, mesh.expert, mesh.tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
@@ -389,7 +390,7 @@ def validate(cfg: Config) -> None:
     _check_experts(m)
 
 
-def _check_quantized_base(cfg: Config) -> None:
+def check_quantized_base(cfg: Config) -> None:
     """Raises Inconsistent when lora.base_dtype int8 / nf4 cannot hold this model's projections."""
     lo, m = cfg.lora, cfg.model
     if not lo.rank or lo.base_dtype not in ("int8", "nf4"):
