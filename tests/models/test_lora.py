@@ -1,5 +1,5 @@
 """LoRA adapters in the decoder: the adapted forward equals the merged weights' forward, adapters off is the base, rank 0
-adds nothing, a bfloat16 / int8 / nf4 base stays near the f32 one in less memory, dropout is unbiased and only in training."""
+adds nothing, a bfloat16 / int8 / nf4 base stays near the f32 one in less memory (nf4 sharded too), dropout is unbiased and only in training."""
 
 from __future__ import annotations
 
@@ -100,3 +100,15 @@ def test_adapter_dropout_is_unbiased_and_only_with_a_key():
     # The adapter is linear in its input: inverted dropout leaves its mean update unchanged.
     spread = np.asarray(jnp.std(dropped, axis=0)) / np.sqrt(len(dropped))
     assert np.all(np.abs(np.asarray(jnp.mean(dropped, axis=0) - plain)) <= 5 * spread + 1e-6)
+
+
+def test_an_nf4_base_sharded_over_fsdp_and_tensor_gives_the_one_device_logits(adapted):
+    cfg = dataclasses.replace(ALL, base_dtype="nf4", nf4_block=16)
+    trainable, frozen = lora.split(adapted)
+    params = lora.join(trainable, lora.held_base(frozen, cfg))
+    mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=2), jax.devices()[:4])
+    sharded = jax.device_put(params, params_lib.shardings(MODEL, mesh, cfg))
+    assert tuple(sharded["layers"]["attn"]["q"].sharding.spec)[1:3] == ("fsdp", "tensor")  # codes [L, D / 2, N, H]: embed, heads
+    with jax.set_mesh(mesh):
+        got = logits(sharded, cfg)
+    np.testing.assert_allclose(got, logits(params, cfg), rtol=0, atol=1e-5)
