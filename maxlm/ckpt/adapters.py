@@ -23,7 +23,7 @@ from maxlm.ckpt.manager import Checkpoints, abstract_like
 from maxlm.ckpt.step import StoredStep
 from maxlm.config import Config, ModelConfig
 from maxlm.errors import MaxlmError
-from maxlm.models import lora
+from maxlm.models import lora, quant
 from maxlm.models import params as params_lib
 
 # Relative tolerance of the fingerprint's sums: another mesh sums in another order.
@@ -125,8 +125,8 @@ def _stored_base(record: dict) -> StoredStep:
 
 
 class MergedStep:
-    """A LoRA run's stored step read as a plain one (export --merge): the base's leaves, each target
-    projection with its adapter's a @ b merged in, one layer at a time like StoredStep.read.
+    """A LoRA run's stored step read as a plain one (export --merge): the base's leaves (a quantized base's projections
+    dequantized), each target projection with its adapter's a @ b merged in, one layer at a time like StoredStep.read.
 
     The base may itself be a LoRA run (merged in turn); its fingerprint is checked on opening,
     reading it one layer slice at a time.
@@ -141,6 +141,9 @@ class MergedStep:
         # The run's own scalar head (trained with the adapters) replaces the base's.
         self.leaves = {k: v for k, v in self.base.leaves.items() if k not in lora.TRAINED_HEADS} | own
         self.scale = self.config.lora.alpha / self.config.lora.rank
+        # leaf -> its input dims, for the projections the run held quantized
+        self.quantized = ({f"layers/{block}/{name}": n_in for name, (block, n_in) in lora.PROJECTIONS.items()}
+                          if self.config.lora.base_dtype in quant.QUANTIZED else {})
         check_fingerprint(stored.checkpoints.base(stored.step)["fingerprint"], self._base_fingerprint(), str(self.params_dir.parent))
 
     def _base_fingerprint(self) -> dict[str, list]:
@@ -169,8 +172,12 @@ class MergedStep:
         return self._source(leaf).dtype(leaf)
 
     def read(self, leaf: str, layer: int | None = None) -> np.ndarray:
-        """Returns `leaf` (or its row `layer`) with its adapter's update merged in, in the leaf's dtype."""
+        """Returns `leaf` (or its row `layer`) with its adapter's update merged in, in the leaf's dtype; with lora.base_dtype
+        int8 / nf4, a projection's update goes onto its dequantized base, the weights the adapters were trained with."""
         w = self._source(leaf).read(leaf, layer)
+        if leaf in self.quantized:
+            held = lora.as_held(w if layer is None else w[None], self.quantized[leaf], self.config.lora)
+            w = np.asarray(held if layer is None else held[0]).astype(w.dtype)
         if f"{leaf}{lora.SUFFIX}/a" not in self.adapters.leaves:
             return w
         a = self.adapters.read(f"{leaf}{lora.SUFFIX}/a", layer).astype(np.float32)

@@ -33,6 +33,7 @@ from maxlm.config.schema import (
     TrainConfig,
     Tracker,
     Verifier,
+    check_quantized_base,
     check_ranges,
     choices,
     expert_dim,
@@ -45,6 +46,6 @@ __all__ = [
     "CONFIGS_DIR", "ChatTemplate", "CheckpointConfig", "ComputeDtype", "Config", "DataConfig", "ExportConfig", "HarnessConfig", "Inconsistent", "LoraConfig",
     "MeshConfig", "ModelConfig", "PreferenceConfig", "RLConfig", "Range", "Remat", "RewardModelConfig",
     "RopeScalingConfig", "SampleConfig", "SourceConfig", "Task", "TokenizerConfig", "TrainConfig", "Tracker", "Verifier",
-    "Where", "build", "check_ranges", "choices", "coerce", "dump_yaml", "expert_dim", "field_range", "flag_type", "from_dict",
+    "Where", "build", "check_quantized_base", "check_ranges", "choices", "coerce", "dump_yaml", "expert_dim", "field_range", "flag_type", "from_dict",
     "head_dim", "load_config", "parse_override", "ranged", "read_yaml", "sliding_layers", "suggest", "to_dict", "validate",
 ]

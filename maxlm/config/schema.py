@@ -279,9 +279,11 @@ class LoraConfig:
     alpha: float = ranged(16.0, gt=0)  # the adapter's output is scaled by alpha / rank, as PEFT's LoRA
     dropout: float = ranged(0.0, ge=0, lt=1)  # on each adapter's input, in training updates only (PEFT's lora_dropout)
     targets: list[LoraTarget] = field(default_factory=lambda: ["q", "k", "v", "o"])
-    # How the frozen base is held: as model.param_dtype; cast to bfloat16; or int8 projections (QLoRA-style:
-    # all seven projections of every layer int8 with one f32 scale per output channel, dequantized as they are used).
-    base_dtype: Literal["param_dtype", "bfloat16", "int8"] = "param_dtype"
+    # How the frozen base is held: as model.param_dtype; cast to bfloat16; or its seven projections of every layer
+    # quantized, dequantized as they are used (models/quant.py): int8 with one f32 scale per output channel, or nf4
+    # (QLoRA's 4-bit NormalFloat) with one f32 absmax per nf4_block consecutive inputs of an output channel.
+    base_dtype: Literal["param_dtype", "bfloat16", "int8", "nf4"] = "param_dtype"
+    nf4_block: int = ranged(64, gt=0)  # must divide every projection's inputs (hidden_size, num_heads · head_dim, mlp_dim)
 
 
 @dataclass
@@ -380,12 +382,38 @@ def validate(cfg: Config) -> None:
     if cfg.lora.rank and cfg.model.num_experts and mlp_targets:
         raise Inconsistent(f"lora.targets {mlp_targets}: an MoE model's experts take no adapters; target the attention (q, k, v, o)",
                            "lora.targets", "model.num_experts")
+    if not cfg.train.init_from:  # else the model is init_from's, checked once read (train/state.py resolve_init_from)
+        check_quantized_base(cfg)
     mesh = cfg.mesh
     sizes = [mesh.data, mesh.fsdp, mesh.expert, mesh.tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise Inconsistent(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={mesh.data} fsdp={mesh.fsdp} "
                            f"expert={mesh.expert} tensor={mesh.tensor}", "mesh.data", "mesh.fsdp", "mesh.expert", "mesh.tensor")
     _check_experts(m)
+
+
+def check_quantized_base(cfg: Config) -> None:
+    """Raises Inconsistent when lora.base_dtype int8 / nf4 cannot hold this model's projections."""
+    lo, m = cfg.lora, cfg.model
+    if not lo.rank or lo.base_dtype not in ("int8", "nf4"):
+        return
+    if m.num_experts:
+        raise Inconsistent(f"lora.base_dtype {lo.base_dtype} quantizes the dense MLP and attention projections; an MoE model's experts "
+                           f"(model.num_experts {m.num_experts}) are not quantized: use lora.base_dtype param_dtype or bfloat16",
+                           "lora.base_dtype", "model.num_experts")
+    if lo.base_dtype != "nf4":
+        return
+    h = head_dim(m)
+    # (its keys, all inputs flattened, the last input dim: the one two codes a byte pack along, which projections)
+    inputs = [("model.hidden_size", m.hidden_size, m.hidden_size, "q, k, v, gate, up"),
+              ("model.num_heads, model.head_dim", m.num_heads * h, h, "o"), ("model.mlp_dim", m.mlp_dim, m.mlp_dim, "down")]
+    for keys, n, last, which in inputs:
+        if last % 2:
+            raise Inconsistent(f"lora.base_dtype nf4 packs two 4-bit codes a byte along a projection's last input dim: {which}'s is "
+                               f"{last} ({keys}), which must be even", "lora.base_dtype", *keys.split(", "))
+        if n % lo.nf4_block:
+            raise Inconsistent(f"lora.nf4_block ({lo.nf4_block}) must divide the inputs of every projection for lora.base_dtype nf4: "
+                               f"{which} take {n} ({keys}); pick a block that divides {n}", "lora.nf4_block", *keys.split(", "))
 
 
 GEMMA = ("gemma2", "gemma3")

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maxlm.config import LoraConfig, ModelConfig, RopeScalingConfig, head_dim
+from maxlm.models import quant
 from maxlm.models.block_causal import block_causal_attention, masked_attention
 from maxlm.parallel.rules import constrain
 
@@ -65,28 +66,29 @@ class Adapter(nnx.Module):
 
 def adapters(module: nnx.Module, cfg: ModelConfig, lora: LoraConfig | None, rngs: nnx.Rngs, shapes: dict) -> None:
     """Adds an Adapter `<name>_lora` to `module` for each of its projections (`shapes`: name -> (in, in axes, out, out axes))
-    that lora targets; with lora.base_dtype int8, every projection becomes int8 with a `<name>_scale` [1 per input, out...]."""
+    that lora targets; with lora.base_dtype int8 / nf4, every projection becomes quantized values beside a `<name>_scale` (models/quant.py)."""
     if lora is None or lora.rank == 0:
         return
     for name, (i, i_axes, o, o_axes) in shapes.items():
         if name in lora.targets:
             setattr(module, f"{name}_lora", Adapter(cfg, lora, rngs, i, i_axes, o, o_axes))
-        if lora.base_dtype == "int8":
+        if lora.base_dtype in quant.QUANTIZED:
             # Shapes only: a LoRA run's base is loaded (models/lora.py held_base), never initialized here.
-            setattr(module, name, nnx.Param(jnp.zeros((*i, *o), jnp.int8), out_sharding=(*i_axes, *o_axes), eager_sharding=False))
-            setattr(module, f"{name}_scale", nnx.Param(jnp.ones((*(1 for _ in i), *o), jnp.float32),
-                                                       out_sharding=(*(None for _ in i), *o_axes), eager_sharding=False))
+            values, scale = quant.held_shapes(i, o, lora)
+            scale_axes = (*(None for _ in range(len(scale.shape) - len(o))), *o_axes)
+            setattr(module, name, nnx.Param(jnp.zeros(values.shape, values.dtype), out_sharding=(*i_axes, *o_axes), eager_sharding=False))
+            setattr(module, name + quant.SCALE, nnx.Param(jnp.ones(scale.shape, scale.dtype), out_sharding=scale_axes, eager_sharding=False))
 
 
 PROJECTION_IDS = {name: i for i, name in enumerate(("q", "k", "v", "o", "gate", "up", "down"))}  # each adapter's own dropout stream
 
 
 def project(module: nnx.Module, name: str, x: jax.Array, n_in: int = 1, dropout_key: jax.Array | None = None) -> jax.Array:
-    """Returns x through the module's projection `name` (an int8 one dequantized as it is used), plus its adapter's update when it has one."""
+    """Returns x through the module's projection `name` (a quantized one dequantized as it is used), plus its adapter's update when it has one."""
     w = getattr(module, name)[...]
-    scale = getattr(module, f"{name}_scale", None)
+    scale = getattr(module, name + quant.SCALE, None)
     if scale is not None:
-        w = w.astype(jnp.float32) * scale[...]
+        w = quant.dequantize(w, scale[...], n_in)
     y = linear(x, w, n_in)
     adapter = getattr(module, f"{name}_lora", None)
     if adapter is None:

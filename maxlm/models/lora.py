@@ -9,13 +9,15 @@ Letters: L layers, I a projection's inputs (flattened), O its outputs (flattened
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from maxlm.config import LoraConfig
+from maxlm.models import quant
 
 SUFFIX = "_lora"
-SCALE = "_scale"  # an int8 projection's per-output-channel scale, beside it
 TRAINED_HEADS = ("score_head",)
 # The projections of a layer (params["layers"][block][name]) and how many leading dims (after L) are inputs.
 PROJECTIONS = {"q": ("attn", 1), "k": ("attn", 1), "v": ("attn", 1), "o": ("attn", 2), "gate": ("mlp", 1), "up": ("mlp", 1), "down": ("mlp", 1)}
@@ -76,14 +78,15 @@ def delta(a_LxIxr: jax.Array, b_Lxrx0: jax.Array, scale: float) -> jax.Array:
 
 
 def merged(params: dict, lora: LoraConfig, dtype=jnp.float32) -> dict:
-    """Returns plain params: each target projection W + (alpha / r) · a @ b, the adapters dropped; an int8
+    """Returns plain params: each target projection W + (alpha / r) · a @ b, the adapters dropped; a quantized
     projection dequantized into `dtype` (the model's param dtype) first."""
     out = {}
     for k, v in params.items():
-        if is_adapter(k) or k.endswith(SCALE):
+        if is_adapter(k) or k.endswith(quant.SCALE):
             continue
-        if k + SCALE in params:
-            v = dequantize(v, params[k + SCALE]).astype(dtype)
+        if k + quant.SCALE in params:
+            n_in = PROJECTIONS[k][1]
+            v = jax.vmap(functools.partial(quant.dequantize, n_in=n_in))(v, params[k + quant.SCALE]).astype(dtype)
         adapter = params.get(k + SUFFIX)
         if adapter is not None:
             out[k] = (v.astype(jnp.float32) + delta(adapter["a"], adapter["b"], lora.alpha / lora.rank)).astype(v.dtype)
@@ -92,29 +95,21 @@ def merged(params: dict, lora: LoraConfig, dtype=jnp.float32) -> dict:
     return out
 
 
-def quantize(w_LxIxO: jax.Array, n_in: int) -> tuple[jax.Array, jax.Array]:
-    """Returns (int8 values, f32 scale [L, 1 per input dim, out...]): symmetric per output channel, max |w| over the inputs / 127."""
-    w = w_LxIxO.astype(jnp.float32)
-    scale = jnp.max(jnp.abs(w), axis=tuple(range(1, 1 + n_in)), keepdims=True) / 127.0
-    scale = jnp.where(scale > 0, scale, 1.0)  # an all-zero channel stays zero
-    return jnp.clip(jnp.round(w / scale), -127, 127).astype(jnp.int8), scale
-
-
-def dequantize(q: jax.Array, scale: jax.Array) -> jax.Array:
-    """Returns f32 q · scale (the scale keeps the input dims as 1s, so a stacked leaf and one layer's slice broadcast alike)."""
-    return q.astype(jnp.float32) * scale.astype(jnp.float32)
-
-
 def held_base(frozen: dict, lora: LoraConfig) -> dict:
-    """Returns the frozen base as `lora.base_dtype` holds it: unchanged, cast to bfloat16, or with int8 projections and their scales."""
+    """Returns the frozen base as `lora.base_dtype` holds it: unchanged, cast to bfloat16, or its projections quantized beside their scales."""
     if lora.base_dtype == "bfloat16":
         return jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, frozen)
-    if lora.base_dtype != "int8":
+    if lora.base_dtype not in quant.QUANTIZED:
         return frozen
     layers = {block: dict(sub) for block, sub in frozen["layers"].items()}
     for name, (block, n_in) in PROJECTIONS.items():
-        layers[block][name], layers[block][name + SCALE] = quantize(layers[block][name], n_in)
+        layers[block][name], layers[block][name + quant.SCALE] = jax.vmap(functools.partial(quant.quantize, n_in=n_in, lora=lora))(layers[block][name])
     return frozen | {"layers": layers}
+
+
+def as_held(w_LxIxO: jax.Array, n_in: int, lora: LoraConfig) -> jax.Array:
+    """Returns a stacked projection as a run with `lora.base_dtype` int8 / nf4 computes with it: quantized, then dequantized (f32)."""
+    return jax.vmap(lambda w: quant.dequantize(*quant.quantize(w, n_in, lora), n_in))(w_LxIxO)
 
 
 def count(params: dict) -> int:

@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from maxlm.ckpt import adapters
 from maxlm.ckpt.manager import Checkpoints, abstract_like
-from maxlm.config import Config
+from maxlm.config import Config, Inconsistent, check_quantized_base
 from maxlm.errors import MaxlmError
 from maxlm.models import lora
 from maxlm.models import params as params_lib
@@ -64,7 +64,12 @@ def resolve_init_from(cfg: Config) -> Config:
     src = source_config(cfg.train.init_from)
     model = dataclasses.replace(src.model, **{k: getattr(cfg.model, k) for k in RUNTIME_MODEL_KEYS})
     tok = cfg.tokenizer if cfg.tokenizer.path else dataclasses.replace(cfg.tokenizer, path=_run_tokenizer(cfg.train.init_from, src))
-    return dataclasses.replace(cfg, model=model, tokenizer=tok)
+    resolved = dataclasses.replace(cfg, model=model, tokenizer=tok)
+    try:
+        check_quantized_base(resolved)  # the loader checked the config's own model, which init_from's replaces
+    except Inconsistent as e:
+        raise MaxlmError(f"train.init_from {cfg.train.init_from}: its model cannot be held as lora.base_dtype {cfg.lora.base_dtype}: {e}") from None
+    return resolved
 
 
 def opt_shardings(tx: optax.GradientTransformation, shapes: Any, p_shard: Any, mesh: Mesh) -> Any:

@@ -132,3 +132,25 @@ def test_each_choice_type_names_exactly_what_its_registry_holds():
     assert set(choices(hints["dpo.kind"])) == set(PREFERENCE_KINDS)
     assert set(choices(ChatTemplate)) == set(TEMPLATES) | {"hf"}
     assert set(choices(Remat)) == set(REMAT_POLICIES) | {"none"}
+
+
+def test_a_quantized_lora_base_is_refused_where_it_cannot_hold_the_projections():
+    nf4 = ["lora.rank=4", "lora.base_dtype=nf4"]
+    # The default model: mlp_dim 688 = 43 · 16, which no block of 64 divides.
+    with pytest.raises(MaxlmError, match=r"lora\.nf4_block \(64\) must divide the inputs of every projection for lora\.base_dtype nf4: "
+                                         r"down take 688 \(model\.mlp_dim\); pick a block that divides 688"):
+        load_config(None, nf4)
+    assert load_config(None, [*nf4, "lora.nf4_block=16"]).lora.nf4_block == 16
+    with pytest.raises(MaxlmError, match=r"o take 72 \(model\.num_heads, model\.head_dim\)"):
+        load_config(None, [*nf4, "lora.nf4_block=16", "model.head_dim=18"])
+    with pytest.raises(MaxlmError, match=r"packs two 4-bit codes a byte along a projection's last input dim: o's is 63 .*must be even"):
+        load_config(None, [*nf4, "lora.nf4_block=1", "model.head_dim=63"])
+    with pytest.raises(MaxlmError, match="lora.nf4_block must be > 0"):
+        load_config(None, [*nf4, "lora.nf4_block=0"])
+    assert load_config(None, ["lora.base_dtype=nf4"]).lora.rank == 0  # no adapters: the base is not held quantized
+    moe = ["model.family=mixtral", "model.num_experts=4", "model.experts_per_token=2", "model.router_renormalize=true", "lora.rank=4"]
+    for dtype in ("int8", "nf4"):
+        with pytest.raises(MaxlmError, match=rf"lora\.base_dtype {dtype} quantizes the dense MLP and attention projections; an MoE "
+                                             r"model's experts \(model\.num_experts 4\) are not quantized"):
+            load_config(None, [*moe, f"lora.base_dtype={dtype}"])
+    assert load_config(None, [*moe, "lora.base_dtype=bfloat16"]).lora.base_dtype == "bfloat16"

@@ -1,6 +1,6 @@
 """LoRA runs end to end on an imported model (transformers' random Llama, a tokenizer trained here):
-what trains and what is saved, PEFT's and transformers' logits of the exports, the base check, and
-a DPO run whose reference is the base with the adapters off."""
+what trains and what is saved, PEFT's and transformers' logits of the exports, the base check,
+a DPO run whose reference is the base with the adapters off, and a run on an nf4 base (QLoRA)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -88,11 +89,14 @@ def sft_run(tmp_path_factory, base, shared_data) -> Path:
     return root / "run"
 
 
-def lora_logits(run: Path, tokens: np.ndarray) -> np.ndarray:
-    """Returns the f32 logits of a LoRA run through maxlm's adapted forward (adapters applied in the projections, not merged)."""
+def lora_logits(run: Path, tokens: np.ndarray, float_base: bool = False) -> np.ndarray:
+    """Returns the f32 logits of a LoRA run through maxlm's adapted forward (adapters applied in the projections, not merged),
+    on its base as the run held it (lora.base_dtype) or, with `float_base`, as stored."""
     cfg = StoredStep(run).config
+    if float_base:
+        cfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, base_dtype="param_dtype"))
     mesh = make_mesh(cfg.mesh)
-    params = load_params(cfg.train.init_from, cfg, mesh)  # the base
+    params = lora.held_base(load_params(cfg.train.init_from, cfg, mesh), cfg.lora)  # the base, as the run held it
     adapters = Checkpoints(run, read_only=True).restore(None, lora.trainable(params_lib.abstract(cfg.model, cfg.lora)[1]))["params"]
     graphdef, _, _ = params_lib.abstract(dataclasses.replace(cfg.model, dtype="float32"), cfg.lora)
     return np.asarray(jax.jit(lambda p, t: params_lib.bind(graphdef, p)(t))(lora.join(adapters, params), tokens))
@@ -188,3 +192,65 @@ def test_resume_refuses_other_adapters(sft_run):
     for lora_cfg in (dataclasses.replace(cfg.lora, rank=8), dataclasses.replace(cfg.lora, targets=["q", "v"])):
         with pytest.raises(MaxlmError, match="resumes only with the adapters it started with"):
             check_resumable(dataclasses.replace(cfg, run_dir=str(sft_run), lora=lora_cfg))
+
+
+@pytest.fixture(scope="module")
+def nf4_run(tmp_path_factory, base, shared_data) -> tuple[Path, Path]:
+    """Returns (config, run dir) of a finished 4-step LoRA SFT run on an nf4 base, checkpoints at steps 2 and 4."""
+    root = tmp_path_factory.mktemp("lora_nf4")
+    path = lora_config(root, base[2], shared_data,
+                       train={"steps": 4, "global_batch_size": 8, "warmup_steps": 1, "log_every": 1, "learning_rate": 2e-2, "init_from": str(base[2])},
+                       lora={"rank": 4, "alpha": 8.0, "targets": TARGETS, "base_dtype": "nf4", "nf4_block": 32},  # SHAPE's inputs: 64, 96
+                       checkpoint={"interval_steps": 2, "async_save": False, "keep": 5})
+    train(load_config(path), log=lambda s: None)
+    return path, root / "run"
+
+
+def losses(run: Path) -> dict[int, float]:
+    """Returns {step: train loss} from a run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_nf4_base_trains_resumes_exactly_and_exports(nf4_run, base, tmp_path):
+    path, run = nf4_run
+    _, hf_dir, _ = base
+    loss = losses(run)
+    print(f"nf4 base: train loss by step {loss}")
+    assert sorted(loss) == [1, 2, 3, 4] and loss[4] < loss[1]
+    assert all(lora.is_adapter(k.split("/")[-2]) for k in StoredStep(run).leaves)  # adapters only: no quantized base
+
+    # Resume from step 2: the same adapters and losses as the uninterrupted run (the base re-quantized from its record).
+    copy = tmp_path / "resumed"
+    shutil.copytree(run, copy)
+    shutil.move(copy / "checkpoints" / "4", tmp_path / "step4")
+    logs = []
+    train(load_config(path, [f"run_dir={copy}"]), log=logs.append)
+    assert any(f"resumed from {copy / 'checkpoints'}/2" in line for line in logs)
+    assert losses(copy) == loss
+    for leaf in StoredStep(run).leaves:
+        np.testing.assert_array_equal(StoredStep(copy).read(leaf), StoredStep(run).read(leaf), err_msg=leaf)
+
+    tokens = np.random.default_rng(0).integers(0, V, (2, 40))
+    ours = lora_logits(run, tokens)  # adapted forward on the nf4 base
+    merged = export_hf(run, tmp_path / "merged", merge=True)  # the adapters merged onto the dequantized base
+    plain = transformers.AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    diff_merged = np.abs(torch_logits(plain, tokens) - ours).max()
+    loaded = maxlm.from_pretrained(run, dtype="float32")
+    diff_loaded = np.abs(np.asarray(loaded(tokens)) - ours).max()
+    # PEFT's adapter goes onto the stored float base (not the nf4 one the adapters trained on): maxlm's adapters on that base.
+    out = export_hf(run, tmp_path / "peft")
+    adapted = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32), out).eval()
+    on_float = lora_logits(run, tokens, float_base=True)
+    diff_peft = np.abs(torch_logits(adapted, tokens) - on_float).max()
+    print(f"nf4 base, max |logits - maxlm LoRA|: merged export {diff_merged:.2e}, from_pretrained {diff_loaded:.2e}; PEFT on the float "
+          f"base vs maxlm's on it {diff_peft:.2e}; the float base vs the nf4 one {np.abs(on_float - ours).max():.2e} (logit std {ours.std():.3f})")
+    assert diff_merged <= 1e-4 and diff_loaded <= 1e-4 and diff_peft <= 1e-4
+
+
+def test_nf4_blocks_are_checked_against_the_init_from_model(base, tmp_path, shared_data):
+    # The loader sees the config's default model; the run's is init_from's (intermediate_size 96, which 64 does not divide).
+    path = lora_config(tmp_path, base[2], shared_data, lora={"rank": 4, "targets": TARGETS, "base_dtype": "nf4"})
+    with pytest.raises(MaxlmError, match=rf"^train.init_from {re.escape(str(base[2]))}: its model cannot be held as lora.base_dtype nf4: "
+                                         r"lora.nf4_block \(64\) must divide .* down take 96 \(model.mlp_dim\)"):
+        train(load_config(path), log=lambda s: None)
