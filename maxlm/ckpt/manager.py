@@ -1,7 +1,8 @@
 """The one checkpoint manager: orbax steps under `run_dir/checkpoints/<step>/`.
 
 Each step holds `params` (pure nested dict of arrays), optionally `opt_state` and
-`data_state` (each process's Grain iterator state, one file per process), `config` (the resolved Config as JSON)
+`data_state` (the data iterator's global position as JSON, one file whatever the process count, so a
+run resumes with another number of processes), `config` (the resolved Config as JSON)
 and, for a LoRA run, `base` (JSON: which frozen base its params, the adapters, go on; see ckpt/adapters.py).
 Orbax writes into a temporary directory and renames on commit, so a step that was being
 written when the process died is never listed, never restored.
@@ -14,32 +15,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
 from maxlm import config as config_lib
 from maxlm.errors import MaxlmError
-
-
-class _FrozenIteratorState:
-    """One process's iterator position as Grain's checkpoint handler expects it.
-
-    The state is captured when the save starts: an async save may serialize it later,
-    after the live iterator has moved on.
-    """
-
-    def __init__(self, state: dict | None = None):
-        self.state = state
-
-    def get_state(self) -> bytes:
-        return json.dumps(self.state).encode()
-
-    def set_state(self, raw: bytes) -> None:
-        self.state = json.loads(raw)
-
-    def start_prefetch(self) -> None:
-        pass
 
 
 def _layer_chunks(params: Any) -> Any:
@@ -90,8 +70,8 @@ class Checkpoints:
             items["base"] = ocp.args.JsonSave(base)
         if opt_state is not None:
             items["opt_state"] = ocp.args.StandardSave(opt_state)
-        if data_state is not None:
-            items["data_state"] = grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_state))
+        if data_state is not None:  # captured now: an async save may serialize it after the iterator moved on
+            items["data_state"] = ocp.args.JsonSave(json.loads(json.dumps(data_state)))
         self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
 
     def config(self, step: int | None = None) -> config_lib.Config:
@@ -113,13 +93,12 @@ class Checkpoints:
         items = {"params": ocp.args.StandardRestore(abstract_params)}
         if abstract_opt_state is not None:
             items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
-        holder = _FrozenIteratorState()
         if data_state and "data_state" in self.item_names(step):
-            items["data_state"] = grain.checkpoint.CheckpointRestore(holder)
-        out = dict(self._mgr.restore(step, args=ocp.args.Composite(**items)))
-        if "data_state" in out:
-            out["data_state"] = holder.state
-        return out
+            if not (self.directory / str(step) / "data_state" / "metadata").exists():
+                raise MaxlmError(f"{self.directory / str(step)}: its data_state is one process's Grain state (an older maxlm); "
+                                 "this maxlm saves one global position: resume from a newer step or start a new run_dir")
+            items["data_state"] = ocp.args.JsonRestore()
+        return dict(self._mgr.restore(step, args=ocp.args.Composite(**items)))
 
     def restore_checked(self, step: int, abstract_params: Any, abstract_opt_state: Any = None, data_state: bool = False) -> dict:
         """Returns restore(...) of `step`; a step that cannot be read raises MaxlmError naming the newest intact earlier step."""

@@ -1,28 +1,35 @@
-"""The Grain input pipeline: this process's packed [B, T] batches for training and eval.
+"""The Grain input pipeline: this process's rows of each step's packed global batch, for training and eval.
 
 Train order of operations, and why:
-  each source: shard per process (disjoint documents) -> seeded shuffle -> repeat forever
+  each source: seeded shuffle -> repeat forever
       (shuffle before repeat: Grain reseeds every epoch; per source, so a small source with a
       large weight cycles through its own epochs without starving the others)
   -> weighted mixture of sources (`MapDataset.mix`: a fixed interleave, exact proportions)
-  -> tokenize, add BOS/EOS
-  -> concat-then-split packing (`packing.PackedRows`) -> batch of B rows
+  -> dealt to G = train.global_batch_size lanes: lane r takes documents r, r + G, r + 2G, ...
+  -> per lane: tokenize, add BOS/EOS, concat-then-split packing (`packing.PackedRows`)
+  -> `Lanes`: batch s stacks row s of each lane this process makes (its devices' rows of the batch)
   -> Grain worker processes (`data.worker_count`) or a prefetch thread (`data.prefetch`).
-Everything before packing is index-addressed, so the iterator state is a few integers and
-restoring it reproduces the following batches bit for bit.
+Row r of step s is thus a function of the config and s alone, whichever process makes it, so
+1 process x 8 devices and 4 x 2 train on the same global batches. Everything before packing is
+index-addressed, so a lane's position is a few integers; the saved position is every lane's
+(`DataIterator.get_state` gathers them from all processes), so a run resumes bit for bit with
+any number of processes.
 
 Post-training tasks read records instead of texts (`examples.py` encodes them once, with the
 chat template): sft packs {"ids", "mask"} examples without splitting one across rows; rm and
 dpo batch ready-made [2, T] pairs (see `maxlm.tasks.pairs` for their layout).
 
 Batch: tokens int32 [B, T], segment_ids int32 [B, T] (0 = padding), positions int32 [B, T],
-loss_mask f32 [B, T] (1 where a token may be a target). B = global_batch_size // process_count.
+loss_mask f32 [B, T] (1 where a token may be a target). B = the rows this process makes
+(global_batch_size // process_count when the batch is split evenly over processes).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import grain
@@ -40,7 +47,7 @@ from maxlm.errors import MaxlmError
 # files are memory-mapped and sentencepiece holds the GIL, so Grain's read threads only add
 # contention (measured 370k vs 280k tokens/s with 4 threads on 2 cores).
 READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: one global position of every lane (1 was one process's Grain state)
 
 
 class Tokenize(grain.transforms.Map):
@@ -62,6 +69,89 @@ class Annotation:
     fields: dict[str, tuple[int, ...]]
 
 
+class Lanes(grain.IterDataset):
+    """Batches of a global batch's rows, one lane per row: batch s stacks row s of every lane given.
+
+    `lanes` maps a global row index to the dataset of that row's successive rows. Lanes are endless
+    in training; a finite one (eval) that runs out gives `pad` rows until every lane has run out.
+    """
+
+    def __init__(self, lanes: dict[int, grain.IterDataset], pad: dict[str, np.ndarray] | None = None):
+        super().__init__(list(lanes.values()))
+        self._ids = list(lanes)
+        self._pad = pad
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _LanesIterator([p.__iter__() for p in self.parents], self._ids, self._pad)
+
+    def __str__(self) -> str:
+        return f"Lanes({len(self._ids)} rows)"
+
+
+class _LanesIterator(grain.DatasetIterator):
+    """Stacks one row of each lane; its state is {"lanes": {row: that lane's state}}."""
+
+    def __init__(self, parents: list[grain.DatasetIterator], ids: list[int], pad: dict[str, np.ndarray] | None):
+        super().__init__(parents)
+        self._lanes = dict(zip(ids, parents))
+        self._pad = pad
+        self._done: set[int] = set()  # finite lanes that ran out
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows = []
+        for r, it in self._lanes.items():
+            try:
+                rows.append(self._pad if r in self._done else next(it))
+            except StopIteration:
+                if self._pad is None:
+                    raise
+                self._done.add(r)
+                rows.append(self._pad)
+        if len(self._done) == len(self._lanes):
+            raise StopIteration
+        return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"lanes": {str(r): it.get_state() for r, it in self._lanes.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for r, it in self._lanes.items():
+            it.set_state(state["lanes"][str(r)])
+        self._done = set()
+
+
+def merge_states(states: list[Any]) -> Any:
+    """Returns one position from the positions of several processes: the union of their lanes.
+
+    Everything outside "lanes" (layout, worker cycle, prefetch counters) must be equal in all of
+    them; raises MaxlmError when it is not, since the processes would then not share one global batch.
+    """
+    first = states[0]
+    if isinstance(first, dict) and all(isinstance(s, dict) and s.keys() == first.keys() for s in states):
+        return {k: {r: v for s in states for r, v in s[k].items()} if k == "lanes" else merge_states([s[k] for s in states]) for k in first}
+    if isinstance(first, list) and all(isinstance(s, list) and len(s) == len(first) for s in states):
+        return [merge_states(list(parts)) for parts in zip(*states)]
+    if any(s != first for s in states[1:]):
+        raise MaxlmError(f"the processes' data positions disagree ({first!r} vs {next(s for s in states if s != first)!r}); "
+                         "every process must run the same config")
+    return first
+
+
+def _all_processes(state: dict) -> list[dict]:
+    """Returns `state` of every JAX process, in process order (a collective: every process calls it)."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return [state]
+    raw = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([len(raw)], np.int64)).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: len(raw)] = raw
+    every = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(every[p, : sizes[p]].tobytes()) for p in range(len(sizes))]
+
+
 class DataIterator:
     """This process's training batches, forever; `get_state`/`set_state` make it resumable."""
 
@@ -81,12 +171,19 @@ class DataIterator:
         """Bad records dropped from the training files (data.on_bad_record=skip)."""
         return sum(s.skipped for s in self.sources)
 
-    def get_state(self) -> dict[str, Any]:
-        """Returns a JSON-serializable position: the batches after it are the next ones produced."""
+    def local_state(self) -> dict[str, Any]:
+        """Returns this process's position: its own lanes only."""
         return {"layout": self._layout, "grain": self._it.get_state()}
 
+    def get_state(self) -> dict[str, Any]:
+        """Returns the JSON-serializable global position (every process's lanes): the batches after it are the next ones.
+
+        A collective in a multi-process run: every process calls it at the same step.
+        """
+        return merge_states(_all_processes(self.local_state()))
+
     def set_state(self, state: dict[str, Any]) -> None:
-        """Moves to a position from `get_state`; raises MaxlmError if it belongs to another layout."""
+        """Moves to a position from `get_state` (saved with any process count); raises MaxlmError if it belongs to another layout."""
         saved = state.get("layout", {})
         for key, now in self._layout.items():
             if saved.get(key) != now:
@@ -103,21 +200,24 @@ class DataIterator:
             close()
 
 
-def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    if process_index is None or process_count is None:
+def process_rows(cfg: Config, rows: Sequence[int] | None = None) -> list[int]:
+    """Returns the global batch rows this process makes, sorted: `rows` checked, or by default this JAX
+    process's even block of train.global_batch_size (all of them in a single process).
+
+    Raises MaxlmError unless the default block divides evenly or `rows` are distinct rows of the batch.
+    """
+    gbs = cfg.train.global_batch_size
+    if rows is None:
         import jax
 
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    return process_index, process_count
-
-
-def rows_per_process(cfg: Config, process_count: int) -> int:
-    """Returns B, this process's rows per batch; raises MaxlmError unless it divides evenly."""
-    gbs = cfg.train.global_batch_size
-    if gbs % process_count:
-        raise MaxlmError(f"train.global_batch_size ({gbs}) must divide by the number of processes ({process_count})")
-    return gbs // process_count
+        index, count = jax.process_index(), jax.process_count()
+        if gbs % count:
+            raise MaxlmError(f"train.global_batch_size ({gbs}) must divide by the number of processes ({count})")
+        return list(range(index * gbs // count, (index + 1) * gbs // count))
+    out = sorted(int(r) for r in rows)
+    if not out or len(set(out)) != len(out) or out[0] < 0 or out[-1] >= gbs:
+        raise MaxlmError(f"rows {list(rows)[:8]}...: expected distinct rows of train.global_batch_size ({gbs})")
+    return out
 
 
 def _rows_of(docs, src: SourceConfig) -> grain.MapDataset:
@@ -130,28 +230,22 @@ def _rows_of(docs, src: SourceConfig) -> grain.MapDataset:
     return ds
 
 
-def _shard(docs: grain.MapDataset, process_index: int, process_count: int, name: str) -> grain.MapDataset:
-    ds = docs[process_index::process_count]
-    if len(ds) == 0:
-        raise MaxlmError(f"{name}: {len(docs)} documents cannot give each of {process_count} processes one")
-    return ds
-
-
 def _seed(seed: int, source_index: int) -> int:
     # Independent streams per source; plain seed + i would make run seed 1's source 0 equal seed 0's source 1.
     return int(np.random.SeedSequence([seed, source_index]).generate_state(1)[0])
 
 
 def make_train_iterator(
-    cfg: Config, tokenizer: Tokenizer, process_index: int | None = None, process_count: int | None = None, annotation: Annotation | None = None
+    cfg: Config, tokenizer: Tokenizer, rows: Sequence[int] | None = None, annotation: Annotation | None = None
 ) -> DataIterator:
-    """Returns the endless, checkpointable iterator of this process's training batches.
+    """Returns the endless, checkpointable iterator of this process's rows of the training batches.
 
+    `rows`: the global batch rows this process makes (`process_rows`; the run passes its devices' rows).
     `annotation` may add per-example fields to the encoded post-training examples of
     every source before any is batched (dpo.precompute_ref adds the reference's log-probs).
     """
-    process_index, process_count = _process(process_index, process_count)
-    rows = rows_per_process(cfg, process_count)
+    rows = process_rows(cfg, rows)
+    gbs = cfg.train.global_batch_size
     d = cfg.data
     sources_cfg: list[SourceConfig] = train_sources(d)
     if not sources_cfg:
@@ -161,25 +255,25 @@ def make_train_iterator(
         annotation.add(src)
     parts = []
     for i, (docs, src) in enumerate(zip(sources, sources_cfg)):
-        ds = _shard(_rows_of(docs, src), process_index, process_count, src.path)
+        ds = _rows_of(docs, src)
         if d.shuffle:
             ds = ds.shuffle(seed=_seed(cfg.train.seed, i))
         parts.append(ds.repeat())
     mixture = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [s.weight for s in sources_cfg])
-    batches = _rows(cfg, mixture, tokenizer).batch(rows, drop_remainder=True)
+    batches = Lanes({r: _rows(cfg, mixture[r::gbs], tokenizer) for r in rows})
     if d.worker_count > 0:
         _allow_unparsed_absl_flags()
-        # Each worker packs its own slice of the mixture: deterministic for a given worker_count.
+        # Each worker packs its own slice of every lane: deterministic for a given worker_count.
         batches = batches.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=d.worker_count, per_worker_buffer_size=max(1, d.prefetch))
         )
     elif d.prefetch > 0:
         batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=d.prefetch)
-    # What gives the saved position its meaning; source paths are left out so data may move.
+    # What gives the saved position its meaning; source paths are left out so data may move, and the
+    # process count is left out since the position is global.
     layout = {
-        "version": STATE_VERSION, "process_index": process_index, "process_count": process_count,
-        "task": cfg.task, "rows": rows, "seq_len": d.seq_len, "worker_count": d.worker_count, "shuffle": d.shuffle,
-        "source_weights": [s.weight for s in sources_cfg],
+        "version": STATE_VERSION, "task": cfg.task, "rows": gbs, "seq_len": d.seq_len, "worker_count": d.worker_count,
+        "shuffle": d.shuffle, "source_weights": [s.weight for s in sources_cfg],
     }
     return DataIterator(batches, sources, layout)
 
@@ -217,30 +311,30 @@ def _allow_unparsed_absl_flags() -> None:
 
 
 def make_eval_batches(
-    cfg: Config, tokenizer: Tokenizer, num_batches: int, process_index: int | None = None, process_count: int | None = None,
-    annotation: Annotation | None = None,
+    cfg: Config, tokenizer: Tokenizer, num_batches: int, rows: Sequence[int] | None = None, annotation: Annotation | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """Returns this process's eval batches from data.eval_files, in file order, the same every call.
+    """Returns this process's rows of the eval batches from data.eval_files, the same every call.
 
-    Documents are dealt to processes round-robin and packed like training data. One process
-    gets at most `num_batches`, fewer if the files run out; several processes get exactly
-    `num_batches` each, filled with all-padding batches (which count zero tokens), so that
-    every process runs the same number of eval steps. `annotation` is make_train_iterator's.
+    Documents in file order are dealt to the G = train.global_batch_size lanes like training data
+    (lane r: documents r, r + G, ...) and packed per lane, so every global batch is the same
+    whichever process makes which rows; a lane that runs out gives padding rows (which count zero
+    tokens). One process gets at most `num_batches`, fewer if the files run out; a process that
+    makes part of the rows gets exactly `num_batches`, so that every process runs the same number
+    of eval steps. `rows` and `annotation` are make_train_iterator's.
     """
-    process_index, process_count = _process(process_index, process_count)
-    rows = rows_per_process(cfg, process_count)
+    rows = process_rows(cfg, rows)
     d = cfg.data
     if not d.eval_files or num_batches <= 0:
         return []
     docs = [_open(cfg, s, tokenizer) for s in d.eval_files]
     for src in docs if annotation else ():
         annotation.add(src)
-    items = grain.MapDataset.concatenate([_rows_of(x, src) for x, src in zip(docs, d.eval_files)])[process_index::process_count]
-    it = _rows(cfg, items, tokenizer).batch(rows, drop_remainder=False).__iter__()
-    out = list(itertools.islice(it, num_batches))
-    template = padding_batch(cfg, rows, tokenizer.pad_id, annotation)
-    out = [_pad_rows(b, template) for b in out]
-    if process_count > 1:
+    items = grain.MapDataset.concatenate([_rows_of(x, src) for x, src in zip(docs, d.eval_files)])
+    gbs = cfg.train.global_batch_size
+    template = padding_batch(cfg, len(rows), tokenizer.pad_id, annotation)
+    lanes = Lanes({r: _rows(cfg, items[r::gbs], tokenizer) for r in rows}, pad={k: v[0] for k, v in template.items()})
+    out = list(itertools.islice(lanes.__iter__(), num_batches))
+    if len(rows) < gbs:
         out += [template for _ in range(num_batches - len(out))]
     return out
 
@@ -260,11 +354,3 @@ def padding_batch(cfg: Config, rows: int, pad_id: int, annotation: Annotation | 
     """Returns a batch of padding rows (pad id, segment 0, zero masks): it counts nothing in any objective."""
     layout = batch_layout(cfg, rows, annotation.fields if annotation else None)
     return {k: np.full(shape, pad_id if k == "tokens" else 0, dtype) for k, (shape, dtype) in layout.items()}
-
-
-def _pad_rows(batch: dict, template: dict) -> dict[str, np.ndarray]:
-    """Returns `batch` with rows of the all-padding `template` appended up to its row count."""
-    have = len(batch["tokens"])
-    if have == len(template["tokens"]):
-        return batch
-    return {k: np.concatenate([batch[k], template[k][have:]]) for k in template}

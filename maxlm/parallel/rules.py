@@ -89,3 +89,15 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     if mesh.empty or math.prod(mesh.shape.values()) == 1:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, dict(mesh.shape)))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Returns the sharding of every batch leaf: rows over the batch axes, the rest whole."""
+    return NamedSharding(mesh, PartitionSpec(RULES["batch"]))
+
+
+def batch_rows(mesh: jax.sharding.Mesh, rows: int) -> list[int]:
+    """Returns the rows of a [rows, ...] batch (`batch_sharding`) that this process's devices hold, sorted:
+    the rows it must make, in the order `jax.make_array_from_process_local_data` takes them."""
+    held = batch_sharding(mesh).addressable_devices_indices_map((rows,)).values()
+    return sorted({r for (index,) in held for r in range(*index.indices(rows))})

@@ -50,7 +50,7 @@ def objective(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
 
 
 def _data(cfg, tokenizer, graphdef, services):
-    return file_data(cfg, tokenizer)
+    return file_data(cfg, tokenizer, services.mesh)
 
 
 def _no_reference(cfg: Config) -> bool:

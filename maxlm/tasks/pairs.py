@@ -176,15 +176,15 @@ def check_dpo(cfg: Config) -> None:
 
 
 def _rm_data(cfg, tokenizer, graphdef, services):
-    return file_data(cfg, tokenizer)
+    return file_data(cfg, tokenizer, services.mesh)
 
 
 def _dpo_data(cfg, tokenizer, graphdef, services):
     if not precomputed_reference(cfg):
-        return file_data(cfg, tokenizer)
+        return file_data(cfg, tokenizer, services.mesh)
     services.log("dpo.precompute_ref: scoring every example under the reference once ...")
     # The reference's params live only while this call runs: training holds its scores instead.
-    return file_data(cfg, tokenizer, reference_annotation(graphdef, services.reference(), services.mesh, cfg, tokenizer.pad_id))
+    return file_data(cfg, tokenizer, services.mesh, reference_annotation(graphdef, services.reference(), services.mesh, cfg, tokenizer.pad_id))
 
 
 def _dpo_layout(cfg: Config) -> dict:

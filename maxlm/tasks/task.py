@@ -20,6 +20,7 @@ from maxlm.data.pipeline import Annotation, DataIterator, batch_layout, make_eva
 from maxlm.data.sources import train_sources
 from maxlm.data.tokenizers import Tokenizer
 from maxlm.optim.update import Objective, train_step
+from maxlm.parallel.rules import batch_rows
 
 
 class Batches(Protocol):
@@ -167,10 +168,12 @@ def gradient_step(graphdef: Any, cfg: Config, tx: Any, objective: Objective) -> 
     return step
 
 
-def file_data(cfg: Config, tokenizer: Tokenizer, annotation: Annotation | None = None) -> TaskData:
-    """Returns the TaskData of a task that reads data.train_files (and data.eval_files for held-out metrics)."""
-    train = DataBatches(make_train_iterator(cfg, tokenizer, annotation=annotation))
-    eval_batches = make_eval_batches(cfg, tokenizer, cfg.train.eval_steps, annotation=annotation) if cfg.data.eval_files else []
+def file_data(cfg: Config, tokenizer: Tokenizer, mesh: Any, annotation: Annotation | None = None) -> TaskData:
+    """Returns the TaskData of a task that reads data.train_files (and data.eval_files for held-out metrics):
+    the rows of each global batch that this process's devices of `mesh` hold."""
+    rows = batch_rows(mesh, cfg.train.global_batch_size)
+    train = DataBatches(make_train_iterator(cfg, tokenizer, rows, annotation))
+    eval_batches = make_eval_batches(cfg, tokenizer, cfg.train.eval_steps, rows, annotation) if cfg.data.eval_files else []
     if not eval_batches:
         return TaskData(train)
     return TaskData(train, lambda params, score: held_out_means(score, params, eval_batches))

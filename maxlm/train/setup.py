@@ -27,6 +27,7 @@ from maxlm.models import lora
 from maxlm.models import params as params_lib
 from maxlm.optim import optimizer
 from maxlm.parallel.mesh import data_parallel_size
+from maxlm.parallel.rules import batch_sharding
 from maxlm.tasks import TASKS
 from maxlm.tasks.task import Services, Task, TaskData
 from maxlm.train import metrics as metrics_lib
@@ -144,7 +145,7 @@ def setup(cfg: Config, mesh, log=print) -> Setup:
 def _compiled(cfg: Config, task: Task, graphdef, tx, mesh, p_shard, o_shard, ref_params) -> tuple[Callable, Callable, Callable]:
     """Returns (the jitted step, score(params, local batch) -> eval sums, to_global(local batch) -> global arrays)."""
     step_fn, eval_fn = step_lib.jitted_step(cfg, task, graphdef, tx, mesh, p_shard, o_shard, ref_params is not None)
-    batch_shard = step_lib.batch_sharding(mesh)
+    batch_shard = batch_sharding(mesh)
 
     def to_global(batch: dict) -> dict:
         return {k: jax.make_array_from_process_local_data(batch_shard, np.asarray(v)) for k, v in batch.items()}

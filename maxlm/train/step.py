@@ -8,13 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from maxlm.config import Config
 from maxlm.models import lora
 from maxlm.optim import optimizer
 from maxlm.optim.update import eval_step
-from maxlm.parallel.rules import RULES
+from maxlm.parallel.rules import batch_sharding
 from maxlm.tasks.task import Task
 
 
@@ -22,11 +21,6 @@ def run_optimizer(cfg: Config, task: Task):
     """Returns the run's optax transformation (an RL batch makes rl.epochs x rl.minibatches updates per step)."""
     split = task.rollout_split(cfg) if task.rollout_split else None
     return optimizer.optimizer(cfg.train, cfg.rl.epochs * split[1] if split else 1)
-
-
-def batch_sharding(mesh) -> NamedSharding:
-    """Returns the sharding of every batch leaf: rows over the rules table's batch axes, the rest whole."""
-    return NamedSharding(mesh, PartitionSpec(RULES["batch"]))
 
 
 def jitted_step(cfg: Config, task: Task, graphdef, tx, mesh, p_shard, o_shard, has_reference: bool) -> tuple[Callable, Callable]:

@@ -29,7 +29,7 @@ def test_sft_rows_hold_whole_conversations_with_reply_masks(tokenizer, tmp_path)
     examples = encode_file(path, "sft", tokenizer, "default", 64, "error")
     assert len(examples) == 40
     cfg = Config(task="sft", data=DataConfig(train_files=[SourceConfig(path=path)], seq_len=64, shuffle=False, prefetch=0), train=TrainConfig(global_batch_size=4))
-    batch = next(make_train_iterator(cfg, tokenizer, 0, 1))
+    batch = next(make_train_iterator(cfg, tokenizer))
     seen = 0
     for row in range(4):
         seg = batch["segment_ids"][row]
@@ -104,15 +104,15 @@ def test_pair_batches_resume_and_eval_pads_with_empty_pairs(tokenizer, tmp_path)
     path = write_records(tmp_path / "pairs.jsonl", PAIRS)
     src = SourceConfig(path=path)
     cfg = Config(task="dpo", data=DataConfig(train_files=[src], eval_files=[SourceConfig(path=path, rows="0:6")], seq_len=96, prefetch=0), train=TrainConfig(global_batch_size=4))
-    it = make_train_iterator(cfg, tokenizer, 0, 1)
+    it = make_train_iterator(cfg, tokenizer)
     next(it)
     state = json.loads(json.dumps(it.get_state()))
     want = next(it)
-    again = make_train_iterator(cfg, tokenizer, 0, 1)
+    again = make_train_iterator(cfg, tokenizer)
     again.set_state(state)
     got = next(again)
     assert want["tokens"].shape == (4, 2, 96)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
-    evals = make_eval_batches(cfg, tokenizer, 5, 0, 1)
+    evals = make_eval_batches(cfg, tokenizer, 5)
     assert [b["pair_mask"].tolist() for b in evals] == [[1, 1, 1, 1], [1, 1, 0, 0]]

@@ -1,7 +1,8 @@
-"""The Grain pipeline end to end: batches, mixture weights, process shards, epochs, resume, eval."""
+"""The Grain pipeline end to end: batches, mixture weights, lanes, epochs, resume (with another process split), eval."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from maxlm.config import Config, DataConfig, SourceConfig, TrainConfig
-from maxlm.data.pipeline import make_eval_batches, make_train_iterator
+from maxlm.data.pipeline import make_eval_batches, make_train_iterator, merge_states
 from maxlm.errors import MaxlmError
 
 WORDS = "the king hath sent for thee my lord and we shall speak anon of all these things".split()
@@ -28,10 +29,24 @@ def _config(sources: list[SourceConfig], *, seq_len=64, batch=4, **data) -> Conf
 
 
 def _documents(batches: list[dict], tokenizer) -> list[str]:
-    """Returns the whole documents in batches taken in order (rows of one stream are consecutive)."""
-    stream = np.concatenate([b["tokens"].reshape(-1) for b in batches])
-    starts = np.flatnonzero(stream == tokenizer.bos_id)
-    return [tokenizer.decode(stream[a + 1 : b - 1]) for a, b in zip(starts[:-1], starts[1:])]
+    """Returns the whole documents in batches taken in order, lane by lane (row r of successive batches is one stream)."""
+    docs = []
+    for r in range(len(batches[0]["tokens"])):
+        stream = np.concatenate([b["tokens"][r] for b in batches])
+        starts = np.flatnonzero(stream == tokenizer.bos_id)
+        docs += [tokenizer.decode(stream[a + 1 : b - 1]) for a, b in itertools.pairwise(starts)]
+    return docs
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for key, value in a.items():
+        np.testing.assert_array_equal(value, b[key], err_msg=key)
+
+
+def _stacked(batches: list[dict]) -> dict:
+    """Returns the rows of several processes' batches as one batch (their rows in order)."""
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
 def _ids(docs: list[str], tag: str) -> list[int]:
@@ -46,73 +61,80 @@ def alpha_beta(tmp_path, write_jsonl) -> tuple[SourceConfig, SourceConfig]:
 
 
 def test_batch_layout(tokenizer, alpha_beta):
-    it = make_train_iterator(_config(list(alpha_beta), batch=8), tokenizer, process_index=1, process_count=2)
+    it = make_train_iterator(_config(list(alpha_beta), batch=8), tokenizer, rows=range(4, 8))
     batch = next(it)
     assert sorted(batch) == ["loss_mask", "positions", "segment_ids", "tokens"]
     for key, dtype in [("tokens", np.int32), ("segment_ids", np.int32), ("positions", np.int32), ("loss_mask", np.float32)]:
-        assert batch[key].shape == (4, 64) and batch[key].dtype == dtype, key  # 8 rows / 2 processes
+        assert batch[key].shape == (4, 64) and batch[key].dtype == dtype, key  # rows 4..7 of 8
     # An endless stream packs without padding; every document starts with BOS at position 0.
     assert np.all(batch["segment_ids"] > 0) and np.all(batch["loss_mask"] == 1.0)
     bos = batch["tokens"] == tokenizer.bos_id
     assert np.all(batch["positions"][bos] == 0)
     docs = _documents([next(it) for _ in range(5)], tokenizer)
     assert all(re.match(r"(alpha|beta) \d+ ", d) for d in docs)
-    with pytest.raises(MaxlmError, match="must divide by the number of processes"):
-        make_train_iterator(_config(list(alpha_beta), batch=6), tokenizer, process_index=0, process_count=4)
+    with pytest.raises(MaxlmError, match=r"expected distinct rows of train.global_batch_size \(6\)"):
+        make_train_iterator(_config(list(alpha_beta), batch=6), tokenizer, rows=[5, 6])
 
 
 def test_bos_eos_switches(tokenizer, alpha_beta):
     cfg = _config(list(alpha_beta), add_bos=False, add_eos=False)
-    tokens = np.concatenate([next(make_train_iterator(cfg, tokenizer, 0, 1))["tokens"]])
+    tokens = np.concatenate([next(make_train_iterator(cfg, tokenizer))["tokens"]])
     assert not np.any(np.isin(tokens, [tokenizer.bos_id, tokenizer.eos_id]))
 
 
 def test_mixture_follows_weights(tokenizer, alpha_beta):
-    it = make_train_iterator(_config(list(alpha_beta), batch=8), tokenizer, 0, 1)
+    it = make_train_iterator(_config(list(alpha_beta), batch=8), tokenizer)
     docs = _documents([next(it) for _ in range(40)], tokenizer)
     alpha, beta = len(_ids(docs, "alpha")), len(_ids(docs, "beta"))
     assert alpha + beta == len(docs) > 300
     assert abs(alpha / len(docs) - 0.75) < 0.03
 
 
-def test_processes_see_disjoint_documents(tokenizer, alpha_beta):
-    seen = []
-    for process in (0, 1):
-        it = make_train_iterator(_config([alpha_beta[0]], batch=4), tokenizer, process, 2)
-        seen.append(set(_ids(_documents([next(it) for _ in range(40)], tokenizer), "alpha")))
-    # Each went through its whole half (more than one epoch of it) and nothing else.
-    assert seen[0] == set(range(0, 200, 2)) and seen[1] == set(range(1, 200, 2))
+def test_lanes_together_go_through_every_document(tokenizer, alpha_beta):
+    it = make_train_iterator(_config([alpha_beta[0]], batch=4), tokenizer)
+    # More than one epoch of the 200 documents, dealt over 4 lanes: each lane its own, all of them together.
+    lanes = [set(_ids(_documents([{"tokens": b["tokens"][r : r + 1]} for b in batches], tokenizer), "alpha"))
+             for batches in [[next(it) for _ in range(40)]] for r in range(4)]
+    assert set().union(*lanes) == set(range(200))
+    assert all(ids <= set(range(200)) and len(ids) > 40 for ids in lanes)
 
 
 def test_every_epoch_is_a_new_permutation(tokenizer, alpha_beta):
-    it = make_train_iterator(_config([alpha_beta[1]], batch=4), tokenizer, 0, 1)
-    ids = _ids(_documents([next(it) for _ in range(40)], tokenizer), "beta")
+    it = make_train_iterator(_config([alpha_beta[1]], batch=1), tokenizer)  # one lane: the whole mixture in order
+    ids = _ids(_documents([next(it) for _ in range(160)], tokenizer), "beta")
     first, second = ids[:50], ids[50:100]
     assert sorted(first) == sorted(second) == list(range(50))
     assert first != second and first != sorted(first)
 
 
-@pytest.mark.parametrize("prefetch, workers", [(2, 0), (0, 0), (1, 1)])
-def test_state_resumes_bit_identical(tokenizer, alpha_beta, prefetch, workers):
-    cfg = _config(list(alpha_beta), prefetch=prefetch, worker_count=workers)
-    it = make_train_iterator(cfg, tokenizer, 0, 1)
-    for _ in range(3):
-        next(it)
-    state = json.loads(json.dumps(it.get_state()))  # what the checkpoint stores
-    expected = [next(it) for _ in range(4)]
-    it.close()
-    resumed = make_train_iterator(cfg, tokenizer, 0, 1)
-    resumed.set_state(state)
-    got = [next(resumed) for _ in range(4)]
-    resumed.close()
-    for e, g in zip(expected, got):
-        for key in e:
-            np.testing.assert_array_equal(e[key], g[key])
+@pytest.mark.parametrize("prefetch, workers", [(0, 0), (2, 0), (1, 1)])
+def test_batches_and_resume_do_not_depend_on_the_process_split(tokenizer, alpha_beta, prefetch, workers):
+    cfg = _config(list(alpha_beta), batch=8, prefetch=prefetch, worker_count=workers)
+    whole = make_train_iterator(cfg, tokenizer)
+    want = [next(whole) for _ in range(6)]
+    whole.close()
+    # Two "processes" of 4 rows each make exactly the rows of the one process's batches.
+    halves = [make_train_iterator(cfg, tokenizer, rows=range(4 * p, 4 * p + 4)) for p in (0, 1)]
+    for s in range(3):
+        _assert_same(_stacked([next(h) for h in halves]), want[s])
+    state = json.loads(json.dumps(merge_states([h.local_state() for h in halves])))  # what the checkpoint stores
+    for h in halves:
+        h.close()
+    # Resumed by four processes of 2 rows, and by one process's scattered rows: the same batches follow.
+    quarters = [make_train_iterator(cfg, tokenizer, rows=range(2 * p, 2 * p + 2)) for p in range(4)]
+    scattered = make_train_iterator(cfg, tokenizer, rows=[1, 6])
+    for it in [*quarters, scattered]:
+        it.set_state(state)
+    for s in range(3, 6):
+        _assert_same(_stacked([next(q) for q in quarters]), want[s])
+        _assert_same(next(scattered), {k: v[[1, 6]] for k, v in want[s].items()})
+    for it in [*quarters, scattered]:
+        it.close()
 
 
 def test_state_from_another_layout_is_refused(tokenizer, alpha_beta):
-    state = make_train_iterator(_config(list(alpha_beta), seq_len=64), tokenizer, 0, 1).get_state()
-    other = make_train_iterator(_config(list(alpha_beta), seq_len=32), tokenizer, 0, 1)
+    state = make_train_iterator(_config(list(alpha_beta), seq_len=64), tokenizer).get_state()
+    other = make_train_iterator(_config(list(alpha_beta), seq_len=32), tokenizer)
     with pytest.raises(MaxlmError, match="seq_len=64 but this run has 32"):
         other.set_state(state)
 
@@ -121,8 +143,8 @@ def test_bad_records_fail_before_iteration_or_are_counted(tokenizer, tmp_path, w
     path = write_jsonl(tmp_path / "mixed.jsonl", _texts("ok", 20))
     path.write_text(path.read_text() + "{oops\n" + '{"text": 1}\n')
     with pytest.raises(MaxlmError, match=r"mixed\.jsonl:21: invalid JSON"):
-        make_train_iterator(_config([SourceConfig(path=str(path))]), tokenizer, 0, 1)
-    it = make_train_iterator(_config([SourceConfig(path=str(path))], on_bad_record="skip"), tokenizer, 0, 1)
+        make_train_iterator(_config([SourceConfig(path=str(path))]), tokenizer)
+    it = make_train_iterator(_config([SourceConfig(path=str(path))], on_bad_record="skip"), tokenizer)
     assert it.skipped_records == 2
     next(it)
 
@@ -133,19 +155,22 @@ def test_eval_batches_are_deterministic_in_file_order(tokenizer, alpha_beta):
     again = make_eval_batches(cfg, tokenizer, num_batches=100)
     assert len(batches) == len(again) < 100  # the file ran out before 100 batches
     for b, c in zip(batches, again):
-        for key in b:
-            np.testing.assert_array_equal(b[key], c[key])
-    stream = np.concatenate([b["tokens"][b["segment_ids"] != 0] for b in batches])
-    starts = np.flatnonzero(stream == tokenizer.bos_id)
-    docs = [tokenizer.decode(stream[a + 1 : b - 1]) for a, b in zip(starts, list(starts[1:]) + [len(stream)])]
-    assert _ids(docs, "beta") == list(range(50))  # every document once, in order
+        _assert_same(b, c)
+    for r in range(2):  # lane r: documents r, r + 2, r + 4, ... once each, in file order
+        stream = np.concatenate([b["tokens"][r][b["segment_ids"][r] != 0] for b in batches])
+        starts = np.flatnonzero(stream == tokenizer.bos_id)
+        docs = [tokenizer.decode(stream[a + 1 : b - 1]) for a, b in zip(starts, list(starts[1:]) + [len(stream)])]
+        assert _ids(docs, "beta") == list(range(r, 50, 2))
     last = batches[-1]
     assert last["tokens"].shape == (2, 64) and np.all(last["loss_mask"] == (last["segment_ids"] != 0))
 
 
-def test_eval_batches_split_over_processes(tokenizer, alpha_beta):
+def test_eval_batches_do_not_depend_on_the_process_split(tokenizer, alpha_beta):
     cfg = _config([alpha_beta[1]], batch=4)
-    shards = [make_eval_batches(cfg, tokenizer, num_batches=30, process_index=p, process_count=2) for p in (0, 1)]
-    assert len(shards[0]) == len(shards[1]) == 30  # same step count on every process, padded
+    whole = make_eval_batches(cfg, tokenizer, num_batches=30)
+    shards = [make_eval_batches(cfg, tokenizer, num_batches=30, rows=range(2 * p, 2 * p + 2)) for p in (0, 1)]
+    assert len(whole) < len(shards[0]) == len(shards[1]) == 30  # same step count on every process, padded
+    for s, want in enumerate(whole):
+        _assert_same(_stacked([shards[0][s], shards[1][s]]), want)
     tail = shards[0][-1]
     assert tail["tokens"].shape == (2, 64) and np.all(tail["segment_ids"] == 0) and np.all(tail["loss_mask"] == 0)

@@ -16,7 +16,7 @@ def test_missing_extra_is_named(tokenizer, monkeypatch):
     monkeypatch.setitem(sys.modules, "seqio", None)  # `import seqio` fails as without the extra
     cfg = Config(data=DataConfig(seqio_task="any_task", seq_len=32), train=TrainConfig(global_batch_size=2))
     with pytest.raises(MaxlmError, match=r"pip install maxlm\[seqio\]"):
-        make_train_iterator(cfg, tokenizer, 0, 1)
+        make_train_iterator(cfg, tokenizer)
 
 
 def test_seqio_task_feeds_the_pipeline(tokenizer, tmp_path, write_jsonl):
@@ -37,7 +37,7 @@ def test_seqio_task_feeds_the_pipeline(tokenizer, tmp_path, write_jsonl):
         data=DataConfig(train_files=[SourceConfig(path=str(other))], seqio_task=name, seq_len=32, prefetch=0),
         train=TrainConfig(global_batch_size=4),
     )
-    it = make_train_iterator(cfg, tokenizer, 0, 1)
+    it = make_train_iterator(cfg, tokenizer)
     stream = np.concatenate([next(it)["tokens"].reshape(-1) for _ in range(10)])
     text = tokenizer.decode(stream)
     assert "seqio document" in text and "file document" in text
@@ -60,7 +60,7 @@ def test_tokenized_seqio_mixture_is_decoded_with_its_vocabulary(tokenizer, spm_p
         )
         seqio.MixtureRegistry.add(mixture, [(task, 1.0)])
     cfg = Config(data=DataConfig(seqio_task=mixture, seq_len=32, prefetch=0, shuffle=False), train=TrainConfig(global_batch_size=2))
-    it = make_train_iterator(cfg, tokenizer, 0, 1)
+    it = make_train_iterator(cfg, tokenizer)
     text = tokenizer.decode(np.concatenate([next(it)["tokens"].reshape(-1) for _ in range(6)]))
     # Token ids went through the task's vocabulary and back to text, then through maxlm's tokenizer.
     assert "a tokenized seqio line number 0 of the play" in text

@@ -1,12 +1,14 @@
-"""Two JAX processes on one machine, started by tools/launch/local.py and wired by jax.distributed
-from the environment: pretraining and GRPO train and resume (process 0 trains the tokenizer), and
-the sampler's rows do not depend on how processes split the batch."""
+"""Several JAX processes on one machine, started by tools/launch/local.py and wired by jax.distributed
+from the environment: pretraining trains the losses of one process on the same devices and resumes
+with another process count (process 0 trains the tokenizer), GRPO trains and resumes, and the
+sampler's rows do not depend on how processes split the batch."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from tiny_run import write_tiny_config
@@ -17,25 +19,29 @@ REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "tools" / "launch" / "local.py"
 
 
-def launch_two(config: Path, *overrides: str, argv: list[str] | None = None) -> list[str]:
+def launch_two(config: Path, *overrides: str, argv: list[str] | None = None, processes: int = 2, devices: int = 2) -> list[str]:
     """Returns each process's output of `maxlm train config overrides` (or `python argv`), run by
-    tools/launch/local.py as two processes with 2 CPU devices each; asserts both succeeded."""
+    tools/launch/local.py as two (or `processes`) processes with 2 (or `devices`) CPU devices each; asserts all succeeded."""
     cmd = [sys.executable, *argv] if argv else [sys.executable, "-m", "maxlm.cli", "train", str(config), *overrides]
-    run = subprocess.run([sys.executable, str(LAUNCH), "-n", "2", "--cpu-devices", "2", "--", *cmd],
+    run = subprocess.run([sys.executable, str(LAUNCH), "-n", str(processes), "--cpu-devices", str(devices), "--", *cmd],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    return ["".join(line[4:] for line in run.stdout.splitlines(True) if line.startswith(f"[{i}] ")) for i in range(2)]
+    return ["".join(line[4:] for line in run.stdout.splitlines(True) if line.startswith(f"[{i}] ")) for i in range(processes)]
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_resume(tmp_path, shared_data):
+def test_processes_train_one_process_losses_and_resume_with_another_count(tmp_path, shared_data):
+    from maxlm.config import load_config
+    from maxlm.train.run import train
+
     path = write_tiny_config(
-        tmp_path, shared_data, data={"seq_len": 64}, train={"steps": 4}, checkpoint={"interval_steps": 2},
+        # constant: the learning rate of a step does not depend on train.steps, which the resume raises
+        tmp_path, shared_data, data={"seq_len": 64}, train={"steps": 4, "schedule": "constant"}, checkpoint={"interval_steps": 2},
         sample={"prompts": ["To be", "My lord"], "max_new_tokens": 4}, export={"hf_dir": "hf"},
     )
-    first = launch_two(path)
+    first = launch_two(path, processes=2, devices=4)
     for out in first:
-        assert "4 cpu devices" in out and "'data': 4" in out
+        assert "8 cpu devices" in out and "'data': 8" in out
     # Process 0 trains the tokenizer; process 1 waits for it and loads the same file.
     assert "sentencepiece tokenizer" in first[0] and "sentencepiece tokenizer" not in first[1]
     # The end of the run: every process samples (a collective), process 0 writes and exports
@@ -43,11 +49,15 @@ def test_two_processes_train_and_resume(tmp_path, shared_data):
     assert "samples:" in first[0] and "samples:" not in first[1] and "Hugging Face export" in first[0]
     assert (tmp_path / "run" / "samples.txt").read_text().count("To be") == 1
     assert json.loads((tmp_path / "run" / "hf" / "config.json").read_text())["num_hidden_layers"] > 0
-    for out in launch_two(path, "train.steps=6"):
-        assert "resumed from" in out
-    steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    # Elastic restart: the checkpoint of 2 processes x 4 devices resumes as 4 processes x 2 devices.
+    for out in launch_two(path, "train.steps=6", processes=4, devices=2):
+        assert "resumed from" in out and "8 cpu devices" in out
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert {p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()} >= {"4", "6"}
+    # One process with the same 8 devices (this one), uninterrupted, on the same tokenizer: the same losses.
+    one = train(load_config(path, [f"run_dir={tmp_path / 'one'}", "train.steps=6", "sample.prompts=[]", "export.hf_dir="]), log=lambda *_: None)
+    np.testing.assert_allclose([r["loss"] for r in rows], [one.losses[s] for s in range(1, 7)], rtol=1e-4)
 
 
 SAMPLE = """
@@ -106,9 +116,10 @@ def test_two_processes_sample_the_rows_one_process_samples(tmp_path):
 MENU = {"scale_rewards": "batch", "dynamic_sampling": True, "max_sampling_rounds": 2, "overlong_buffer": 2}
 
 
+# The menu's collectives cover plain grpo's; the resume is checked once (it does not depend on kl_in).
 @pytest.mark.slow
-@pytest.mark.parametrize("menu", [{}, MENU, MENU | {"kl_in": "reward"}], ids=["grpo", "menu", "menu-kl_in_reward"])
-def test_two_processes_run_grpo_and_resume(tmp_path, menu):
+@pytest.mark.parametrize("menu, resume", [(MENU, True), (MENU | {"kl_in": "reward"}, False)], ids=["menu", "menu-kl_in_reward"])
+def test_two_processes_run_grpo_and_resume(tmp_path, menu, resume):
     cfg = {
         "base_config": str(REPO / "configs" / "models" / "tiny.yaml"),
         "task": "grpo",
@@ -122,14 +133,13 @@ def test_two_processes_run_grpo_and_resume(tmp_path, menu):
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(cfg))
     launch_two(path)
-    for out in launch_two(path, "train.steps=4"):
+    for out in launch_two(path, "train.steps=4") if resume else ():
         assert "resumed from" in out
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["step"] for r in rows] == ([0, 1, 2, 3, 4] if resume else [0, 1, 2])
     assert all(0.0 <= r["eval_reward"] <= 1.0 for r in rows if "eval_reward" in r)
     assert all("reward_mean" in r and r["kl"] >= 0 for r in rows[1:])
-    if menu:
-        assert all(1 <= r["sampling_rounds"] <= 2 and "dropped_groups" in r for r in rows[1:])
+    assert all(1 <= r["sampling_rounds"] <= 2 and "dropped_groups" in r for r in rows[1:])
 
 
 @pytest.mark.slow

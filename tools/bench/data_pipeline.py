@@ -47,7 +47,7 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    it = make_train_iterator(cfg, tokenizer, process_index=0, process_count=1)
+    it = make_train_iterator(cfg, tokenizer)
     t_open = time.perf_counter() - t0
     for _ in range(a.warmup):
         next(it)

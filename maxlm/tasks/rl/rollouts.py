@@ -83,12 +83,14 @@ def load_prompts(cfg: Config, tokenizer: Tokenizer, sources) -> PromptSet:
 
 
 def prompt_batches(cfg: Config, prompts: PromptSet, process_index: int, process_count: int) -> grain.IterDataset:
-    """Returns endless batches of prompt indices (int [B] per process), shuffled and checkpointable."""
+    """Returns endless batches of prompt indices (int [B] per process), shuffled and checkpointable: this
+    process's block of each global batch, so the global batch does not depend on the process count."""
     per_process = cfg.train.global_batch_size // process_count
-    ds = grain.MapDataset.range(len(prompts))[process_index::process_count]
+    ds = grain.MapDataset.range(len(prompts))
     if cfg.data.shuffle:
         ds = ds.shuffle(seed=cfg.train.seed)
-    return ds.repeat().batch(per_process, drop_remainder=True).to_iter_dataset()
+    mine = slice(process_index * per_process, (process_index + 1) * per_process)
+    return ds.repeat().batch(cfg.train.global_batch_size, drop_remainder=True).map(lambda ids: ids[mine]).to_iter_dataset()
 
 
 @dataclasses.dataclass
@@ -348,8 +350,10 @@ def _reward_model(services: Services, path: str):
 def make_rollouts(cfg: Config, tokenizer: Tokenizer, graphdef, services: Services, value_head: bool) -> tuple[Rollouts, DataIterator]:
     """Returns (the run's Rollouts, the checkpointable iterator of its prompt-index batches)."""
     prompts = load_prompts(cfg, tokenizer, train_sources(cfg.data))
+    # The position is global (every process's is the same), but an RL run resumes only with the process count it
+    # was saved with: that its rollouts do not depend on the count is not established.
     position_keys = {"task": cfg.task, "prompts": len(prompts), "rows": cfg.train.global_batch_size, "shuffle": cfg.data.shuffle,
-                     "process_index": jax.process_index(), "process_count": jax.process_count()}
+                     "process_count": jax.process_count()}
     batches = prompt_batches(cfg, prompts, jax.process_index(), jax.process_count())
     return Rollouts(cfg, tokenizer, graphdef, prompts, services, value_head), DataIterator(batches, [prompts], position_keys)
 
