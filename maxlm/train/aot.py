@@ -26,6 +26,7 @@ import jax
 from maxlm.ckpt.manager import abstract_like
 from maxlm.config import Config
 from maxlm.errors import MaxlmError
+from maxlm.models import lora
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
 from maxlm.parallel.topology import Slice, abstract_devices, parse_slice
@@ -72,15 +73,21 @@ def lower(cfg: Config, mesh) -> jax.stages.Lowered:
     """Returns the run's train step lowered on abstract, sharded inputs: params, opt state, batch, reference, step args."""
     task = TASKS[cfg.task]
     check_fits(cfg, task, mesh)
-    graphdef, shapes, _ = params_lib.abstract(cfg.model)
-    p_shard = params_lib.shardings(cfg.model, mesh)
+    # A LoRA run: the base as lora.base_dtype holds it, optimizer state for the adapters only, the base as reference.
+    lora_cfg = cfg.lora if cfg.lora.rank else None
+    part = lora.trainable if lora_cfg else (lambda tree: tree)
+    graphdef, shapes, _ = params_lib.abstract(cfg.model, lora_cfg)
+    if lora_cfg and lora_cfg.base_dtype == "bfloat16":  # int8 / nf4 projections are in the abstract tree already
+        trained, frozen = lora.split(shapes)
+        shapes = lora.join(trained, jax.eval_shape(lambda f: lora.held_base(f, lora_cfg), frozen))
+    p_shard = params_lib.shardings(cfg.model, mesh, lora_cfg)
     tx = step_lib.run_optimizer(cfg, task)
     # Outside the mesh: eval_shape runs the init's constants eagerly, and these devices run nothing.
-    o_shard = state_lib.opt_shardings(tx, shapes, p_shard, mesh)
+    o_shard = state_lib.opt_shardings(tx, part(shapes), part(p_shard), mesh)
     params = abstract_like(shapes, p_shard)
-    opt_state = abstract_like(jax.eval_shape(tx.init, shapes), o_shard)
+    opt_state = abstract_like(jax.eval_shape(tx.init, part(shapes)), o_shard)
     batch, args = step_lib.abstract_batch(task, cfg, mesh)
-    ref = params if task.needs_reference(cfg) else None
+    ref = params if task.needs_reference(cfg) and not lora_cfg else None
     step_fn, _ = step_lib.jitted_step(cfg, task, graphdef, tx, mesh, p_shard, o_shard, ref is not None)
     with jax.set_mesh(mesh):
         return step_fn.lower(params, opt_state, batch, ref, args)

@@ -77,3 +77,18 @@ def test_a_step_that_does_not_fit_is_one_line_naming_the_shortfall_and_the_knobs
     assert main(["compile", *args, "--topology", "v5litepod-4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "GiB short" in err[0] and "model.remat=" in err[0], err
+
+
+def test_a_lora_step_compiles_with_optimizer_state_for_the_adapters_only():
+    mesh = make_mesh(load.load_config(TINY, SMALL).mesh, abstract_devices(parse_slice("v5p-8")))
+    args = {"full": aot.lower(aot.prepare(load.load_config(TINY, SMALL)), mesh).compile().memory_analysis().argument_size_in_bytes}
+    for base in ("param_dtype", "bfloat16", "nf4"):
+        cfg = aot.prepare(load.load_config(TINY, [*SMALL, "lora.rank=8", f"lora.base_dtype={base}", "lora.nf4_block=16"]))
+        compiled = aot.lower(cfg, mesh).compile()
+        (params_in, opt_in, _, _, _), _ = compiled.input_shardings
+        moments = _leaves(opt_in[-1].mu)
+        assert moments and all("_lora" in k for k in moments), base  # the frozen base gets no AdamW state
+        assert any("_lora" not in k for k in _leaves(params_in)), base
+        args[base] = compiled.memory_analysis().argument_size_in_bytes
+    # per chip: no moments for the base; then its floats in bf16, or its projections in 4 bits (embeddings stay f32)
+    assert max(args["nf4"], args["bfloat16"]) < args["param_dtype"] < args["full"] / 1.5, args
