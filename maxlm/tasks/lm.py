@@ -12,10 +12,9 @@ from maxlm.config import Config, TrainConfig
 from maxlm.losses.head import chunk_count, fused_next_token_loss
 from maxlm.losses.logprobs import next_targets, next_token_weights
 from maxlm.models.llama import causal_segment_mask
-from maxlm.models.moe import router_losses
 from maxlm.models.params import bind
 from maxlm.optim.update import Objective
-from maxlm.tasks.task import Task, file_data, gradient_step
+from maxlm.tasks.task import Task, file_data, gradient_step, with_router_losses
 
 
 def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = TrainConfig.loss_chunks,
@@ -34,12 +33,7 @@ def language_model(graphdef: nnx.GraphDef, z_loss: float, loss_chunks: int = Tra
         processed = jnp.sum(seg > 0).astype(jnp.float32)  # for throughput; count = trained
         count = jnp.sum(w)
         sums = {"loss_sum": nll, "z_loss_sum": z, "count": count, "tokens": processed}
-        if router:
-            # Per-batch means, weighted by the batch's count: accumulation and the step's division by count give their mean.
-            aux, rz = router_losses(router)
-            loss = loss + count * (router_aux * aux + router_z * rz)
-            sums |= {"router_aux_loss_sum": count * aux, "router_z_loss_sum": count * rz}
-        return loss, sums
+        return with_router_losses(loss, sums, router, router_aux, router_z)
 
     return objective
 

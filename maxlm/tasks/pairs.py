@@ -29,7 +29,7 @@ from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
 from maxlm.optim.update import Objective
 from maxlm.parallel.rules import RULES
-from maxlm.tasks.task import Task, file_data, gradient_step
+from maxlm.tasks.task import Task, file_data, gradient_step, with_router_losses
 
 
 def _flat_pairs(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -40,10 +40,14 @@ def _flat_pairs(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array
 
 def pair_rewards(graphdef: nnx.GraphDef, params, batch: dict, pooling: str = "last") -> jax.Array:
     """Returns the scalar head's reward of each completion (`rm.pooling` over its tokens), [B, 2] f32."""
+    return _rewards_and_router(graphdef, params, batch, pooling)[0]
+
+
+def _rewards_and_router(graphdef: nnx.GraphDef, params, batch: dict, pooling: str) -> tuple[jax.Array, dict]:
     tokens, seg, pos, mask = _flat_pairs(batch)
     model = bind(graphdef, params)
-    hidden, _ = model.hidden(tokens, pos, causal_segment_mask(seg), dropout_key=batch.get("dropout_key"))
-    return pool_scores(model.scores(hidden), seg, mask, pooling).reshape(-1, 2)
+    hidden, _, router = model.forward(tokens, pos, causal_segment_mask(seg), valid_BxT=seg > 0, dropout_key=batch.get("dropout_key"))
+    return pool_scores(model.scores(hidden), seg, mask, pooling).reshape(-1, 2), router
 
 
 def _pair_sums(batch: dict, loss_B, chosen_B, rejected_B, **extra) -> dict:
@@ -62,25 +66,31 @@ def _pair_sums(batch: dict, loss_B, chosen_B, rejected_B, **extra) -> dict:
     }
 
 
-def reward_model(graphdef: nnx.GraphDef, center_coef: float, pooling: str = "last") -> Objective:
-    """Returns the Bradley-Terry objective of a scalar-head reward model on pairs."""
+def reward_model(graphdef: nnx.GraphDef, center_coef: float, pooling: str = "last", router_aux: float = 0.0,
+                 router_z: float = 0.0) -> Objective:
+    """Returns the Bradley-Terry objective of a scalar-head reward model on pairs (an MoE's router losses added)."""
 
     def objective(params, batch, ref_params=None):
-        r = pair_rewards(graphdef, params, batch, pooling)
+        r, router = _rewards_and_router(graphdef, params, batch, pooling)
         loss = reward_loss(r[:, 0], r[:, 1], batch.get("margin"), center_coef)
         sums = _pair_sums(batch, loss, r[:, 0], r[:, 1])
-        return sums["loss_sum"], sums
+        return with_router_losses(sums["loss_sum"], sums, router, router_aux, router_z)
 
     return objective
 
 
 def completion_logps(graphdef: nnx.GraphDef, params, batch: dict) -> tuple[jax.Array, jax.Array]:
     """Returns (summed log-probs of each completion [B, 2], its token count [B, 2]), f32."""
+    return _logps_and_router(graphdef, params, batch)[:2]
+
+
+def _logps_and_router(graphdef: nnx.GraphDef, params, batch: dict) -> tuple[jax.Array, jax.Array, dict]:
     tokens, seg, pos, mask = _flat_pairs(batch)
-    logits = bind(graphdef, params)(tokens, seg, pos, dropout_key=batch.get("dropout_key"))
-    logp, _ = token_logprobs(logits, next_targets(tokens))
+    model = bind(graphdef, params)
+    hidden, _, router = model.forward(tokens, pos, causal_segment_mask(seg), valid_BxT=seg > 0, dropout_key=batch.get("dropout_key"))
+    logp, _ = token_logprobs(model.logits(hidden), next_targets(tokens))
     total, count = sequence_logps(logp, next_token_weights(seg, mask))
-    return total.reshape(-1, 2), count.reshape(-1, 2)
+    return total.reshape(-1, 2), count.reshape(-1, 2), router
 
 
 def preference(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
@@ -89,7 +99,7 @@ def preference(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
     d = cfg.dpo
 
     def objective(params, batch, ref_params=None):
-        logps, counts = completion_logps(graphdef, params, batch)
+        logps, counts, router = _logps_and_router(graphdef, params, batch)
         ref = None
         if "ref_logps" in batch:  # dpo.precompute_ref: scored once when the run started
             ref = batch["ref_logps"]
@@ -104,7 +114,7 @@ def preference(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
         )
         sums = _pair_sums(batch, out.loss_B, out.chosen_rewards_B, out.rejected_rewards_B,
                           chosen_logp=logps[:, 0], rejected_logp=logps[:, 1])
-        return sums["loss_sum"], sums
+        return with_router_losses(sums["loss_sum"], sums, router, cfg.model.router_aux_coef, cfg.model.router_z_coef)
 
     return objective
 
@@ -192,7 +202,7 @@ def _dpo_layout(cfg: Config) -> dict:
 
 
 def _rm_objective(graphdef: nnx.GraphDef, cfg: Config) -> Objective:
-    return reward_model(graphdef, cfg.rm.center_coef, cfg.rm.pooling)
+    return reward_model(graphdef, cfg.rm.center_coef, cfg.rm.pooling, cfg.model.router_aux_coef, cfg.model.router_z_coef)
 
 
 RM = Task(

@@ -19,6 +19,7 @@ from maxlm.data.examples import record_texts
 from maxlm.data.pipeline import Annotation, DataIterator, batch_layout, make_eval_batches, make_train_iterator
 from maxlm.data.sources import train_sources
 from maxlm.data.tokenizers import Tokenizer
+from maxlm.models.moe import router_losses
 from maxlm.optim.update import Objective, train_step
 from maxlm.parallel.rules import batch_rows
 
@@ -102,6 +103,20 @@ class TaskData:
     train: Batches
     evaluate: Callable[[Any, Callable], dict[str, float]] | None = None
     evaluate_start: bool = False
+
+
+def with_router_losses(loss, sums: dict, router: dict, aux_coef: float, z_coef: float) -> tuple[Any, dict]:
+    """Returns (loss, sums) with an MoE model's router losses added, weighted by `aux_coef` / `z_coef` and
+    reported as router_aux_loss / router_z_loss; unchanged for a dense model (`router` empty).
+
+    Each is the batch's mean times its `count`: the step divides the summed objective by the count,
+    which leaves the per-batch mean under gradient accumulation, whatever the task counts.
+    """
+    if not router:
+        return loss, sums
+    aux, rz = router_losses(router)
+    count = sums["count"]
+    return loss + count * (aux_coef * aux + z_coef * rz), sums | {"router_aux_loss_sum": count * aux, "router_z_loss_sum": count * rz}
 
 
 def held_out_means(score: Callable, params: Any, batches: list[dict]) -> dict[str, float]:

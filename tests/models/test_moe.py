@@ -100,3 +100,43 @@ def test_router_losses_are_added_with_their_coefficients():
     dense_graphdef, dense_shapes, _ = params_lib.abstract(dense)
     _, dense_sums = jax.eval_shape(language_model(dense_graphdef, 0.0), dense_shapes, _batch())
     assert sorted(dense_sums) == ["count", "loss_sum", "tokens", "z_loss_sum"]
+
+
+def _pair_batch(b=4, t=16):
+    rows = _batch(2 * b, t)
+    out = {k: v.reshape(b, 2, t) for k, v in rows.items()}
+    return out | {"pair_mask": jnp.ones((b,), jnp.float32)}
+
+
+def _rollout_batch(r=8, t=16):
+    rows = _batch(r, t)
+    w = np.asarray(rows["loss_mask"]) * (np.arange(t) >= 6)  # the completion: the last 10 positions
+    rng = np.random.default_rng(1)
+    return rows | {"loss_mask": jnp.asarray(w, jnp.float32), "loss_weights": jnp.asarray(w, jnp.float32),
+                   "advantages": jnp.asarray(rng.standard_normal((r, t)) * w, jnp.float32),
+                   "old_logp": jnp.full((r, t), -4.0, jnp.float32), "sample_logp": jnp.full((r, t), -4.0, jnp.float32)}
+
+
+@pytest.mark.parametrize("task", ["rm", "dpo", "grpo"])
+def test_every_task_adds_the_router_losses_with_their_coefficients(task):
+    from maxlm.config import Config
+    from maxlm.tasks import TASKS
+
+    def objective(aux, z):
+        model = dataclasses.replace(CFG, router_aux_coef=aux, router_z_coef=z, scalar_head=task == "rm")
+        graphdef, _, _ = params_lib.abstract(model)
+        return TASKS[task].objective(graphdef, Config(task=task, model=model))
+
+    model = dataclasses.replace(CFG, scalar_head=task == "rm")
+    params = params_lib.init(model, make_mesh(MeshConfig(data=1), jax.devices()[:1]), 0)
+    batch = _rollout_batch() if task == "grpo" else _pair_batch()
+    ref = params if task == "dpo" else None  # the reference's own router statistics are not trained
+    both = jax.jit(lambda p, b: (objective(0.0, 0.0)(p, b, ref), objective(0.5, 0.25)(p, b, ref)))
+    (plain, sums), (weighted, wsums) = both(params, batch)
+    assert float(sums["router_aux_loss_sum"]) / float(sums["count"]) > 1.0  # top-2 of 4: 2 when balanced
+    want = float(plain) + 0.5 * float(sums["router_aux_loss_sum"]) + 0.25 * float(sums["router_z_loss_sum"])
+    assert float(weighted) == pytest.approx(want, rel=1e-6) and float(weighted) > float(plain)
+    assert float(wsums["loss_sum"]) == pytest.approx(float(sums["loss_sum"]), rel=1e-6)  # the task's own loss, reported apart
+    # the router's gradient comes from the load-balancing term too
+    g0, g1 = (jax.grad(lambda p, c=c: objective(c, 0.0)(p, batch, ref)[0])(params)["layers"]["moe"]["router"] for c in (0.0, 0.5))
+    assert float(jnp.max(jnp.abs(g1 - g0))) > 0

@@ -17,11 +17,13 @@ from maxlm.losses.logprobs import next_targets, next_token_weights, token_logpro
 from maxlm.models.llama import causal_segment_mask
 from maxlm.models.params import bind
 from maxlm.optim.update import Objective
+from maxlm.tasks.task import with_router_losses
 
 
-def _policy_forward(graphdef: nnx.GraphDef, params, batch: dict, values: bool, temperature: float) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+def _policy_forward(graphdef: nnx.GraphDef, params, batch: dict, values: bool, temperature: float
+                    ) -> tuple[jax.Array, jax.Array, jax.Array | None, dict]:
     """Returns (log p of each next token [R, S] under softmax(logits / temperature), those logits [R, S, V],
-    value-head outputs [R, S] or None).
+    value-head outputs [R, S] or None, an MoE's router statistics over the rows' tokens ({} when dense)).
 
     The rollouts were drawn from softmax(logits / rl.temperature) (then the sampler's top-k / top-p
     filter, which this full softmax leaves out: rl.tis_cap weighs that gap), so the ratios, KL and
@@ -29,18 +31,20 @@ def _policy_forward(graphdef: nnx.GraphDef, params, batch: dict, values: bool, t
     warm-up) reads its values off a stop-gradient trunk: its value loss trains the head alone.
     """
     model = bind(graphdef, params)
-    hidden, _ = model.hidden(batch["tokens"], batch["positions"], causal_segment_mask(batch["segment_ids"]), dropout_key=batch.get("dropout_key"))
+    seg = batch["segment_ids"]
+    hidden, _, router = model.forward(batch["tokens"], batch["positions"], causal_segment_mask(seg), valid_BxT=seg > 0,
+                                      dropout_key=batch.get("dropout_key"))
     logits = model.logits(hidden) / temperature
     if values and "policy_on" in batch:
         hidden = jnp.where(batch["policy_on"][:, None, None] > 0, hidden, jax.lax.stop_gradient(hidden))
-    return token_logprobs(logits, next_targets(batch["tokens"]))[0], logits, model.scores(hidden) if values else None
+    return token_logprobs(logits, next_targets(batch["tokens"]))[0], logits, model.scores(hidden) if values else None, router
 
 
 def rollout_scores(graphdef: nnx.GraphDef, value_head: bool, params, batch: dict, ref_params=None, *, temperature: float) -> dict:
     """Returns what the behaviour policy (and the reference) say of a rollout batch, per next-token position:
     `old_logp` [R, S], `ref_logp` [R, S] (with ref_params) and, with a value head, its `old_values` [R, S];
     log-probs at the sampling temperature."""
-    logp, _, values = _policy_forward(graphdef, params, batch, value_head, temperature)
+    logp, _, values, _ = _policy_forward(graphdef, params, batch, value_head, temperature)
     out = {"old_logp": logp}
     if values is not None:
         out["old_values"] = values
@@ -68,7 +72,7 @@ def policy_gradient(graphdef: nnx.GraphDef, cfg: Config, value_head: bool) -> Ob
 
     def objective(params, batch, ref_params=None):
         w = next_token_weights(batch["segment_ids"], batch["loss_mask"])
-        logp, logits, values = _policy_forward(graphdef, params, batch, value_head, r.temperature)
+        logp, logits, values, router = _policy_forward(graphdef, params, batch, value_head, r.temperature)
         agg = batch["loss_weights"]
         sg = jax.lax.stop_gradient
         adv = batch["advantages"]
@@ -101,6 +105,6 @@ def policy_gradient(graphdef: nnx.GraphDef, cfg: Config, value_head: bool) -> Ob
             kl_sum = jnp.sum(rl.kl_penalty(logp, batch["ref_logp"], r.kl_estimator) * kl_w)
             loss = loss + r.kl_coef * kl_sum
         sums["loss_sum"] = loss
-        return loss, sums
+        return with_router_losses(loss, sums, router, cfg.model.router_aux_coef, cfg.model.router_z_coef)
 
     return objective
