@@ -89,7 +89,7 @@ class ModelConfig:
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     scan_layers: bool = True
     remat: Remat = "none"
-    attention: Literal["xla", "cudnn"] = "xla"
+    attention: Literal["xla", "cudnn", "splash"] = "xla"  # splash: the Pallas TPU kernel (interpret mode off a TPU)
     scalar_head: bool = False  # adds a [B, T] scalar output (reward / value models)
     init_std: float = ranged(0.02, ge=0)
 

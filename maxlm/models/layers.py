@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maxlm.config import LoraConfig, ModelConfig, RopeScalingConfig, head_dim
-from maxlm.models import quant
+from maxlm.models import quant, splash
 from maxlm.models.block_causal import block_causal_attention, masked_attention
 from maxlm.parallel.rules import constrain
 
@@ -242,7 +242,12 @@ class Attention(nnx.Module):
             # Slots, not positions: within a segment, and between a cache's valid slots, the two differ by the same.
             first = 0 if cache_index is None else cache_index
             mask_BxTxS = mask_BxTxS & sliding_window_mask(mask_BxTxS.shape[1], mask_BxTxS.shape[2], first, self.window)
-        if cache is None and self.impl == "xla":
+        if cache is None and self.impl == "splash" and splash.supported(mask_BxTxS.shape[1]):
+            def flash(window: int):
+                return splash.splash_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, full_BxTxS, window, self.scale, self.softcap)
+
+            out_BxTxNxH = jax.lax.cond(local, lambda: flash(self.window), lambda: flash(0)) if self.mixed else flash(self.window)
+        elif cache is None and self.impl in ("xla", "splash"):
             def attend(window: int, mask):
                 return block_causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, window, self.scale, self.softcap)
 
@@ -258,7 +263,7 @@ class Attention(nnx.Module):
                 out_BxTxNxH = masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, self.scale, self.softcap)
             else:
                 out_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None, :, :],
-                                                           scale=self.scale, implementation=self.impl)
+                                                           scale=self.scale, implementation="cudnn" if self.impl == "cudnn" else "xla")
         out = project(self, "o", out_BxTxNxH, n_in=2, dropout_key=dropout_key)
         return constrain(out, ("batch", "length", "act_embed")), cache
 

@@ -92,3 +92,18 @@ def test_a_lora_step_compiles_with_optimizer_state_for_the_adapters_only():
         args[base] = compiled.memory_analysis().argument_size_in_bytes
     # per chip: no moments for the base; then its floats in bf16, or its projections in 4 bits (embeddings stay f32)
     assert max(args["nf4"], args["bfloat16"]) < args["param_dtype"] < args["full"] / 1.5, args
+
+
+def test_splash_attention_compiles_into_the_step_and_stores_no_scores():
+    long = ["model.vocab_size=512", "data.seq_len=2048", "train.global_batch_size=8", "model.dtype=bfloat16", "model.max_seq_len=2048",
+            "mesh.data=2", "mesh.fsdp=1", "mesh.tensor=2"]
+    mesh = make_mesh(load.load_config(TINY, long).mesh, abstract_devices(parse_slice("v5p-8")))
+    temps = {}
+    for impl in ("xla", "splash"):
+        lowered = aot.lower(aot.prepare(load.load_config(TINY, [*long, f"model.attention={impl}"])), mesh)
+        # Mosaic kernels: the forward and the two backward ones (dq, dk/dv), in the scanned layer
+        assert lowered.as_text().count("tpu_custom_call") == (3 if impl == "splash" else 0), impl
+        temps[impl] = lowered.compile().memory_analysis().temp_size_in_bytes
+    print({k: f"{v / 2**20:.0f} MiB" for k, v in temps.items()})
+    # no [B, N, T, T] f32 scores kept for the backward pass: 2 rows x 2 heads x 2048² x 4 bytes = 64 MiB a layer
+    assert temps["splash"] < temps["xla"] - 64 * 2**20, temps
