@@ -38,8 +38,12 @@ def segment_ids(mask_BxTxT: jax.Array) -> jax.Array:
 @functools.lru_cache(maxsize=64)
 def _kernel(length: int, heads: int, window: int, cap: float, interpret: bool):
     """Returns the splash kernel over `heads` query heads of `length`-token rows: causal, within `window` keys when > 0."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as kernel_lib,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as mask_lib,
+    )
 
     one = mask_lib.LocalMask((length, length), (window - 1, 0), offset=0) if window else mask_lib.CausalMask((length, length))
     block = max(b for b in range(TILE, min(MAX_BLOCK, length) + 1, TILE) if length % b == 0)
@@ -57,7 +61,9 @@ def _targets_tpu() -> bool:
 
 
 def _attend(q_BxNxTxH, k_BxKxTxH, v_BxKxTxH, seg_BxT, window: int, cap: float):
-    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
+    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import (
+        SegmentIds,
+    )
 
     kernel = _kernel(q_BxNxTxH.shape[2], q_BxNxTxH.shape[1], window, cap, not _targets_tpu())
     return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=SegmentIds(s, s)))(q_BxNxTxH, k_BxKxTxH, v_BxKxTxH, seg_BxT)

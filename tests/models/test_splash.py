@@ -42,7 +42,7 @@ def _loss_and_grads(cfg, params, mesh):
         return jnp.sum(jnp.where(seg[..., None] > 0, hidden, 0.0) ** 2) / 1e3, hidden
 
     with jax.set_mesh(mesh):
-        (value, hidden), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        (_, hidden), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     return np.asarray(hidden), jax.tree.map(np.asarray, grads)
 
 
