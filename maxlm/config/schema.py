@@ -254,6 +254,7 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     expert: int = 1  # shards the experts of an MoE model (and, like data, the batch)
+    context: int = 1  # shards the sequence: each device holds T / context of every row's activations (context parallelism)
     tensor: int = 1
 
 
@@ -385,10 +386,14 @@ def validate(cfg: Config) -> None:
     if not cfg.train.init_from:  # else the model is init_from's, checked once read (train/state.py resolve_init_from)
         check_quantized_base(cfg)
     mesh = cfg.mesh
-    sizes = [mesh.data, mesh.fsdp, mesh.expert, mesh.tensor]
+    sizes = [mesh.data, mesh.fsdp, mesh.expert, mesh.context, mesh.tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise Inconsistent(f"mesh: at most one axis may be -1 and the others must be >= 1; got data={mesh.data} fsdp={mesh.fsdp} "
-                           f"expert={mesh.expert} tensor={mesh.tensor}", "mesh.data", "mesh.fsdp", "mesh.expert", "mesh.tensor")
+                           f"expert={mesh.expert} context={mesh.context} tensor={mesh.tensor}",
+                           "mesh.data", "mesh.fsdp", "mesh.expert", "mesh.context", "mesh.tensor")
+    if mesh.context > 1 and cfg.data.seq_len % mesh.context:
+        raise Inconsistent(f"mesh.context={mesh.context} must divide data.seq_len={cfg.data.seq_len} (each device holds an equal part of every row)",
+                           "mesh.context", "data.seq_len")
     _check_experts(m)
 
 

@@ -1,4 +1,4 @@
-"""The device mesh: data / fsdp / expert / tensor axes sized from the config."""
+"""The device mesh: data / fsdp / expert / context / tensor axes sized from the config."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from maxlm.config import MeshConfig
 from maxlm.errors import MaxlmError
 from maxlm.parallel.rules import RULES
 
-AXES = ("data", "fsdp", "expert", "tensor")
+AXES = ("data", "fsdp", "expert", "context", "tensor")
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
-    """Returns the (data, fsdp, expert, tensor) sizes with a -1 axis filled from `num_devices`."""
-    sizes = [cfg.data, cfg.fsdp, cfg.expert, cfg.tensor]
-    described = f"mesh data={cfg.data} fsdp={cfg.fsdp} expert={cfg.expert} tensor={cfg.tensor}"
+    """Returns the (data, fsdp, expert, context, tensor) sizes with a -1 axis filled from `num_devices`."""
+    sizes = [cfg.data, cfg.fsdp, cfg.expert, cfg.context, cfg.tensor]
+    described = f"mesh data={cfg.data} fsdp={cfg.fsdp} expert={cfg.expert} " + (f"context={cfg.context} " if cfg.context != 1 else "") + f"tensor={cfg.tensor}"
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:

@@ -19,7 +19,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "batch": ("data", "fsdp", "expert"),
     "expert": ("expert",),
     "router": (),
-    "length": (),
+    "length": ("context",),  # activations' sequence dim (context parallelism); attention gathers K/V whole
     "layers": (),
     "vocab": ("tensor",),
     "embed": ("fsdp",),
@@ -81,6 +81,12 @@ def per_data_shard(fn: Callable, n_split: int, *args: jax.Array) -> jax.Array:
         return fn(*args)
     specs = tuple(PartitionSpec(axes) if i < n_split else PartitionSpec() for i in range(len(args)))
     return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(axes), axis_names=set(axes))(*args)
+
+
+def axis_size(name: str) -> int:
+    """Returns the size of mesh axis `name` in the current mesh (1 outside one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else dict(mesh.shape).get(name, 1)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

@@ -73,7 +73,7 @@ def test_every_default_lies_in_its_range_and_every_numeric_field_states_one():
     check_ranges(Config())
     validate(Config())
     # the mesh's axes allow -1 (the remaining devices), a seed is any int
-    unranged = {"MeshConfig.data", "MeshConfig.fsdp", "MeshConfig.expert", "MeshConfig.tensor", "TrainConfig.seed"}
+    unranged = {"MeshConfig.data", "MeshConfig.fsdp", "MeshConfig.expert", "MeshConfig.context", "MeshConfig.tensor", "TrainConfig.seed"}
 
     def numeric_fields(cls):
         for f in dataclasses.fields(cls):

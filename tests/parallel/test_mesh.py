@@ -10,9 +10,10 @@ from maxlm.parallel.rules import logical_to_spec
 
 
 def test_fill_and_impossible_meshes():
-    assert mesh_shape(MeshConfig(data=-1, fsdp=4, tensor=2), 8) == (1, 4, 1, 2)
-    assert mesh_shape(MeshConfig(data=2, fsdp=-1, tensor=2), 8) == (2, 2, 1, 2)
-    assert mesh_shape(MeshConfig(data=-1, expert=4), 8) == (2, 1, 4, 1)
+    assert mesh_shape(MeshConfig(data=-1, fsdp=4, tensor=2), 8) == (1, 4, 1, 1, 2)
+    assert mesh_shape(MeshConfig(data=2, fsdp=-1, tensor=2), 8) == (2, 2, 1, 1, 2)
+    assert mesh_shape(MeshConfig(data=-1, expert=4), 8) == (2, 1, 4, 1, 1)
+    assert mesh_shape(MeshConfig(data=-1, context=4), 8) == (2, 1, 1, 4, 1)
     with pytest.raises(MaxlmError, match=r"mesh data=3 fsdp=1 expert=1 tensor=1 needs 3 devices but 8 are present"):
         mesh_shape(MeshConfig(data=3, fsdp=1, tensor=1), 8)
     with pytest.raises(MaxlmError, match="does not fit 8 devices"):
@@ -22,7 +23,7 @@ def test_fill_and_impossible_meshes():
 def test_make_mesh_uses_all_fake_devices():
     assert jax.device_count() == 8
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "expert": 1, "tensor": 2}
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "expert": 1, "context": 1, "tensor": 2}
 
 
 def test_rules_shard_and_drop_indivisible_axes():

@@ -65,7 +65,7 @@ def test_every_task_compiles_from_its_own_batch_layout(task):
 def test_report_estimates_the_step_and_mfu_against_the_v5p_peak(capsys):
     assert main(["compile", TINY, *SMALL, "--topology", "v5p-8"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["mesh"] == {"data": 4, "fsdp": 1, "expert": 1, "tensor": 1} and report["hbm_gib"] == 95.0
+    assert report["mesh"] == {"data": 4, "fsdp": 1, "expert": 1, "context": 1, "tensor": 1} and report["hbm_gib"] == 95.0
     # The unrolled extrapolation counts every layer: XLA's FLOPs are the model's 6·N·tokens plus a little (softmax, norms).
     assert 1.0 <= report["flops_per_step"] / report["model_flops_per_step"] < 1.3
     assert 0 < report["estimated_mfu"] < 1 and "459" in report["mfu_peak"]
