@@ -101,17 +101,22 @@ def test_maxlm_backend_matches_lm_evals_hf_model_on_the_export(run, tmp_path):
 
     ours = evaluate("maxlm", {"path": str(run), "batch_size": 4}, tasks)
     hf = evaluate("hf", hf_args, tasks)
-    for task in TASKS:
+    assert_same_figures(ours, hf, TASKS)
+    # rolling sums (hundreds of f32 token log-probs, down to -6000) within 1e-6 relative
+    np.testing.assert_allclose(np.ravel(responses(ours, "mx_ppl")), np.ravel(responses(hf, "mx_ppl")), rtol=1e-6)
+
+
+def assert_same_figures(ours: dict, hf: dict, tasks: list[str]) -> None:
+    """Asserts equal metrics, exact match 0.5, multiple-choice log-likelihoods within 1e-4 with the same greedy flags,
+    and the same generated strings."""
+    for task in tasks:
         for metric, value in hf["results"][task].items():
             if metric != "alias":
                 assert ours["results"][task][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, metric)
     assert ours["results"]["mx_gen"]["exact_match,none"] == 0.5
-    # Per request: multiple-choice log-likelihoods within 1e-4 and the same greedy flags; rolling sums (hundreds of
-    # f32 token log-probs, down to -6000) within 1e-6 relative; the same generated strings.
     for a, b in zip(responses(ours, "mx_mc"), responses(hf, "mx_mc")):
         np.testing.assert_allclose([ll for ll, _ in a], [ll for ll, _ in b], atol=1e-4)
         assert [g for _, g in a] == [g for _, g in b]
-    np.testing.assert_allclose(np.ravel(responses(ours, "mx_ppl")), np.ravel(responses(hf, "mx_ppl")), rtol=1e-6)
     assert responses(ours, "mx_gen") == responses(hf, "mx_gen")
 
 
@@ -145,10 +150,4 @@ def test_apply_chat_template_matches_lm_evals_hf_model_on_the_export(chat_run, t
         hf_args_seen = [s["arguments"] for s in sorted(hf["samples"][task], key=lambda s: s["doc_id"])]
         assert ours_args == hf_args_seen, task
         assert all("<|user|>" in str(a) for a in ours_args)
-        for metric, value in hf["results"][task].items():
-            if metric != "alias":
-                assert ours["results"][task][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, metric)
-    assert ours["results"]["mx_gen"]["exact_match,none"] == 0.5
-    for a, b in zip(responses(ours, "mx_mc"), responses(hf, "mx_mc")):
-        np.testing.assert_allclose([ll for ll, _ in a], [ll for ll, _ in b], atol=1e-4)
-    assert responses(ours, "mx_gen") == responses(hf, "mx_gen")
+    assert_same_figures(ours, hf, chat_tasks)
