@@ -17,6 +17,7 @@ from flax import nnx
 from maxlm.config import LoraConfig, ModelConfig, RopeScalingConfig, head_dim
 from maxlm.models import quant, splash
 from maxlm.models.block_causal import block_causal_attention, masked_attention
+from maxlm.models.ring import ring_attention
 from maxlm.parallel.rules import axis_size, constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -231,10 +232,8 @@ class Attention(nnx.Module):
         if self.qk_norm:
             q_BxTxNxH, k_BxTxKxH = self.q_norm(q_BxTxNxH), self.k_norm(k_BxTxKxH)
         q_BxTxNxH = constrain(apply_rope(q_BxTxNxH, positions_BxT, inv_freq), ("batch", "length", "act_heads", None))
-        # Keys and values whole along the sequence: under context parallelism each device's queries
-        # (its part of the rows) see every key, so K/V are all-gathered over `context` here.
-        k_BxSxKxH = constrain(apply_rope(k_BxTxKxH, positions_BxT, inv_freq), ("batch", None, "act_kv_heads", None))
-        v_BxSxKxH = constrain(v_BxTxKxH, ("batch", None, "act_kv_heads", None))
+        k_BxSxKxH = constrain(apply_rope(k_BxTxKxH, positions_BxT, inv_freq), ("batch", "length", "act_kv_heads", None))
+        v_BxSxKxH = constrain(v_BxTxKxH, ("batch", "length", "act_kv_heads", None))
         if cache is not None:
             write = lambda c, x_BxTxKxH: jax.lax.dynamic_update_slice_in_dim(c, jnp.transpose(x_BxTxKxH, (0, 2, 3, 1)).astype(c.dtype), cache_index, axis=3)
             cache = KVCache(write(cache.k, k_BxSxKxH), write(cache.v, v_BxSxKxH))
@@ -245,7 +244,12 @@ class Attention(nnx.Module):
             first = 0 if cache_index is None else cache_index
             mask_BxTxS = mask_BxTxS & sliding_window_mask(mask_BxTxS.shape[1], mask_BxTxS.shape[2], first, self.window)
         whole_rows = cache is None and axis_size("context") == 1  # else each device holds a part of the queries
-        if whole_rows and self.impl == "splash" and splash.supported(mask_BxTxS.shape[1]):
+        if cache is None and not whole_rows:
+            def ring(window: int):
+                return ring_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, full_BxTxS, window, self.scale, self.softcap)
+
+            out_BxTxNxH = jax.lax.cond(local, lambda: ring(self.window), lambda: ring(0)) if self.mixed else ring(self.window)
+        elif whole_rows and self.impl == "splash" and splash.supported(mask_BxTxS.shape[1]):
             def flash(window: int):
                 return splash.splash_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, full_BxTxS, window, self.scale, self.softcap)
 

@@ -1,0 +1,82 @@
+"""Ring attention for context parallelism (`mesh.context` > 1): each device holds a contiguous part
+of every row's positions; its queries attend to the key/value blocks as they travel around the
+ring of `context` devices (one `ppermute` a step), with an online softmax, so no device ever holds
+the whole row's keys, values or scores.
+
+Causal: the blocks of later positions are skipped (a `cond` per step: no work, only the pass-on),
+which leaves the first device idle most of the ring; balancing that (each device taking a part from
+the start and one from the end of the row) is not done. Segments are read off the causal segment
+mask as in splash.py (each query's first visible key), so packed rows and padding attend as the
+mask says; a sliding window and Gemma's soft-cap are applied to the scores.
+
+Letters: B batch, C positions per device, N query heads, K key/value heads, G = N / K, H head dim.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from maxlm.models.block_causal import softcap
+from maxlm.models.splash import segment_ids
+from maxlm.parallel.rules import logical_to_spec
+
+AXIS = "context"
+HIDDEN = -1e30  # a masked score: finite, so a block a query cannot see leaves its running max in place
+
+
+def _ring(q_BxCxNxH, k_BxCxKxH, v_BxCxKxH, seg_BxC, window: int, scale: float, cap: float, devices: int):
+    b, c, n, h = q_BxCxNxH.shape
+    kh = k_BxCxKxH.shape[2]
+    me = jax.lax.axis_index(AXIS)
+    q_BxKxGxCxH = jnp.transpose(q_BxCxNxH.reshape(b, c, kh, n // kh, h), (0, 2, 3, 1, 4)).astype(jnp.float32) * scale
+    q_slots = me * c + jnp.arange(c)
+    shift = [(i, (i + 1) % devices) for i in range(devices)]
+
+    def visit(carry, step):
+        o, m, l, k, v, seg_k = carry
+        src = (me - step) % devices  # whose block this device holds at this step
+
+        def attend(o, m, l):
+            k_slots = src * c + jnp.arange(c)
+            keep_CxC = q_slots[:, None] >= k_slots[None, :]
+            if window:
+                keep_CxC &= q_slots[:, None] - k_slots[None, :] < window
+            keep = (keep_CxC[None] & (seg_BxC[:, :, None] == seg_k[:, None, :]))[:, None, None]
+            s = softcap(jnp.einsum("bkgch,bskh->bkgcs", q_BxKxGxCxH, k.astype(jnp.float32)), cap)
+            s = jnp.where(keep, s, HIDDEN)
+            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+            p = jnp.where(keep, jnp.exp(s - m_new[..., None]), 0.0)
+            corr = jnp.exp(m - m_new)
+            return (o * corr[..., None] + jnp.einsum("bkgcs,bskh->bkgch", p, v.astype(jnp.float32)), m_new,
+                    l * corr + jnp.sum(p, axis=-1))
+
+        # a block of later positions holds no key these queries may see
+        o, m, l = jax.lax.cond(src <= me, attend, lambda o, m, l: (o, m, l), o, m, l)
+        k, v, seg_k = (jax.lax.ppermute(x, AXIS, shift) for x in (k, v, seg_k))
+        return (o, m, l, k, v, seg_k), None
+
+    start = (jnp.zeros(q_BxKxGxCxH.shape, jnp.float32), jnp.full(q_BxKxGxCxH.shape[:-1], HIDDEN, jnp.float32),
+             jnp.zeros(q_BxKxGxCxH.shape[:-1], jnp.float32), k_BxCxKxH, v_BxCxKxH, seg_BxC)
+    (o, _, l, *_), _ = jax.lax.scan(visit, start, jnp.arange(devices))
+    out = o / l[..., None]  # every query sees at least itself
+    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, c, n, h).astype(q_BxCxNxH.dtype)
+
+
+def ring_attention(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, mask_BxTxT: jax.Array,
+                   window: int, scale: float, cap: float = 0.0) -> jax.Array:
+    """Returns softmax(softcap(q·kᵀ·scale, cap))·v [B, T, N, H] within the causal segment mask (and the last `window`
+    keys when > 0), the positions split over the mesh's `context` axis and the key/value blocks passed around it."""
+    mesh = jax.sharding.get_abstract_mesh()
+    shape = dict(mesh.shape)
+    batch = logical_to_spec(("batch",), q_BxTxNxH.shape[:1], shape)[0]
+    q_heads = logical_to_spec(("act_heads",), q_BxTxNxH.shape[2:3], shape)[0]
+    kv_heads = logical_to_spec(("act_kv_heads",), k_BxTxKxH.shape[2:3], shape)[0]
+    heads = q_heads if q_heads == kv_heads else None  # a device's queries need their whole GQA groups
+    x_spec, seg_spec = PartitionSpec(batch, AXIS, heads, None), PartitionSpec(batch, AXIS)
+    ring = functools.partial(_ring, window=window, scale=scale, cap=float(cap), devices=shape[AXIS])
+    return jax.shard_map(ring, mesh=mesh, in_specs=(x_spec, x_spec, x_spec, seg_spec), out_specs=x_spec,
+                         check_vma=False)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids(mask_BxTxT))
