@@ -24,9 +24,9 @@ from typing import Any
 import jax
 
 from maxlm.ckpt.manager import abstract_like
-from maxlm.config import Config
+from maxlm.config import Config, head_dim
 from maxlm.errors import MaxlmError
-from maxlm.models import lora
+from maxlm.models import lora, splash
 from maxlm.models import params as params_lib
 from maxlm.parallel.mesh import make_mesh
 from maxlm.parallel.topology import Slice, abstract_devices, parse_slice
@@ -200,6 +200,24 @@ def compile_step(cfg: Config, topology: str, slices: int = 1, cost: bool = True,
     return report | {"compile_seconds": round(time.perf_counter() - t0, 1)}
 
 
+def kernel_flops(cfg: Config, shape: tuple[int, ...]) -> float:
+    """Returns the FLOPs of the step's splash kernels over the slice, which XLA's cost model cannot see into.
+
+    Per row and layer, 2·T·S·N·H a pass over the keys a query sees (S: (T + 1) / 2 causal, at most the
+    window on sliding layers): 2 passes forward, 5 backward (scores again, dP, dV, dQ, dK), 2 more when
+    remat recomputes the forward.
+    """
+    m = cfg.model
+    length, rows = shape[-1], math.prod(shape[:-1])
+    if m.attention != "splash" or not splash.supported(length):
+        return 0.0
+    causal = (length + 1) / 2
+    local = m.num_layers - m.num_layers // m.global_every if m.sliding_window and m.global_every else (m.num_layers if m.sliding_window else 0)
+    keys = (m.num_layers - local) * causal + local * min(causal, m.sliding_window)
+    passes = 7 + (2 if m.remat != "none" else 0)
+    return passes * 2.0 * length * keys * m.num_heads * head_dim(m) * rows
+
+
 def estimate(cfg: Config, s: Slice, mesh) -> dict[str, Any]:
     """Returns the step's FLOPs, estimated seconds and MFU (model FLOPs: metrics.train_flops_per_token x tokens)."""
     c = step_cost(cfg, mesh)
@@ -209,8 +227,12 @@ def estimate(cfg: Config, s: Slice, mesh) -> dict[str, Any]:
     seconds, source = (c.seconds, "xla optimal_seconds") if c.seconds > 0 else (roofline, "roofline: max(flops/peak, HBM bytes/bandwidth), no communication")
     shape, _ = TASKS[cfg.task].batch_layout(cfg)["tokens"]
     model_flops = metrics_lib.train_flops_per_token(cfg.model, shape[-1]) * math.prod(shape)
+    kernels = kernel_flops(cfg, shape)
+    if kernels:  # at the chip's peak: a lower bound on their time, so the MFU below is an upper bound
+        seconds += kernels / chips / peak
+        source += " + splash kernels' FLOPs at the bf16 peak (opaque to XLA's cost model)"
     return {
-        "flops_per_step": c.flops * chips,  # XLA's count over the slice (rematerialized work included)
+        "flops_per_step": c.flops * chips + kernels,  # XLA's count over the slice (rematerialized work included)
         "model_flops_per_step": model_flops,
         "estimated_step_seconds": float(f"{seconds:.4g}"), "estimate": source,
         "estimated_mfu": round(model_flops / (chips * peak * seconds), 3),

@@ -107,3 +107,16 @@ def test_splash_attention_compiles_into_the_step_and_stores_no_scores():
     print({k: f"{v / 2**20:.0f} MiB" for k, v in temps.items()})
     # no [B, N, T, T] f32 scores kept for the backward pass: 2 rows x 2 heads x 2048² x 4 bytes = 64 MiB a layer
     assert temps["splash"] < temps["xla"] - 64 * 2**20, temps
+
+
+def test_splash_kernels_flops_join_the_estimate(capsys):
+    # XLA's cost model cannot see into the Mosaic kernels: their FLOPs are added at the peak and the estimate says so
+    assert main(["compile", TINY, *SMALL, "data.seq_len=256", "model.attention=splash", "--topology", "v5p-8"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "splash kernels" in report["estimate"]
+    cfg = aot.prepare(load.load_config(TINY, [*SMALL, "data.seq_len=256", "model.attention=splash"]))
+    # 7 passes (2 forward, 5 backward) over the causal half of the keys, 2 layers, 4 heads of 16, 8 rows
+    kernels = aot.kernel_flops(cfg, (8, 256))
+    assert kernels == 7 * 2 * 256 * (2 * 128.5) * 4 * 16 * 8
+    # the model count takes attention over all T keys (PaLM's), the kernels only the causal half: a bit below it
+    assert report["flops_per_step"] > kernels and 0.7 < report["flops_per_step"] / report["model_flops_per_step"] < 1.3
