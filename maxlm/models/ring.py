@@ -3,11 +3,12 @@ of every row's positions; its queries attend to the key/value blocks as they tra
 ring of `context` devices (one `ppermute` a step), with an online softmax, so no device ever holds
 the whole row's keys, values or scores.
 
-Causal: the blocks of later positions are skipped (a `cond` per step: no work, only the pass-on),
-which leaves the first device idle most of the ring; balancing that (each device taking a part from
-the start and one from the end of the row) is not done. Segments are read off the causal segment
-mask as in splash.py (each query's first visible key), so packed rows and padding attend as the
-mask says; a sliding window and Gemma's soft-cap are applied to the scores.
+Causal load balancing: before the ring, the positions are reordered so that device i holds part i
+and part 2·context - 1 - i of the row's 2·context equal parts (and the output is put back after),
+so every device has the same share of keys to attend to; a block whose keys all lie after its
+queries is skipped (a `cond` per step: no work, only the pass-on). Segments are read off the
+causal segment mask as in splash.py (each query's first visible key), so packed rows and padding
+attend as the mask says; a sliding window and Gemma's soft-cap are applied to the scores.
 
 Letters: B batch, C positions per device, N query heads, K key/value heads, G = N / K, H head dim.
 """
@@ -18,6 +19,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec
 
 from maxlm.models.block_causal import softcap
@@ -28,20 +30,23 @@ AXIS = "context"
 HIDDEN = -1e30  # a masked score: finite, so a block a query cannot see leaves its running max in place
 
 
-def _ring(q_BxCxNxH, k_BxCxKxH, v_BxCxKxH, seg_BxC, window: int, scale: float, cap: float, devices: int):
+def balanced_order(length: int, devices: int) -> np.ndarray:
+    """Returns the position order that gives device i parts i and 2·devices - 1 - i of 2·devices equal parts."""
+    parts = np.arange(length).reshape(2 * devices, -1)
+    return np.concatenate([np.concatenate([parts[i], parts[2 * devices - 1 - i]]) for i in range(devices)])
+
+
+def _ring(q_BxCxNxH, k_BxCxKxH, v_BxCxKxH, seg_BxC, slots_C, window: int, scale: float, cap: float, devices: int):
     b, c, n, h = q_BxCxNxH.shape
     kh = k_BxCxKxH.shape[2]
-    me = jax.lax.axis_index(AXIS)
     q_BxKxGxCxH = jnp.transpose(q_BxCxNxH.reshape(b, c, kh, n // kh, h), (0, 2, 3, 1, 4)).astype(jnp.float32) * scale
-    q_slots = me * c + jnp.arange(c)
+    q_slots = slots_C
     shift = [(i, (i + 1) % devices) for i in range(devices)]
 
     def visit(carry, step):
-        o, m, l, k, v, seg_k = carry
-        src = (me - step) % devices  # whose block this device holds at this step
+        o, m, l, k, v, seg_k, k_slots = carry
 
         def attend(o, m, l):
-            k_slots = src * c + jnp.arange(c)
             keep_CxC = q_slots[:, None] >= k_slots[None, :]
             if window:
                 keep_CxC &= q_slots[:, None] - k_slots[None, :] < window
@@ -54,13 +59,13 @@ def _ring(q_BxCxNxH, k_BxCxKxH, v_BxCxKxH, seg_BxC, window: int, scale: float, c
             return (o * corr[..., None] + jnp.einsum("bkgcs,bskh->bkgch", p, v.astype(jnp.float32)), m_new,
                     l * corr + jnp.sum(p, axis=-1))
 
-        # a block of later positions holds no key these queries may see
-        o, m, l = jax.lax.cond(src <= me, attend, lambda o, m, l: (o, m, l), o, m, l)
-        k, v, seg_k = (jax.lax.ppermute(x, AXIS, shift) for x in (k, v, seg_k))
-        return (o, m, l, k, v, seg_k), None
+        # a block whose keys all come after these queries holds nothing they may see
+        o, m, l = jax.lax.cond(jnp.min(k_slots) <= jnp.max(q_slots), attend, lambda o, m, l: (o, m, l), o, m, l)
+        k, v, seg_k, k_slots = (jax.lax.ppermute(x, AXIS, shift) for x in (k, v, seg_k, k_slots))
+        return (o, m, l, k, v, seg_k, k_slots), None
 
     start = (jnp.zeros(q_BxKxGxCxH.shape, jnp.float32), jnp.full(q_BxKxGxCxH.shape[:-1], HIDDEN, jnp.float32),
-             jnp.zeros(q_BxKxGxCxH.shape[:-1], jnp.float32), k_BxCxKxH, v_BxCxKxH, seg_BxC)
+             jnp.zeros(q_BxKxGxCxH.shape[:-1], jnp.float32), k_BxCxKxH, v_BxCxKxH, seg_BxC, slots_C)
     (o, _, l, *_), _ = jax.lax.scan(visit, start, jnp.arange(devices))
     out = o / l[..., None]  # every query sees at least itself
     return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, c, n, h).astype(q_BxCxNxH.dtype)
@@ -77,6 +82,10 @@ def ring_attention(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Ar
     kv_heads = logical_to_spec(("act_kv_heads",), k_BxTxKxH.shape[2:3], shape)[0]
     heads = q_heads if q_heads == kv_heads else None  # a device's queries need their whole GQA groups
     x_spec, seg_spec = PartitionSpec(batch, AXIS, heads, None), PartitionSpec(batch, AXIS)
-    ring = functools.partial(_ring, window=window, scale=scale, cap=float(cap), devices=shape[AXIS])
-    return jax.shard_map(ring, mesh=mesh, in_specs=(x_spec, x_spec, x_spec, seg_spec), out_specs=x_spec,
-                         check_vma=False)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids(mask_BxTxT))
+    devices, length = shape[AXIS], q_BxTxNxH.shape[1]
+    ring = functools.partial(_ring, window=window, scale=scale, cap=float(cap), devices=devices)
+    order = balanced_order(length, devices) if length % (2 * devices) == 0 else np.arange(length)
+    q, k, v, seg = (jnp.take(x, order, axis=1) for x in (q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids(mask_BxTxT)))
+    out = jax.shard_map(ring, mesh=mesh, in_specs=(x_spec, x_spec, x_spec, seg_spec, PartitionSpec(AXIS)), out_specs=x_spec,
+                        check_vma=False)(q, k, v, seg, jnp.asarray(order, jnp.int32))
+    return jnp.take(out, np.argsort(order), axis=1)

@@ -73,3 +73,12 @@ def test_activations_are_split_along_the_sequence():
         hidden = jax.jit(lambda p, t, pos, s: params_lib.bind(graphdef, p).hidden(t, pos, causal_segment_mask(s))[0])(
             params, b["tokens"], b["positions"], b["segment_ids"])
     assert hidden.sharding.shard_shape(hidden.shape)[:2] == (8 // 2, 64 // 4)  # rows over data, positions over context
+
+
+def test_the_balanced_order_gives_every_device_the_same_causal_work():
+    from maxlm.models.ring import balanced_order
+
+    order = balanced_order(64, 4)
+    assert sorted(order) == list(range(64))
+    work = [int(np.sum(part + 1)) for part in order.reshape(4, -1)]  # keys each device's queries see
+    assert len(set(work)) == 1, work
