@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from maxlm.errors import MaxlmError
 from maxlm.parallel.rules import logical_to_spec
 
 TILE = 128  # the kernel's lane width: lengths and blocks are multiples of it
@@ -54,10 +55,14 @@ def _kernel(length: int, heads: int, window: int, cap: float, interpret: bool):
 
 
 def _targets_tpu() -> bool:
-    """Returns whether the step is built for TPUs: the mesh's devices (abstract ones too, for `maxlm compile`), else the backend."""
+    """Returns whether the step is built for TPUs (the mesh's devices, abstract ones too for `maxlm compile`, else the
+    backend); False on CPU (interpret mode); MaxlmError on a GPU, where interpreting the kernel would crawl."""
     mesh = jax.sharding.get_abstract_mesh()
     device = None if mesh.empty else getattr(mesh, "abstract_device", None)
-    return (device.platform if device is not None else jax.default_backend()) == "tpu"
+    platform = device.platform if device is not None else jax.default_backend()
+    if platform not in ("tpu", "cpu"):
+        raise MaxlmError(f"model.attention splash is a TPU kernel; on {platform} use model.attention cudnn (or xla)")
+    return platform == "tpu"
 
 
 def _attend(q_BxNxTxH, k_BxKxTxH, v_BxKxTxH, seg_BxT, window: int, cap: float):
