@@ -28,6 +28,7 @@ from maxlm.parallel.rules import logical_to_spec
 
 AXIS = "context"
 HIDDEN = -1e30  # a masked score: finite, so a block a query cannot see leaves its running max in place
+QUERY_BLOCK = 1024  # queries scored at a time: a [block, C] tile of scores per head, never [C, C]
 
 
 def balanced_order(length: int, devices: int) -> np.ndarray:
@@ -36,39 +37,48 @@ def balanced_order(length: int, devices: int) -> np.ndarray:
     return np.concatenate([np.concatenate([parts[i], parts[2 * devices - 1 - i]]) for i in range(devices)])
 
 
+def _update(o, m, l, q, q_slots, seg_q, k, v, seg_k, k_slots, window: int, cap: float):
+    """Returns the running (output, max, sum) of one block of queries after attending to one key/value block."""
+    keep_QxC = q_slots[:, None] >= k_slots[None, :]
+    if window:
+        keep_QxC &= q_slots[:, None] - k_slots[None, :] < window
+    keep = (keep_QxC[None] & (seg_q[:, :, None] == seg_k[:, None, :]))[:, None, None]
+    s = softcap(jnp.einsum("bkgqh,bskh->bkgqs", q, k.astype(jnp.float32)), cap)
+    s = jnp.where(keep, s, HIDDEN)
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    p = jnp.where(keep, jnp.exp(s - m_new[..., None]), 0.0)
+    corr = jnp.exp(m - m_new)
+    return o * corr[..., None] + jnp.einsum("bkgqs,bskh->bkgqh", p, v.astype(jnp.float32)), m_new, l * corr + jnp.sum(p, axis=-1)
+
+
 def _ring(q_BxCxNxH, k_BxCxKxH, v_BxCxKxH, seg_BxC, slots_C, window: int, scale: float, cap: float, devices: int):
     b, c, n, h = q_BxCxNxH.shape
     kh = k_BxCxKxH.shape[2]
-    q_BxKxGxCxH = jnp.transpose(q_BxCxNxH.reshape(b, c, kh, n // kh, h), (0, 2, 3, 1, 4)).astype(jnp.float32) * scale
-    q_slots = slots_C
+    block = max(d for d in range(1, min(c, QUERY_BLOCK) + 1) if c % d == 0)
+    nq = c // block
+    # Query blocks lead: [nq, B, K, G, block, H]; each block's scores are recomputed in the backward pass, not stored.
+    q = jnp.transpose(q_BxCxNxH.reshape(b, nq, block, kh, n // kh, h), (1, 0, 3, 4, 2, 5)).astype(jnp.float32) * scale
+    q_slots, seg_q = slots_C.reshape(nq, block), jnp.transpose(seg_BxC.reshape(b, nq, block), (1, 0, 2))
+    update = jax.checkpoint(functools.partial(_update, window=window, cap=cap))
     shift = [(i, (i + 1) % devices) for i in range(devices)]
 
     def visit(carry, step):
         o, m, l, k, v, seg_k, k_slots = carry
 
         def attend(o, m, l):
-            keep_CxC = q_slots[:, None] >= k_slots[None, :]
-            if window:
-                keep_CxC &= q_slots[:, None] - k_slots[None, :] < window
-            keep = (keep_CxC[None] & (seg_BxC[:, :, None] == seg_k[:, None, :]))[:, None, None]
-            s = softcap(jnp.einsum("bkgch,bskh->bkgcs", q_BxKxGxCxH, k.astype(jnp.float32)), cap)
-            s = jnp.where(keep, s, HIDDEN)
-            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-            p = jnp.where(keep, jnp.exp(s - m_new[..., None]), 0.0)
-            corr = jnp.exp(m - m_new)
-            return (o * corr[..., None] + jnp.einsum("bkgcs,bskh->bkgch", p, v.astype(jnp.float32)), m_new,
-                    l * corr + jnp.sum(p, axis=-1))
+            return jax.lax.map(lambda x: update(*x, k, v, seg_k, k_slots), (o, m, l, q, q_slots, seg_q))
 
         # a block whose keys all come after these queries holds nothing they may see
-        o, m, l = jax.lax.cond(jnp.min(k_slots) <= jnp.max(q_slots), attend, lambda o, m, l: (o, m, l), o, m, l)
+        o, m, l = jax.lax.cond(jnp.min(k_slots) <= jnp.max(slots_C), attend, lambda o, m, l: (o, m, l), o, m, l)
         k, v, seg_k, k_slots = (jax.lax.ppermute(x, AXIS, shift) for x in (k, v, seg_k, k_slots))
         return (o, m, l, k, v, seg_k, k_slots), None
 
-    start = (jnp.zeros(q_BxKxGxCxH.shape, jnp.float32), jnp.full(q_BxKxGxCxH.shape[:-1], HIDDEN, jnp.float32),
-             jnp.zeros(q_BxKxGxCxH.shape[:-1], jnp.float32), k_BxCxKxH, v_BxCxKxH, seg_BxC, slots_C)
+    stats = q.shape[:-1]
+    start = (jnp.zeros(q.shape, jnp.float32), jnp.full(stats, HIDDEN, jnp.float32), jnp.zeros(stats, jnp.float32),
+             k_BxCxKxH, v_BxCxKxH, seg_BxC, slots_C)
     (o, _, l, *_), _ = jax.lax.scan(visit, start, jnp.arange(devices))
     out = o / l[..., None]  # every query sees at least itself
-    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, c, n, h).astype(q_BxCxNxH.dtype)
+    return jnp.transpose(out, (1, 0, 4, 2, 3, 5)).reshape(b, c, n, h).astype(q_BxCxNxH.dtype)
 
 
 def ring_attention(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, mask_BxTxT: jax.Array,

@@ -38,7 +38,10 @@ def _batch(b=8, t=64):
 
 
 @pytest.mark.parametrize("cfg", [LLAMA, GEMMA2], ids=["llama", "gemma2"])
-def test_same_losses_on_1_device_and_context_meshes(cfg):
+def test_same_losses_on_1_device_and_context_meshes(cfg, monkeypatch):
+    from maxlm.models import ring
+
+    monkeypatch.setattr(ring, "QUERY_BLOCK", 8)  # several query blocks per device, as at long lengths
     tc = TrainConfig(steps=10, warmup_steps=0, learning_rate=1e-2)
     tx = optim.optimizer(tc)
     graphdef, _, _ = params_lib.abstract(cfg)
