@@ -1,0 +1,201 @@
+"""tools/launch/slurm.py: bad input fails before a file is written; on a real one-node Slurm cluster
+(slurm-wlm + munge, started by the test) a two-process run is cancelled after a checkpoint, saves on
+SIGTERM, and the resubmitted job resumes and finishes with every step once."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from tiny_run import write_tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCH = REPO / "tools" / "launch" / "slurm.py"
+CONFIG = REPO / "configs" / "quickstart.yaml"
+SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scancel", "scontrol")
+
+
+def slurm_py(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs tools/launch/slurm.py from the repository root with this checkout's maxlm."""
+    env = dict(env or os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, str(LAUNCH), *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+
+
+def test_the_script_runs_one_task_per_gpu_and_requeues(tmp_path):
+    out = tmp_path / "run.sbatch"
+    r = slurm_py(str(CONFIG), "train.steps=7", "--nodes", "4", "--gpus-per-node", "8", "--partition", "gpu",
+                 "--time", "2-00:00:00", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu",
+                 "#SBATCH --time=2-00:00:00", "#SBATCH --signal=B:USR1@300", "#SBATCH --requeue", f"#SBATCH --chdir={REPO}"):
+        assert line in text.splitlines(), (line, text)
+    assert f"srun --kill-on-bad-exit=1 {sys.executable} -m maxlm.cli train {CONFIG} train.steps=7 &" in text
+    assert "JAX_LOCAL_DEVICE_IDS" not in text
+    # One task driving all 4 GPUs of its node: JAX would otherwise give it GPU 0 alone.
+    r = slurm_py(str(CONFIG), "--nodes", "1", "--gpus-per-node", "4", "--tasks-per-node", "1", "--out", str(out), "--force")
+    assert r.returncode == 0, r.stderr
+    assert "export JAX_LOCAL_DEVICE_IDS=0,1,2,3" in out.read_text() and "--signal" not in out.read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train.stepz=3"], "unknown key train.stepz; did you mean train.steps?"),
+    (["--nodes", "0"], "--nodes 0: must be >= 1"),
+    (["--time", "1:2:3:4"], "--time '1:2:3:4': expected minutes"),
+    (["--time", "4"], "--requeue-before 300s: must be shorter than --time 4"),
+    (["--partition", "gpu;rm"], "--partition 'gpu;rm': use letters"),
+    (["--tasks-per-node", "3"], "--tasks-per-node 3 with --gpus-per-node 2"),
+    (["steps"], "override 'steps': expected key=value"),
+])
+def test_bad_input_is_one_error_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "run.sbatch"
+    r = slurm_py(str(CONFIG), "--nodes", "1", "--gpus-per-node", "2", "--out", str(out), *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_script_is_kept_without_force(tmp_path):
+    out = tmp_path / "run.sbatch"
+    out.write_text("mine\n")
+    r = slurm_py(str(CONFIG), "--nodes", "1", "--gpus-per-node", "1", "--out", str(out))
+    assert r.returncode == 2 and "exists; pass --force" in r.stderr
+    assert out.read_text() == "mine\n"
+    assert slurm_py(str(CONFIG), "--nodes", "1", "--gpus-per-node", "1", "--out", str(out), "--force").returncode == 0
+    assert out.read_text().startswith("#!/bin/bash") and [p.name for p in tmp_path.iterdir()] == ["run.sbatch"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slurm_conf(root: Path, host: str, cpus: int) -> str:
+    user = getpass.getuser()
+    return "\n".join([
+        "ClusterName=maxlmtest", f"SlurmctldHost={host}(127.0.0.1)",
+        f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+        "AuthType=auth/munge", f"AuthInfo=socket={root}/munge.sock", "CredType=cred/munge",
+        f"SlurmUser={user}", f"SlurmdUser={user}",
+        f"StateSaveLocation={root}/state", f"SlurmdSpoolDir={root}/spool",
+        f"SlurmctldPidFile={root}/slurmctld.pid", f"SlurmdPidFile={root}/slurmd.pid",
+        f"SlurmctldLogFile={root}/slurmctld.log", f"SlurmdLogFile={root}/slurmd.log",
+        f"PlugStackConfig={root}/plugstack.conf",
+        # no cgroups: the test may run in a container
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+        "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU", "SlurmdParameters=config_overrides",
+        "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
+        "MpiDefault=none", "ReturnToService=2", "MailProg=/bin/true", "MinJobAge=600",
+        "KillWait=30",  # SIGTERM to SIGKILL: time for the tasks to save
+        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN",
+        f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+    ]) + "\n"
+
+
+@pytest.fixture
+def slurm_cluster():
+    """Yields the environment (SLURM_CONF) of a one-node Slurm cluster of this machine, started here and stopped after."""
+    missing = [b for b in SLURM_BINARIES if not shutil.which(b)]
+    if missing:
+        pytest.skip(f"Slurm is not installed (no {', '.join(missing)}): apt-get install -y slurm-wlm munge")
+    root = Path(tempfile.mkdtemp(prefix="maxlm-slurm-"))  # short: munge's socket path must fit a sockaddr_un
+    for d in ("state", "spool"):
+        (root / d).mkdir()
+    (root / "plugstack.conf").write_text("")
+    key = root / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    conf.write_text(_slurm_conf(root, host, max(2, os.cpu_count() or 1)))
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    log = open(root / "daemons.log", "w")
+    daemons = [subprocess.Popen(["munged", "-F", "-f", f"--socket={root}/munge.sock", f"--key-file={key}",
+                                 f"--pid-file={root}/munged.pid", f"--seed-file={root}/munged.seed", f"--log-file={root}/munged.log"],
+                                stdout=log, stderr=subprocess.STDOUT)]
+    try:
+        _wait(lambda: (root / "munge.sock").exists(), 10, "munged did not start", root)
+        daemons.append(subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT, env=env))
+        daemons.append(subprocess.Popen(["slurmd", "-D", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT, env=env))
+        _wait(lambda: _sinfo(env) == "idle", 30, "the node did not come up idle", root)
+        yield env
+    finally:
+        subprocess.run(["scancel", "--full", "--user", getpass.getuser()], env=env, capture_output=True)
+        for d in reversed(daemons):
+            d.terminate()
+            try:
+                d.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                d.kill()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _sinfo(env: dict) -> str:
+    r = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def _wait(ready, seconds: float, what: str, root: Path | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > deadline:
+            logs = "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(root.glob("*.log"))) if root else ""
+            raise AssertionError(what + logs)
+        time.sleep(0.5)
+
+
+def _job_state(jid: str, env: dict) -> str:
+    r = subprocess.run(["scontrol", "show", "job", jid], env=env, capture_output=True, text=True)
+    return next((w.split("=", 1)[1] for w in r.stdout.split() if w.startswith("JobState=")), "UNKNOWN")
+
+
+def _saved_steps(run: Path) -> list[int]:
+    ckpts = run / "checkpoints"
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+
+
+@pytest.mark.slow
+def test_a_cancelled_slurm_job_saves_and_its_resubmission_resumes(tmp_path, shared_data, slurm_cluster):
+    env = slurm_cluster
+    config = write_tiny_config(tmp_path, shared_data, train={"steps": 100000}, checkpoint={"interval_steps": 20})
+    out = tmp_path / "tiny.sbatch"
+
+    def submit(*overrides: str) -> tuple[str, Path]:
+        r = slurm_py(str(config), *overrides, "--nodes", "1", "--gpus-per-node", "0", "--tasks-per-node", "2",
+                     "--cpu-devices", "2", "--out", str(out), "--force", "--submit", env=env)
+        assert r.returncode == 0 and r.stdout.strip().isdigit(), r.stdout + r.stderr
+        jid = r.stdout.strip()
+        return jid, tmp_path / f"tiny-{jid}.out"
+
+    def log_of(path: Path) -> str:
+        return path.read_text() if path.exists() else "(no log)"
+
+    first, first_log = submit()
+    _wait(lambda: _saved_steps(tmp_path / "run") or _job_state(first, env) not in ("PENDING", "RUNNING"), 150,
+          "no checkpoint was written", None)
+    assert _job_state(first, env) == "RUNNING", log_of(first_log)
+    subprocess.run(["scancel", first], env=env, check=True)
+    _wait(lambda: _job_state(first, env) not in ("RUNNING", "COMPLETING"), 60, "the cancelled job did not end")
+    text = log_of(first_log)
+    saved = _saved_steps(tmp_path / "run")[-1]
+    assert f"SIGTERM: saved step {saved}" in text, text  # saved on SIGTERM, not killed
+
+    second, second_log = submit(f"train.steps={saved + 3}")
+    _wait(lambda: _job_state(second, env) not in ("PENDING", "RUNNING", "COMPLETING"), 150, "the resubmitted job did not end")
+    text = log_of(second_log)
+    assert _job_state(second, env) == "COMPLETED", text
+    assert "resumed from " in text and f"checkpoints/{saved}\n" in text, text
+    assert "4 cpu devices" in text  # two tasks of 2 fake devices each, one jax.distributed run
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, saved + 4))
+    assert _saved_steps(tmp_path / "run")[-1] == saved + 3
