@@ -1,10 +1,15 @@
 """Two JAX processes on one machine, started by tools/launch/local.py and wired by jax.distributed
 from the environment: pretraining and GRPO train and resume (process 0 trains the tokenizer), and
-the sampler's rows do not depend on how processes split the batch."""
+the sampler's rows do not depend on how processes split the batch; a SIGTERM that reaches one
+process stops both before one step."""
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +53,43 @@ def test_two_processes_train_and_resume(tmp_path, shared_data):
     steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert {p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()} >= {"4", "6"}
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_one_process_stops_both_at_one_step(tmp_path, shared_data):
+    # A scheduler's signals reach the hosts at different moments: here only process 1 gets one. Both
+    # must stop before the same step and save it, or the other would wait in a collective forever.
+    path = write_tiny_config(tmp_path, shared_data, train={"steps": 100000}, checkpoint={"interval_steps": 10})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs, logs = [], [tmp_path / f"p{i}.log" for i in range(2)]
+    for i in range(2):
+        env = dict(os.environ, MAXLM_COORDINATOR=f"127.0.0.1:{port}", MAXLM_NUM_PROCESSES="2", MAXLM_PROCESS_ID=str(i),
+                   JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        with open(logs[i], "w") as out:
+            procs.append(subprocess.Popen([sys.executable, "-m", "maxlm.cli", "train", str(path)], stdout=out,
+                                          stderr=subprocess.STDOUT, env=env, cwd=REPO))
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "run" / "checkpoints" / "10").is_dir():
+            assert time.monotonic() < deadline and None in [p.poll() for p in procs], "".join(l.read_text() for l in logs)
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    outs = [l.read_text() for l in logs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    saved = [int(out.split("SIGTERM: saved step ")[1].split()[0]) for out in outs]
+    assert saved[0] == saved[1] >= 10, outs
+    for out in launch_two(path, f"train.steps={saved[0] + 2}"):
+        assert f"resumed from {tmp_path / 'run' / 'checkpoints'}/{saved[0]}" in out
+    steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, saved[0] + 3))
 
 
 SAMPLE = """
