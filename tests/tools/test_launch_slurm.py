@@ -1,6 +1,6 @@
 """tools/launch/slurm.py: bad input fails before a file is written; on a real one-node Slurm cluster
-(slurm-wlm + munge, started by the test) a two-process run is cancelled after a checkpoint, saves on
-SIGTERM, and the resubmitted job resumes and finishes with every step once."""
+(slurm-wlm + munge, started by the test) a two-process run is requeued (the time-limit path) and
+cancelled, saving on SIGTERM each time, and the resubmitted job resumes and finishes with every step once."""
 
 from __future__ import annotations
 
@@ -146,6 +146,7 @@ def _sinfo(env: dict) -> str:
 
 
 def _wait(ready, seconds: float, what: str, root: Path | None = None) -> None:
+    """Returns once ready() is true; raises AssertionError naming `what` (and the daemons' logs under root) after `seconds`."""
     deadline = time.monotonic() + seconds
     while not ready():
         if time.monotonic() > deadline:
@@ -165,8 +166,9 @@ def _saved_steps(run: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_cancelled_slurm_job_saves_and_its_resubmission_resumes(tmp_path, shared_data, slurm_cluster):
+def test_a_requeued_and_a_cancelled_slurm_job_save_and_resume(tmp_path, shared_data, slurm_cluster):
     env = slurm_cluster
+    run = tmp_path / "run"
     config = write_tiny_config(tmp_path, shared_data, train={"steps": 100000}, checkpoint={"interval_steps": 20})
     out = tmp_path / "tiny.sbatch"
 
@@ -180,22 +182,36 @@ def test_a_cancelled_slurm_job_saves_and_its_resubmission_resumes(tmp_path, shar
     def log_of(path: Path) -> str:
         return path.read_text() if path.exists() else "(no log)"
 
-    first, first_log = submit()
-    _wait(lambda: _saved_steps(tmp_path / "run") or _job_state(first, env) not in ("PENDING", "RUNNING"), 150,
-          "no checkpoint was written", None)
-    assert _job_state(first, env) == "RUNNING", log_of(first_log)
-    subprocess.run(["scancel", first], env=env, check=True)
-    _wait(lambda: _job_state(first, env) not in ("RUNNING", "COMPLETING"), 60, "the cancelled job did not end")
-    text = log_of(first_log)
-    saved = _saved_steps(tmp_path / "run")[-1]
-    assert f"SIGTERM: saved step {saved}" in text, text  # saved on SIGTERM, not killed
+    def state(jid: str) -> str:
+        return _job_state(jid, env)
 
-    second, second_log = submit(f"train.steps={saved + 3}")
-    _wait(lambda: _job_state(second, env) not in ("PENDING", "RUNNING", "COMPLETING"), 150, "the resubmitted job did not end")
-    text = log_of(second_log)
-    assert _job_state(second, env) == "COMPLETED", text
-    assert "resumed from " in text and f"checkpoints/{saved}\n" in text, text
+    job, log = submit()
+    _wait(lambda: _saved_steps(run) or state(job) not in ("PENDING", "RUNNING"), 150, "no checkpoint was written")
+    assert state(job) == "RUNNING", log_of(log)
+
+    # Near --time, Slurm sends the batch shell USR1 (--signal=B:USR1@S); its trap requeues the job: the
+    # tasks get SIGTERM, save, and the same job starts again (restart 1, appending to its log).
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True)
+    _wait(lambda: "SIGTERM: saved step" in log_of(log) and state(job) == "PENDING", 60, "the job was not requeued")
+    requeued = _saved_steps(run)[-1]
+    assert "time limit near: requeueing" in log_of(log) and f"SIGTERM: saved step {requeued}" in log_of(log), log_of(log)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)  # skip the requeue's hold-off
+    _wait(lambda: _saved_steps(run)[-1] > requeued or state(job) not in ("PENDING", "RUNNING"), 150, "the requeued job made no checkpoint")
+    text = log_of(log)
+    assert state(job) == "RUNNING" and "(restart 1)" in text and f"checkpoints/{requeued}\n" in text.split("(restart 1)")[1], text
+
+    # scancel: SIGTERM, a save, and the job ends; submitting the script again resumes it.
+    subprocess.run(["scancel", job], env=env, check=True)
+    _wait(lambda: state(job) not in ("RUNNING", "COMPLETING"), 60, "the cancelled job did not end")
+    cancelled = _saved_steps(run)[-1]
+    assert cancelled > requeued and f"SIGTERM: saved step {cancelled}" in log_of(log), log_of(log)
+
+    job, log = submit(f"train.steps={cancelled + 3}")
+    _wait(lambda: state(job) not in ("PENDING", "RUNNING", "COMPLETING"), 150, "the resubmitted job did not end")
+    text = log_of(log)
+    assert state(job) == "COMPLETED", text
+    assert "resumed from " in text and f"checkpoints/{cancelled}\n" in text, text
     assert "4 cpu devices" in text  # two tasks of 2 fake devices each, one jax.distributed run
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, saved + 4))
-    assert _saved_steps(tmp_path / "run")[-1] == saved + 3
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, cancelled + 4))
+    assert _saved_steps(run)[-1] == cancelled + 3
