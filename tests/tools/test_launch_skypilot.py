@@ -18,7 +18,7 @@ LAUNCH = REPO / "tools" / "launch" / "skypilot.py"
 
 def skypilot(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(LAUNCH), *args], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120, check=False)
 
 
 def _write(tmp_path: Path, *args: str) -> Path:

@@ -27,7 +27,7 @@ SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scancel", 
 def slurm_py(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs tools/launch/slurm.py from the repository root with this checkout's maxlm."""
     env = dict(env or os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, str(LAUNCH), *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    return subprocess.run([sys.executable, str(LAUNCH), *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120, check=False)
 
 
 def test_the_script_runs_one_task_per_gpu_and_requeues(tmp_path):
@@ -118,30 +118,37 @@ def slurm_cluster():
     conf = root / "slurm.conf"
     conf.write_text(_slurm_conf(root, host, max(2, os.cpu_count() or 1)))
     env = dict(os.environ, SLURM_CONF=str(conf))
-    log = open(root / "daemons.log", "w")
-    daemons = [subprocess.Popen(["munged", "-F", "-f", f"--socket={root}/munge.sock", f"--key-file={key}",
-                                 f"--pid-file={root}/munged.pid", f"--seed-file={root}/munged.seed", f"--log-file={root}/munged.log"],
-                                stdout=log, stderr=subprocess.STDOUT)]
-    try:
-        _wait(lambda: (root / "munge.sock").exists(), 10, "munged did not start", root)
-        daemons.append(subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT, env=env))
-        daemons.append(subprocess.Popen(["slurmd", "-D", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT, env=env))
-        _wait(lambda: _sinfo(env) == "idle", 30, "the node did not come up idle", root)
-        yield env
-    finally:
-        subprocess.run(["scancel", "--full", "--user", getpass.getuser()], env=env, capture_output=True)
-        for d in reversed(daemons):
-            d.terminate()
-            try:
-                d.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                d.kill()
-        log.close()
+    with open(root / "daemons.log", "w") as log:
+        daemons = [subprocess.Popen(["munged", "-F", "-f", f"--socket={root}/munge.sock", f"--key-file={key}", f"--pid-file={root}/munged.pid",
+                                     f"--seed-file={root}/munged.seed", f"--log-file={root}/munged.log"], stdout=log, stderr=subprocess.STDOUT)]
+        try:
+            _wait(lambda: (root / "munge.sock").exists(), 10, "munged did not start", root)
+            for daemon in (["slurmctld", "-D", "-i"], ["slurmd", "-D"]):
+                daemons.append(subprocess.Popen([*daemon, "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT, env=env))
+            _wait(lambda: _sinfo(env) == "idle", 30, "the node did not come up idle", root)
+            yield env
+        finally:
+            # a job left by a failed test: its tasks save and exit before the daemons that watch them go
+            subprocess.run(["scancel", "--full", "--user", getpass.getuser()], env=env, capture_output=True, check=False)
+            deadline = time.monotonic() + 45
+            while _squeue(env) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            for d in reversed(daemons):
+                d.terminate()
+                try:
+                    d.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    d.kill()
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _squeue(env: dict) -> str:
+    r = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True, check=False)
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
 def _sinfo(env: dict) -> str:
-    r = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
+    r = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, check=False)
     return r.stdout.strip()
 
 
@@ -156,7 +163,7 @@ def _wait(ready, seconds: float, what: str, root: Path | None = None) -> None:
 
 
 def _job_state(jid: str, env: dict) -> str:
-    r = subprocess.run(["scontrol", "show", "job", jid], env=env, capture_output=True, text=True)
+    r = subprocess.run(["scontrol", "show", "job", jid], env=env, capture_output=True, text=True, check=False)
     return next((w.split("=", 1)[1] for w in r.stdout.split() if w.startswith("JobState=")), "UNKNOWN")
 
 

@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 import yaml
+from train_command import add_config_args, check_name, shell_line, train_argv, write_new
 
 from maxlm.config import load_config
 from maxlm.errors import MaxlmError
-from train_command import add_config_args, check_name, shell_line, train_argv, write_new
 
 _ACCELERATORS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(:[1-9]\d*)?")  # H100:8, A100-80GB:8, L4, tpu-v5p-8
 _BUCKET = re.compile(r"(gs|s3|r2|cos|oci)://[a-z0-9][a-z0-9._-]*(/[^\s]*)?")

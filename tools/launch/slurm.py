@@ -26,8 +26,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from maxlm.errors import MaxlmError
 from train_command import add_config_args, check_name, shell_line, train_argv, write_new
+
+from maxlm.errors import MaxlmError
 
 # Slurm's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
 _TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
@@ -74,7 +75,7 @@ def render(a: argparse.Namespace, train: list[str]) -> str:
     }
     lines = ["#!/bin/bash", f"# Written by tools/launch/slurm.py; `sbatch {out.name}` submits it again (resuming the run)."]
     lines += [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={v}" for k, v in directives.items() if v is not None]
-    lines += ["set -u", f'echo "maxlm: job $SLURM_JOB_ID (restart ${{SLURM_RESTART_COUNT:-0}}) on $SLURM_JOB_NODELIST"']
+    lines += ["set -u", 'echo "maxlm: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"']
     if tasks == 1 and a.gpus_per_node > 1:  # JAX would give the one task only GPU 0 (its SLURM_LOCALID)
         lines.append(f"export JAX_LOCAL_DEVICE_IDS={','.join(map(str, range(a.gpus_per_node)))}")
     if a.cpu_devices:  # a rehearsal on CPU nodes: K fake devices per task
@@ -118,7 +119,7 @@ def submit(script: Path) -> str:
     """Returns the job id that `sbatch script` printed; raises MaxlmError when sbatch is missing or refuses."""
     if not shutil.which("sbatch"):
         raise MaxlmError(f"--submit: no sbatch on PATH; the script is at {script}, submit it where Slurm is installed")
-    run = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    run = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
     if run.returncode:
         raise MaxlmError(f"sbatch {script} failed ({run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
     return run.stdout.strip().split(";")[0]  # --parsable prints "id" or "id;cluster"

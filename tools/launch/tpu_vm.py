@@ -19,9 +19,10 @@ import shlex
 import subprocess
 import sys
 
+from train_command import add_config_args, check_name, shell_line, train_argv
+
 from maxlm.errors import MaxlmError
 from maxlm.parallel.topology import parse_slice
-from train_command import add_config_args, check_name, shell_line, train_argv
 
 # xpk workloads are Kubernetes JobSet names: lower case, digits and '-', at most 40 characters.
 _WORKLOAD = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(shell_line(cmd))
         return 0
     try:
-        return subprocess.run(cmd).returncode
+        return subprocess.run(cmd, check=False).returncode
     except FileNotFoundError:
         print(f"error: --run: no {cmd[0]} on PATH; run the printed command where it is installed", file=sys.stderr)
         return 2
