@@ -28,16 +28,17 @@ from maxlm.train.trackers import open_trackers
 class Preemption:
     """Turns SIGTERM into a stop the loop checks before each step.
 
-    One process: its own handler sets the flag. Several: JAX's preemption service (which holds SIGTERM
-    from jax.distributed.initialize on) gives every process the same step to stop before, whichever
-    of them got the signal and when: a process that stopped a step earlier than the others would
-    leave them waiting in that step's collectives, and itself in the checkpoint's, until Slurm's
-    KillWait (or the cloud's grace period) ran out and the save was lost.
+    One process: its own handler sets the flag. Several, wired by jax.distributed: JAX's preemption
+    service (which holds SIGTERM from jax.distributed.initialize on) gives every process the same step
+    to stop before, whichever of them got the signal and when: a process that stopped a step earlier
+    than the others would leave them waiting in that step's collectives, and itself in the
+    checkpoint's, until Slurm's KillWait (or the cloud's grace period) ran out and the save was lost.
     """
 
     def __init__(self):
         self.requested = False
-        self._shared = jax.process_count() > 1
+        # A TPU pod's processes can also run without jax.distributed (and its service): they keep the handler.
+        self._shared = jax.process_count() > 1 and jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service
         self._old = None if self._shared else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, *_):
