@@ -104,7 +104,9 @@ def _slurm_conf(root: Path, host: str, cpus: int) -> str:
 @pytest.fixture
 def slurm_cluster():
     """Yields the environment (SLURM_CONF) of a one-node Slurm cluster of this machine, started here and stopped after."""
-    missing = [b for b in SLURM_BINARIES if not shutil.which(b)]
+    sbin = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"  # the daemons live there, off a non-root PATH
+    found = {b: shutil.which(b, path=sbin) for b in SLURM_BINARIES}
+    missing = [b for b, path in found.items() if not path]
     if missing:
         pytest.skip(f"Slurm is not installed (no {', '.join(missing)}): apt-get install -y slurm-wlm munge")
     root = Path(tempfile.mkdtemp(prefix="maxlm-slurm-"))  # short: munge's socket path must fit a sockaddr_un
@@ -119,11 +121,12 @@ def slurm_cluster():
     conf.write_text(_slurm_conf(root, host, max(2, os.cpu_count() or 1)))
     env = dict(os.environ, SLURM_CONF=str(conf))
     with open(root / "daemons.log", "w") as log:
-        daemons = [subprocess.Popen(["munged", "-F", "-f", f"--socket={root}/munge.sock", f"--key-file={key}", f"--pid-file={root}/munged.pid",
-                                     f"--seed-file={root}/munged.seed", f"--log-file={root}/munged.log"], stdout=log, stderr=subprocess.STDOUT)]
+        munged = [found["munged"], "-F", "-f", f"--socket={root}/munge.sock", f"--key-file={key}", f"--pid-file={root}/munged.pid",
+                  f"--seed-file={root}/munged.seed", f"--log-file={root}/munged.log"]
+        daemons = [subprocess.Popen(munged, stdout=log, stderr=subprocess.STDOUT)]
         try:
             _wait(lambda: (root / "munge.sock").exists(), 10, "munged did not start", root)
-            for daemon in (["slurmctld", "-D", "-i"], ["slurmd", "-D"]):
+            for daemon in ([found["slurmctld"], "-D", "-i"], [found["slurmd"], "-D"]):
                 daemons.append(subprocess.Popen([*daemon, "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT, env=env))
             _wait(lambda: _sinfo(env) == "idle", 30, "the node did not come up idle", root)
             yield env
