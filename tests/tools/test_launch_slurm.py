@@ -63,6 +63,13 @@ def test_bad_input_is_one_error_and_writes_nothing(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_submit_without_sbatch_writes_nothing(tmp_path):
+    r = slurm_py(str(CONFIG), "--nodes", "1", "--gpus-per-node", "1", "--out", str(tmp_path / "run.sbatch"), "--submit",
+                 env=dict(os.environ, PATH=str(tmp_path)))
+    assert r.returncode == 2 and "--submit: no sbatch on PATH" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_existing_script_is_kept_without_force(tmp_path):
     out = tmp_path / "run.sbatch"
     out.write_text("mine\n")

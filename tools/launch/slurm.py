@@ -111,14 +111,14 @@ def check(a: argparse.Namespace) -> None:
         check_name(a.partition, "--partition")
     if a.time and a.requeue_before >= time_seconds(a.time):
         raise MaxlmError(f"--requeue-before {a.requeue_before}s: must be shorter than --time {a.time}")
+    if a.submit and not shutil.which("sbatch"):
+        raise MaxlmError("--submit: no sbatch on PATH; run this where Slurm is installed, or drop --submit to only write the script")
     if not Path(a.python).is_file():
         raise MaxlmError(f"--python {a.python}: no such file")
 
 
 def submit(script: Path) -> str:
-    """Returns the job id that `sbatch script` printed; raises MaxlmError when sbatch is missing or refuses."""
-    if not shutil.which("sbatch"):
-        raise MaxlmError(f"--submit: no sbatch on PATH; the script is at {script}, submit it where Slurm is installed")
+    """Returns the job id that `sbatch script` printed; raises MaxlmError when sbatch refuses it."""
     run = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
     if run.returncode:
         raise MaxlmError(f"sbatch {script} failed ({run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
