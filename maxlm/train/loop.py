@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from maxlm.config import to_dict
@@ -25,18 +26,34 @@ from maxlm.train.trackers import open_trackers
 
 
 class Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps."""
+    """Turns SIGTERM into a stop the loop checks before each step.
+
+    One process: its own handler sets the flag. Several, wired by jax.distributed: JAX's preemption
+    service (which holds SIGTERM from jax.distributed.initialize on) gives every process the same step
+    to stop before, whichever of them got the signal and when: a process that stopped a step earlier
+    than the others would leave them waiting in that step's collectives, and itself in the
+    checkpoint's, until Slurm's KillWait (or the cloud's grace period) ran out and the save was lost.
+    """
 
     def __init__(self):
         self.requested = False
-        self._old = signal.signal(signal.SIGTERM, self._handle)
+        # A TPU pod's processes can also run without jax.distributed (and its service): they keep the handler.
+        self._shared = jax.process_count() > 1 and jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service
+        self._old = None if self._shared else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, *_):
         self.requested = True
 
+    def stops_before(self, step: int) -> bool:
+        """Returns whether the loop stops before dispatching `step`; every process asks at every step."""
+        if self._shared and not self.requested:
+            self.requested = multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
     def restore(self):
-        """Puts back the SIGTERM handler that was there before."""
-        signal.signal(signal.SIGTERM, self._old)
+        """Puts back the SIGTERM handler that was there before (one process; JAX's service keeps its own)."""
+        if not self._shared:
+            signal.signal(signal.SIGTERM, self._old)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +189,7 @@ def run_loop(loop: Loop, preemption: Preemption, log=print) -> None:
         if r.data.evaluate and r.data.evaluate_start and cfg.train.eval_every and r.state.step == 0:
             loop.writer.write(loop.evaluate(0))
         for step in range(r.state.step + 1, cfg.train.steps + 1):
-            if preemption.requested:
+            if preemption.stops_before(step):
                 break
             dispatched = loop.dispatch(step)
             if pending:

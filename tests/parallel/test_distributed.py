@@ -1,11 +1,16 @@
 """Several JAX processes on one machine, started by tools/launch/local.py and wired by jax.distributed
 from the environment: pretraining trains the losses of one process on the same devices and resumes
-with another process count (process 0 trains the tokenizer), GRPO trains and resumes, and the
-sampler's rows do not depend on how processes split the batch."""
+with another process count (process 0 trains the tokenizer), GRPO trains and resumes, the
+sampler's rows do not depend on how processes split the batch, and a SIGTERM that reaches one
+process stops both before one step."""
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +63,43 @@ def test_processes_train_one_process_losses_and_resume_with_another_count(tmp_pa
     # One process with the same 8 devices (this one), uninterrupted, on the same tokenizer: the same losses.
     one = train(load_config(path, [f"run_dir={tmp_path / 'one'}", "train.steps=6", "sample.prompts=[]", "export.hf_dir="]), log=lambda *_: None)
     np.testing.assert_allclose([r["loss"] for r in rows], [one.losses[s] for s in range(1, 7)], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_one_process_stops_both_at_one_step(tmp_path, shared_data):
+    # A scheduler's signals reach the hosts at different moments: here only process 1 gets one. Both
+    # must stop before the same step and save it, or the other would wait in a collective forever.
+    path = write_tiny_config(tmp_path, shared_data, train={"steps": 100000}, checkpoint={"interval_steps": 10})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs, logs = [], [tmp_path / f"p{i}.log" for i in range(2)]
+    for i in range(2):
+        env = dict(os.environ, MAXLM_COORDINATOR=f"127.0.0.1:{port}", MAXLM_NUM_PROCESSES="2", MAXLM_PROCESS_ID=str(i),
+                   JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        with open(logs[i], "w") as out:
+            procs.append(subprocess.Popen([sys.executable, "-m", "maxlm.cli", "train", str(path)], stdout=out,
+                                          stderr=subprocess.STDOUT, env=env, cwd=REPO))
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "run" / "checkpoints" / "10").is_dir():
+            assert time.monotonic() < deadline and None in [p.poll() for p in procs], "".join(l.read_text() for l in logs)
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    outs = [l.read_text() for l in logs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    saved = [int(out.split("SIGTERM: saved step ")[1].split()[0]) for out in outs]
+    assert saved[0] == saved[1] >= 10, outs
+    for out in launch_two(path, f"train.steps={saved[0] + 2}"):
+        assert f"resumed from {tmp_path / 'run' / 'checkpoints'}/{saved[0]}" in out
+    steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, saved[0] + 3))
 
 
 SAMPLE = """

@@ -10,7 +10,7 @@ process saves a checkpoint and exits); when one process fails the others are sto
 would wait for it forever at the next collective. Exits with the first non-zero status, else 0.
 
 One process already drives every GPU of a host; across hosts, JAX reads SLURM / Open MPI / Cloud
-TPU environments itself, so `srun maxlm train ...` needs no launcher.
+TPU environments itself. slurm.py, tpu_vm.py and skypilot.py beside this file start a run on those clusters.
 """
 
 from __future__ import annotations
