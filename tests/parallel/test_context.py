@@ -48,7 +48,9 @@ def test_same_losses_on_1_device_and_context_meshes(cfg, monkeypatch):
     params0 = params_lib.init(cfg, make_mesh(MeshConfig(data=1), jax.devices()[:1]), 0)
     step = update.train_step(language_model(graphdef, 0.0), tx, tc)
     got = {}
-    for name, mc in MESHES.items():
+    # Gemma 2's switches on the widest ring only: how the mesh is split is the llama runs' check
+    meshes = MESHES if cfg is LLAMA else {k: MESHES[k] for k in ("1 device", "data2 x context4")}
+    for name, mc in meshes.items():
         mesh = make_mesh(mc, jax.devices()[:1] if name == "1 device" else None)
         params = jax.device_put(params0, params_lib.shardings(cfg, mesh))
         batch = jax.device_put(_batch(), NamedSharding(mesh, PartitionSpec(RULES["batch"])))

@@ -95,7 +95,7 @@ def test_a_lora_step_compiles_with_optimizer_state_for_the_adapters_only():
 
 
 def test_splash_attention_compiles_into_the_step_and_stores_no_scores():
-    long = ["model.vocab_size=512", "data.seq_len=2048", "train.global_batch_size=8", "model.dtype=bfloat16", "model.max_seq_len=2048",
+    long = ["model.vocab_size=512", "data.seq_len=1024", "train.global_batch_size=8", "model.dtype=bfloat16", "model.max_seq_len=1024",
             "mesh.data=2", "mesh.fsdp=1", "mesh.tensor=2"]
     mesh = make_mesh(load.load_config(TINY, long).mesh, abstract_devices(parse_slice("v5p-8")))
     temps = {}
@@ -105,8 +105,8 @@ def test_splash_attention_compiles_into_the_step_and_stores_no_scores():
         assert lowered.as_text().count("tpu_custom_call") == (3 if impl == "splash" else 0), impl
         temps[impl] = lowered.compile().memory_analysis().temp_size_in_bytes
     print({k: f"{v / 2**20:.0f} MiB" for k, v in temps.items()})
-    # no [B, N, T, T] f32 scores kept for the backward pass: 2 rows x 2 heads x 2048² x 4 bytes = 64 MiB a layer
-    assert temps["splash"] < temps["xla"] - 64 * 2**20, temps
+    # no [B, N, T, T] f32 scores kept for the backward pass: 4 rows x 2 heads x 1024² x 4 bytes = 32 MiB a layer
+    assert temps["splash"] < temps["xla"] - 32 * 2**20, temps
 
 
 def test_splash_kernels_flops_join_the_estimate(capsys):
