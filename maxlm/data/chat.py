@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ class Special(str):
 
 BOS, EOS = Special("<s>"), Special("</s>")
 SPECIAL_TEXT = (BOS, EOS)  # how render_chat shows them
+_SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(p) for p in SPECIAL_TEXT) + ")")
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,18 @@ def _encode(tokenizer: Tokenizer, runs: Segments) -> tuple[list[int], list[int]]
         ids += new
         mask += [int(trained)] * len(new)
     return ids, mask
+
+
+def encode_rendered(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Returns the ids of text as render_chat shows a conversation: its <s> / </s> pieces as the BOS / EOS ids,
+    the text between them encoded whole (as an HF tokenizer reads its special tokens)."""
+    ids = []
+    for part in _SPECIAL_SPLIT.split(text):
+        if part in SPECIAL_TEXT:
+            ids.append(_special_id(tokenizer, BOS if part == BOS else EOS))
+        else:
+            ids += _encode_text(tokenizer, part)
+    return ids
 
 
 def _encode_text(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,7 +45,6 @@ except ImportError:
     raise MaxlmError("lm-evaluation-harness is not installed: pip install 'maxlm[eval]'") from None
 
 DEFAULT_MAX_GEN_TOKS = 256  # as lm-eval's hf model
-SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(p) for p in chat.SPECIAL_TEXT) + ")")
 log = logging.getLogger(__name__)
 
 
@@ -123,13 +121,7 @@ class MaxlmLM(TemplateLM):
         """
         tok = self.model.tokenizer
         if self.chat:
-            ids = []
-            for part in SPECIAL_SPLIT.split(string):
-                if part in chat.SPECIAL_TEXT:
-                    ids.append(tok.bos_id if part == chat.BOS else tok.eos_id)
-                elif part:
-                    ids += tok.encode(part)
-            return ids
+            return chat.encode_rendered(tok, string)
         bos = self.add_bos if add_special_tokens is None else add_special_tokens and tok.bos_id >= 0
         return ([tok.bos_id] if bos else []) + tok.encode(string)
 
