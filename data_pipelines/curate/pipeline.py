@@ -18,6 +18,7 @@ from data_pipelines.curate.run.resolve import resolve_group
 from data_pipelines.curate.inputs import InputFile, list_inputs
 from data_pipelines.curate.report import write_report
 from data_pipelines.curate.run.workdir import Workdir, shard_name
+from data_pipelines.curate.run.group import peak_rss_mb
 from data_pipelines.curate.run.local import LocalExecutor
 from data_pipelines.curate.run.plan import plan_phases
 from data_pipelines.curate.run.ray import RayExecutor
@@ -93,24 +94,29 @@ def _run(cfg: PipelineConfig, inputs: list[InputFile], workdir: Workdir, executo
     phases = tuple(plan_phases(cfg.stages, {s.name: stages[s.label].kind for s in cfg.stages}))
     runner = RayExecutor(n_workers) if executor == "ray" else LocalExecutor(n_workers)
     shards = [shard_name(i) for i in range(len(inputs))]
-    done_before = 0
+    done_before, timing = 0, []
     try:
         for k, phase in enumerate(phases):
             todo = [ShardTask(cfg, str(workdir.root), phases, k, s, f) for s, f in zip(shards, inputs) if not workdir.shard_done(k, s).exists()]
             done_before += len(shards) - len(todo)
+            t_phase, peak = time.perf_counter(), 0.0
             for i, marker in enumerate(runner.map(run_shard, todo), 1):
+                peak = max(peak, marker["rss_mb"])
                 log(f"phase {k + 1}/{len(phases)}: {marker['shard']} ({marker['input']}) done, {marker['kept']} kept [{i}/{len(todo)}]")
+            timing.append({"phase": k + 1, "tasks": len(todo), "seconds": round(time.perf_counter() - t_phase, 3), "max_task_rss_mb": peak})
             if phase.group and not workdir.resolve_done(k).exists():
                 counts = [json.loads(workdir.shard_done(k, s).read_text())["kept"] for s in shards]
                 labels = [s.label for s in phase.group]
-                resolve_group(workdir, k, shards, counts, [stages[x] for x in labels], labels, cfg.dedup_memory_mb << 20)
+                resolve_group(workdir, k, shards, counts, [stages[x] for x in labels], labels, cfg.dedup_memory_mb << 20,
+                              runner, n_workers, log)
                 log(f"phase {k + 1}/{len(phases)}: dedup resolved over {sum(counts)} documents")
     finally:
         runner.close()
     report = write_report(
         workdir, cfg, inputs, phases, shards,
         run={"executor": executor, "workers": n_workers, "wall_seconds": time.perf_counter() - t0,
-             "resumed": resumed, "shard_phases_skipped": done_before},
+             "resumed": resumed, "shard_phases_skipped": done_before, "phases": timing,
+             "driver_peak_rss_mb": peak_rss_mb()},
     )
     if not cfg.output.keep_work:
         _drop_intermediate(workdir)
@@ -119,6 +125,7 @@ def _run(cfg: PipelineConfig, inputs: list[InputFile], workdir: Workdir, executo
 
 def _drop_intermediate(workdir: Workdir) -> None:
     """Deletes the bulky _work files once the run is complete; markers stay for resume and report."""
-    for pattern in ("p*/*.docs.jsonl.zst", "p*/*.ids.jsonl.zst", "p*/*.npy", "r*/*.removed.jsonl.zst"):
+    for pattern in ("p*/*.docs.jsonl.zst", "p*/*.ids.jsonl.zst", "p*/*.npy", "r*/*.removed.jsonl.zst",
+                    "r*/s*/*.np[yz]", "r*/s*/cc*/*.npy", "r*/ids/*.jsonl.zst"):
         for p in workdir.work.glob(pattern):
             p.unlink()

@@ -184,7 +184,12 @@ def render_markdown(r: dict) -> str:
         out += _hits_table(s["counters"])
         if s.get("dedup"):
             out.append("")
-            out.append("Dedup: " + ", ".join(f"{k} {v}" for k, v in s["dedup"].items()))
+            out.append("Dedup: " + ", ".join(f"{k} {v}" for k, v in s["dedup"].items() if k != "steps"))
+            steps = s["dedup"].get("steps", {})
+            if steps:
+                out.append("")
+                out.append("Resolve tasks: " + ", ".join(
+                    f"{name} {st['tasks']} in {st['seconds']:.2f} s (peak {st['max_task_rss_mb']:.0f} MiB)" for name, st in steps.items()))
         for reason, exs in s["examples"].items():
             out += ["", f"Examples removed for `{reason}`:", ""]
             for ex in exs[:3]:

@@ -1,8 +1,8 @@
 """Spill bucket keys to disk sorted per band, then merge all shards range by range.
 
 Each shard writes, per band, its keys sorted with the matching local document indices. The
-merge walks the 64-bit key space in P ranges; a binary search finds each range's slice in
-each memory-mapped run, so only 1/P of all keys is ever in memory at once.
+merge cuts the 64-bit key space into P ranges, one task each; a binary search finds a range's
+slice in each memory-mapped run, so a task holds 1/P of one band's keys at a time.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from maxlm.files.atomic import atomic_path
+from data_pipelines.curate.run.arrays import save_array
 
 BYTES_PER_ENTRY = 16 * 4  # key + index, and the sort's temporary copies
 
@@ -43,42 +42,40 @@ def write_run(directory: str | os.PathLike, shard: str, stage: int, keys_NB: np.
     keys_BM = np.ascontiguousarray(np.take_along_axis(k_MB, order_MB, axis=0).T)
     idx_BM = np.ascontiguousarray(idx_M[order_MB].T)
     kp, ip = run_paths(directory, shard, stage)
-    for path, arr in ((kp, keys_BM), (ip, idx_BM)):
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, arr)
+    save_array(kp, keys_BM)
+    save_array(ip, idx_BM)
 
 
-def candidate_pairs(runs: list[Run], bands: int, memory_bytes: int, skip_N: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yields (first [E], other [E]) global indices: `other` shares a band key with `first`,
-    the smallest index in its bucket. Documents where skip_N is True take no part."""
+def range_count(runs: list[Run], memory_bytes: int, at_least: int) -> int:
+    """Returns how many key ranges the merge uses: enough that one range of one band fits `memory_bytes`."""
+    per_band = sum(np.load(r.keys_path, mmap_mode="r").shape[1] for r in runs)  # reads only the headers
+    return max(at_least, math.ceil(per_band * BYTES_PER_ENTRY / memory_bytes), 1)
+
+
+def range_edges(runs: list[Run], bands: int, part: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns the distinct (first [E], other [E]) global index pairs of key range `part` of `parts`:
+    `other` shares a band key in the range with `first`, the smallest index in its bucket."""
+    lo = np.uint64((part << 64) // parts)
     maps = [(np.load(r.keys_path, mmap_mode="r"), np.load(r.idx_path, mmap_mode="r"), r.offset) for r in runs]
     maps = [m for m in maps if m[0].shape[1] > 0]
-    per_band = sum(m[0].shape[1] for m in maps)
-    parts = max(1, math.ceil(per_band * BYTES_PER_ENTRY / memory_bytes))
-    bounds = [np.uint64((i << 64) // parts) for i in range(parts)]
+    firsts, others = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for b in range(bands):
-        for p in range(parts):
-            ks, gs = [], []
-            for keys_BM, idx_BM, offset in maps:
-                lo = int(np.searchsorted(keys_BM[b], bounds[p], side="left"))
-                hi = int(np.searchsorted(keys_BM[b], bounds[p + 1], side="left")) if p + 1 < parts else keys_BM.shape[1]
-                if hi > lo:
-                    ks.append(np.asarray(keys_BM[b, lo:hi]))
-                    gs.append(np.asarray(idx_BM[b, lo:hi]).astype(np.int64) + offset)
-            if not ks:
-                continue
-            k, g = np.concatenate(ks), np.concatenate(gs)
-            if skip_N is not None:
-                keep = ~skip_N[g]
-                k, g = k[keep], g[keep]
-            if len(k) < 2:
-                continue
-            order = np.lexsort((g, k))  # by key, then by index: a bucket's first entry is its smallest
-            k, g = k[order], g[order]
-            new = np.ones(len(k), dtype=bool)
-            new[1:] = k[1:] != k[:-1]
-            first = g[new][np.cumsum(new) - 1]
-            dup = ~new
-            if dup.any():
-                yield first[dup], g[dup]
+        ks, gs = [], []
+        for keys_BM, idx_BM, offset in maps:
+            a = int(np.searchsorted(keys_BM[b], lo, side="left"))
+            z = int(np.searchsorted(keys_BM[b], np.uint64(((part + 1) << 64) // parts), side="left")) if part + 1 < parts else keys_BM.shape[1]
+            if z > a:
+                ks.append(np.asarray(keys_BM[b, a:z]))
+                gs.append(np.asarray(idx_BM[b, a:z]).astype(np.int64) + offset)
+        if not ks:
+            continue
+        k, g = np.concatenate(ks), np.concatenate(gs)
+        order = np.lexsort((g, k))  # by key, then by index: a bucket's first entry is its smallest
+        k, g = k[order], g[order]
+        new = np.ones(len(k), dtype=bool)
+        new[1:] = k[1:] != k[:-1]
+        first = g[new][np.cumsum(new) - 1]
+        firsts.append(first[~new])
+        others.append(g[~new])
+    pairs = np.unique(np.stack([np.concatenate(firsts), np.concatenate(others)]), axis=1)  # one pair found in several bands
+    return pairs[0], pairs[1]

@@ -1,82 +1,91 @@
-"""Resolve a group of dedup stages over the whole corpus: merge spilled keys, find clusters,
-keep each cluster's first document, and write per-shard removal lists naming `duplicate_of`."""
+"""Resolve a group of dedup stages over the whole corpus as parallel tasks on the executor.
+
+Per stage: merge tasks (one per key range) emit duplicate edges; propagation rounds (one task
+per shard) find each cluster's smallest index; decide tasks record what each shard removes and
+prune the next stage's keys. Then every shard looks up the ids others point at and writes its
+removal list. The driver holds only shard names and counts, so its memory does not grow with
+the corpus; each step's marker lets a rerun skip what is done.
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 
-from maxlm.files.atomic import write_json
-from data_pipelines.curate.run.buckets import Run, candidate_pairs, run_paths
-from data_pipelines.curate.run.components import UnionFind
+from data_pipelines.curate.run.buckets import range_count
+from data_pipelines.curate.run.components import PropagateTask, run_propagate
+from data_pipelines.curate.run.decide import DecideTask, run_decide
+from data_pipelines.curate.run.duplicate_ids import (
+    AnswerTask,
+    RemovalsTask,
+    run_answer,
+    run_removals,
+)
+from data_pipelines.curate.run.group import Group
+from data_pipelines.curate.run.merge import MergeTask, run_merge, stage_runs
 from data_pipelines.curate.run.workdir import Workdir
-from maxlm.files.readers import iter_records
-from maxlm.files.writers import JsonlZstWriter
+from maxlm.files.atomic import write_json
 
 
-def resolve_group(
-    workdir: Workdir,
-    phase: int,
-    shards: list[str],
-    counts: list[int],
-    stages: list,
-    labels: list[str],
-    memory_bytes: int,
-) -> dict:
+def _step(runner, fn: Callable, tasks: list, marker, extra: Callable[[list], dict] = lambda rs: {}) -> dict:
+    """Runs one step's tasks (unless its marker exists) and returns its summary: tasks, wall seconds, peak task memory."""
+    if marker.exists():
+        return json.loads(marker.read_text())
+    t0 = time.perf_counter()
+    results = list(runner.map(fn, tasks))
+    summary = {
+        "tasks": len(tasks),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "max_task_rss_mb": max((r["rss_mb"] for r in results), default=0.0),
+        **extra(results),
+    }
+    write_json(marker, summary)
+    return summary
+
+
+def _components(runner, group: Group, j: int, parts: int, log: Callable[[str], None]) -> tuple[int, dict]:
+    """Runs propagation rounds until one sends nothing; returns that round and the step's summary."""
+    wd, r, seconds, peak = group.workdir, 0, 0.0, 0.0
+    while True:
+        tasks = [PropagateTask(group, j, r, i, parts) for i in range(len(group.shards))]
+        s = _step(runner, run_propagate, tasks, wd.step_done(group.phase, j, f"cc{r}"), lambda rs: {"sent": sum(x["sent"] for x in rs)})
+        seconds, peak = seconds + s["seconds"], max(peak, s["max_task_rss_mb"])
+        log(f"dedup stage {j + 1}: components round {r + 1}, {s['sent']} labels sent")
+        if s["sent"] == 0:
+            return r, {"tasks": len(tasks) * (r + 1), "rounds": r + 1, "seconds": round(seconds, 3), "max_task_rss_mb": peak}
+        r += 1
+
+
+def resolve_group(workdir: Workdir, phase: int, shards: list[str], counts: list[int], stages: list, labels: list[str],
+                  memory_bytes: int, runner, workers: int, log: Callable[[str], None] = lambda s: None) -> dict:
     """Writes every shard's removal list and the resolve marker; returns per-stage stats.
 
     Stages run in order; each sees only the documents the earlier ones kept.
     """
-    phase_dir = workdir.phase_dir(phase)
-    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    n = int(offsets[-1])
-    removed_by = np.full(n, -1, dtype=np.int16)  # group stage that removed the document
-    dup_of = np.full(n, -1, dtype=np.int64)  # global index of the kept document it duplicates
-    report: dict[str, dict] = {}
+    offsets = tuple(int(x) for x in np.concatenate(([0], np.cumsum(counts))))
+    group = Group(str(workdir.root), phase, tuple(shards), offsets)
+    S, report = len(shards), {}
     for j, (stage, label) in enumerate(zip(stages, labels)):
-        t0 = time.perf_counter()
-        runs = [Run(*run_paths(phase_dir, s, j), int(offsets[i])) for i, s in enumerate(shards)]
-        uf = UnionFind(n)
-        pairs = 0
-        for first, other in candidate_pairs(runs, stage.bands, memory_bytes, removed_by >= 0):
-            pairs += len(first)
-            uf.union(first, other)
-        root = uf.roots()
-        newly = (root != np.arange(n)) & (removed_by < 0)
-        removed_by[newly] = j
-        dup_of[newly] = root[newly]
-        report[label] = {
-            "seconds": time.perf_counter() - t0,
-            "candidate_pairs": pairs,
-            "clusters": int(len(np.unique(root[newly]))),
-            "removed": int(newly.sum()),
-        }
-    id_of = _ids_of([workdir.ids(phase, s) for s in shards], offsets, np.unique(dup_of[dup_of >= 0]))
-    for i, shard in enumerate(shards):
-        lo, hi = int(offsets[i]), int(offsets[i + 1])
-        local = np.flatnonzero(removed_by[lo:hi] >= 0)
-        with JsonlZstWriter(workdir.removals(phase, shard), 1) as w:
-            for li in local.tolist():
-                w.write([li, int(removed_by[lo + li]), id_of[int(dup_of[lo + li])]])
-    write_json(workdir.resolve_done(phase), {"stages": report, "documents": n})
+        parts = range_count(stage_runs(group, j), memory_bytes, workers)
+        merge = _step(runner, run_merge, [MergeTask(group, j, stage.bands, p, parts) for p in range(parts)],
+                      workdir.step_done(phase, j, "merge"), lambda rs: {"pairs": sum(x["pairs"] for x in rs)})
+        log(f"dedup stage {j + 1}/{len(stages)} ({label}): {merge['pairs']} candidate pairs from {parts} key ranges")
+        final, comps = _components(runner, group, j, parts, log)
+        decide = _step(runner, run_decide, [DecideTask(group, j, final, i, j + 1 < len(stages)) for i in range(S)],
+                       workdir.step_done(phase, j, "decide"), lambda rs: {"removed": sum(x["removed"] for x in rs)})
+        report[label] = {"candidate_pairs": merge["pairs"], "removed": decide["removed"],
+                         "steps": {"merge": merge, "components": comps, "decide": decide}}
+    answer = _step(runner, run_answer, [AnswerTask(group, len(stages), i) for i in range(S)],
+                   workdir.resolve_dir(phase) / "answer.done.json",
+                   lambda rs: {"clusters": np.sum([x["clusters"] for x in rs], axis=0).tolist() if rs else [0] * len(stages)})
+    removals = _step(runner, run_removals, [RemovalsTask(group, len(stages) - 1, i) for i in range(S)],
+                     workdir.resolve_dir(phase) / "removals.done.json")
+    for j, label in enumerate(labels):
+        r = report[label]
+        r["clusters"] = int(answer["clusters"][j])
+        r["seconds"] = round(sum(s["seconds"] for s in r["steps"].values()) + (answer["seconds"] + removals["seconds"]) / len(labels), 3)
+    write_json(workdir.resolve_done(phase), {"stages": report, "documents": offsets[-1], "ids": {"answer": answer, "removals": removals}})
     return report
-
-
-def _ids_of(id_files: list[Path], offsets: np.ndarray, wanted: np.ndarray) -> dict[int, object]:
-    """Returns {global index: document id} for the `wanted` (sorted) global indices."""
-    out: dict[int, object] = {}
-    for i, path in enumerate(id_files):
-        lo, hi = offsets[i], offsets[i + 1]
-        need = wanted[(wanted >= lo) & (wanted < hi)] - lo
-        if not len(need):
-            continue
-        need_set = set(need.tolist())
-        last = int(need.max())
-        for li, (_, doc_id) in enumerate(iter_records(path, strict=True)):
-            if li in need_set:
-                out[int(lo) + li] = doc_id
-            if li >= last:
-                break
-    return out

@@ -20,6 +20,7 @@ from data_pipelines.curate.run.buckets import write_run
 from data_pipelines.curate.document import Document, utf8_size
 from maxlm.files.formats import BadRecord, StreamCut
 from data_pipelines.curate.inputs import InputFile, read_documents
+from data_pipelines.curate.run.group import peak_rss_mb
 from data_pipelines.curate.run.workdir import Workdir
 from data_pipelines.curate.run.plan import Phase
 from data_pipelines.curate.stages import build_stage
@@ -138,6 +139,7 @@ def run_shard(task: ShardTask) -> dict:
         "bad": bad,
         "stages": {k: v.to_dict() for k, v in stats.items()},
         "seconds": time.perf_counter() - t_start,
+        "rss_mb": peak_rss_mb(),
     }
     write_json(workdir.shard_done(task.phase, task.shard), marker)
     return marker

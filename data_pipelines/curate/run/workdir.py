@@ -48,6 +48,42 @@ class Workdir:
         """Returns the marker written when the dedup after `phase` is resolved."""
         return self.resolve_dir(phase) / "done.json"
 
+    def stage_dir(self, phase: int, stage: int) -> Path:
+        """Returns the directory of one group stage's resolve: key runs, edges, labels, decisions."""
+        return self.resolve_dir(phase) / f"s{stage}"
+
+    def step_done(self, phase: int, stage: int, step: str) -> Path:
+        """Returns the marker written when every task of one resolve step of a stage finished."""
+        return self.stage_dir(phase, stage) / f"{step}.done.json"
+
+    def edges(self, phase: int, stage: int, part: int) -> Path:
+        """Returns the duplicate edges [2, E] (both directions, sorted by source) found in one key range."""
+        return self.stage_dir(phase, stage) / f"edges-{part:05d}.npy"
+
+    def labels(self, phase: int, stage: int, round_: int, shard: str) -> Path:
+        """Returns a shard's component labels (smallest global index reached so far) after one round."""
+        return self.stage_dir(phase, stage) / f"cc{round_}" / f"{shard}.labels.npy"
+
+    def messages(self, phase: int, stage: int, round_: int, shard: str) -> Path:
+        """Returns the (node, label) messages [2, M], sorted by node, a shard sent in one round."""
+        return self.stage_dir(phase, stage) / f"cc{round_}" / f"{shard}.msgs.npy"
+
+    def decisions(self, phase: int, stage: int, shard: str) -> Path:
+        """Returns a shard's decisions through group stage `stage`: removing stage and duplicate_of index."""
+        return self.stage_dir(phase, stage) / f"{shard}.decisions.npz"
+
+    def roots(self, phase: int, stage: int, shard: str) -> Path:
+        """Returns the sorted global indices of the kept documents a shard's duplicates of one stage point at."""
+        return self.stage_dir(phase, stage) / f"{shard}.roots.npy"
+
+    def adjacency(self, phase: int, stage: int, shard: str) -> Path:
+        """Returns a shard's duplicate edges [2, E] (source in the shard, sorted; other end), gathered once."""
+        return self.stage_dir(phase, stage) / f"{shard}.adj.npy"
+
+    def answers(self, phase: int, owner: str, asker: str) -> Path:
+        """Returns the [global index, id] pairs shard `owner` looked up for shard `asker`."""
+        return self.resolve_dir(phase) / "ids" / f"{owner}.for.{asker}.jsonl.zst"
+
     def removals(self, phase: int, shard: str) -> Path:
         """Returns the dedup decisions for one shard: [local index, group stage, duplicate_of]."""
         return self.resolve_dir(phase) / f"{shard}.removed.jsonl.zst"

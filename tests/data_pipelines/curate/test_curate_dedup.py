@@ -8,16 +8,29 @@ import random
 import subprocess
 import sys
 from collections import defaultdict
+from types import SimpleNamespace
 
 import numpy as np
-
+import pytest
 from curate_outputs import REPO
-from data_pipelines.curate.run.buckets import Run, candidate_pairs, run_paths, write_run
-from data_pipelines.curate.run.components import UnionFind
+
+from data_pipelines.curate.document import Document
+from data_pipelines.curate.run.buckets import (
+    Run,
+    range_count,
+    range_edges,
+    run_paths,
+    write_run,
+)
+from data_pipelines.curate.run.components import outgoing
+from data_pipelines.curate.run.local import LocalExecutor
+from data_pipelines.curate.run.resolve import resolve_group
+from data_pipelines.curate.run.workdir import Workdir
+from data_pipelines.curate.segment import norm_words
 from data_pipelines.curate.stages.exact_dedup import ExactDedup, ExactDedupParams
 from data_pipelines.curate.stages.minhash_dedup import MinhashDedup, MinhashDedupParams
-from data_pipelines.curate.document import Document
-from data_pipelines.curate.segment import norm_words
+from maxlm.files.readers import iter_records
+from maxlm.files.writers import JsonlZstWriter
 
 VOCAB = [f"w{i}" for i in range(400)]
 
@@ -96,40 +109,118 @@ def bfs_components(n: int, edges: list[tuple[int, int]]) -> list[int]:
     return comp
 
 
-def test_union_find_matches_bfs():
-    rng = np.random.default_rng(1)
-    for n, e in ((50, 30), (500, 400), (2000, 3000)):
-        a, b = rng.integers(0, n, e), rng.integers(0, n, e)
-        uf = UnionFind(n)
-        for lo in range(0, e, 97):  # in several batches, as the merge produces them
-            uf.union(a[lo:lo + 97], b[lo:lo + 97])
-        assert uf.roots().tolist() == bfs_components(n, list(zip(a.tolist(), b.tolist())))
-
-
-def test_spilled_merge_is_independent_of_memory_budget(tmp_path):
-    """A budget of a few hundred bytes forces hundreds of key ranges; the clusters must not change."""
-    rng = np.random.default_rng(2)
-    shards, runs, truth = 5, [], defaultdict(list)
-    offset = 0
+def planted_runs(tmp_path, rng, shards: int, bands: int, chain: int) -> tuple[list, list[np.ndarray], list[np.ndarray]]:
+    """Writes random colliding keys plus a chain of `chain` documents across every shard (each link one band);
+    returns (shard names, keys [N, B] and valid [N] per shard)."""
+    names, keys, valid = [], [], []
     for s in range(shards):
         n = int(rng.integers(30, 80))
-        keys = rng.integers(0, 40, size=(n, 3)).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # many collisions
-        valid = rng.random(n) > 0.1
-        write_run(tmp_path, f"s{s}", 0, keys, valid)
-        runs.append(Run(*run_paths(tmp_path, f"s{s}", 0), offset))
-        for i in np.flatnonzero(valid):
-            for band in range(3):
-                truth[(band, int(keys[i, band]))].append(offset + int(i))
-        offset += n
-    ref_edges = [(m[0], x) for members in truth.values() for x in members[1:] for m in [members]]
-    expected = bfs_components(offset, ref_edges)
-    for budget in (1 << 30, 2048, 300):
-        uf = UnionFind(offset)
-        for first, other in candidate_pairs(runs, 3, budget):
-            assert (first < other).all()
-            uf.union(first, other)
-        assert uf.roots().tolist() == expected, budget
-    skip = np.zeros(offset, dtype=bool)
-    skip[::2] = True
-    for first, other in candidate_pairs(runs, 3, 1 << 30, skip):
-        assert not skip[first].any() and not skip[other].any()
+        k = (rng.integers(0, 60, size=(n, bands)).astype(np.uint64) + np.uint64(1000)) * np.uint64(0x9E3779B97F4A7C15)
+        keys.append(k)
+        valid.append(rng.random(n) > 0.1)
+        names.append(f"shard-{s:05d}")
+    # a chain 0-1-2-...: link i joins member i and i+1 in band i % 2, so it is `chain` rounds long
+    members = [(s, i) for i in range(chain // shards + 1) for s in range(shards)][:chain]
+    for i, (s, li) in enumerate(members):
+        valid[s][li] = True
+        for band in (0, 1):
+            if (i - band) % 2 == 0:  # this doc and the next share band `band`
+                keys[s][li, band] = np.uint64(7 + 2 * i + band)
+            else:  # ... and the previous one shares it with this doc
+                keys[s][li, band] = np.uint64(7 + 2 * (i - 1) + band)
+    for s, name in enumerate(names):
+        write_run(tmp_path, name, 0, keys[s], valid[s])
+    return names, keys, valid
+
+
+def bucket_edges(keys: list[np.ndarray], valid: list[np.ndarray], skip: set = frozenset()) -> tuple[int, list]:
+    """Returns (N, edges): every document joined to the first (smallest) member of each bucket it is in."""
+    buckets, offset = defaultdict(list), 0
+    for k, v in zip(keys, valid):
+        for i in np.flatnonzero(v):
+            if offset + int(i) not in skip:
+                for band in range(k.shape[1]):
+                    buckets[(band, int(k[i, band]))].append(offset + int(i))
+        offset += len(k)
+    return offset, [(m[0], x) for m in buckets.values() for x in m[1:]]
+
+
+def test_range_edges_are_independent_of_the_range_count(tmp_path):
+    """A few ranges or hundreds: the same pairs, so the same clusters."""
+    names, keys, valid = planted_runs(tmp_path, np.random.default_rng(2), 5, 3, 40)
+    offsets = np.concatenate(([0], np.cumsum([len(k) for k in keys])))
+    runs = [Run(*run_paths(tmp_path, s, 0), int(offsets[i])) for i, s in enumerate(names)]
+    n, ref = bucket_edges(keys, valid)
+    expected = bfs_components(n, ref)
+    for parts in (1, 7, 300):
+        pairs = [range_edges(runs, 3, p, parts) for p in range(parts)]
+        first, other = np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])
+        assert (first < other).all()
+        assert bfs_components(n, list(zip(first.tolist(), other.tolist()))) == expected, parts
+    assert range_count(runs, 300, 1) > range_count(runs, 1 << 20, 1) == 1
+
+
+def write_ids(tmp_path, names, keys) -> None:
+    """Writes each shard's ids file as the shard pass does: one id per document, in order."""
+    for s, name in enumerate(names):
+        with JsonlZstWriter(tmp_path / f"{name}.ids.jsonl.zst", 1) as w:
+            for i in range(len(keys[s])):
+                w.write(f"{name}:{i}")
+
+
+@pytest.mark.parametrize("workers,memory", [(1, 1 << 20), (2, 400)])
+def test_resolve_matches_components_of_bfs(tmp_path, workers, memory):
+    """Two stages over six shards: each removed document names its cluster's smallest member, the
+    second stage sees only what the first kept, and a 90-link chain takes 90 propagation rounds."""
+    rng = np.random.default_rng(3)
+    names, keys, valid = planted_runs(tmp_path / "_work" / "p0", rng, 6, 2, 90)
+    keys2 = [rng.integers(0, 40, size=(len(k), 1)).astype(np.uint64) for k in keys]
+    for s, name in enumerate(names):
+        write_run(tmp_path / "_work" / "p0", name, 1, keys2[s], valid[s])
+    write_ids(tmp_path / "_work" / "p0", names, keys)
+    counts = [len(k) for k in keys]
+    ids = [f"{name}:{i}" for name, k in zip(names, keys) for i in range(len(k))]
+    n, e1 = bucket_edges(keys, valid)
+    comp1 = bfs_components(n, e1)
+    gone1 = {i for i in range(n) if comp1[i] != i}
+    _, e2 = bucket_edges(keys2, valid, skip=gone1)
+    comp2 = bfs_components(n, e2)
+    expected = {ids[i]: (0, ids[comp1[i]]) for i in gone1} | {ids[i]: (1, ids[comp2[i]]) for i in range(n) if comp2[i] != i}
+    report = resolve_group(Workdir(tmp_path), 0, names, counts, [SimpleNamespace(bands=2), SimpleNamespace(bands=1)],
+                           ["a", "b"], memory, LocalExecutor(workers), workers)
+    got = {}
+    for name in names:
+        for _, (li, j, dup) in iter_records(tmp_path / "_work" / "r0" / f"{name}.removed.jsonl.zst", strict=True):
+            got[f"{name}:{li}"] = (j, dup)
+    assert got == expected
+    assert report["a"]["removed"] == len(gone1) and report["a"]["clusters"] == len({comp1[i] for i in gone1})
+    assert report["a"]["steps"]["components"]["rounds"] >= 90
+
+
+def test_resolve_resumes_from_its_step_markers(tmp_path):
+    """A resolve stopped after some propagation rounds finishes from there with the same removals."""
+    rng = np.random.default_rng(4)
+    names, keys, _ = planted_runs(tmp_path / "_work" / "p0", rng, 3, 2, 12)
+    write_ids(tmp_path / "_work" / "p0", names, keys)
+    args = (0, names, [len(k) for k in keys], [SimpleNamespace(bands=2)], ["a"], 1 << 20, LocalExecutor(1), 1)
+    resolve_group(Workdir(tmp_path), *args)
+    r0 = tmp_path / "_work" / "r0"
+    want = {p.name: p.read_bytes() for p in r0.glob("*.removed.jsonl.zst")}
+    rounds = sorted(r0.glob("s0/cc*.done.json"))
+    assert len(rounds) > 3
+    for p in rounds[3:] + [r0 / "s0" / "decide.done.json", r0 / "answer.done.json", r0 / "removals.done.json"]:
+        p.unlink()
+    for p in r0.glob("*.removed.jsonl.zst"):
+        p.unlink()
+    resolve_group(Workdir(tmp_path), *args)
+    assert {p.name: p.read_bytes() for p in r0.glob("*.removed.jsonl.zst")} == want
+    assert json.loads((r0 / "s0" / "cc0.done.json").read_text())["tasks"] == 3  # the rounds kept were not redone
+
+
+def test_propagation_step_sends_only_what_can_lower_a_label():
+    # edges seen from shard [10, 14): 10-12, 10-5, 11-13, 13-12, 12-20, 13-20
+    adj = np.array([[10, 10, 11, 13, 12, 13], [12, 5, 13, 12, 20, 20]])
+    labels = np.array([3, 11, 12, 13])
+    sent = outgoing(adj, 10, labels, np.array([True, False, True, True]))
+    # 11 did not change; 13's label 13 cannot lower 12; 20 hears the smaller of 12 and 13
+    assert sent.tolist() == [[5, 12, 20], [3, 3, 12]]
