@@ -25,6 +25,9 @@ class InputConfig:
     format: Literal["auto", "jsonl", "parquet", "text", "warc"] = "auto"  # auto: from the file extension (.warc, .warc.gz: warc)
     text_key: list[str] = field(default_factory=lambda: ["text"])  # first key present is the text
     id_key: str = "id"  # absent ids become "file:line"
+    # CPU seconds trafilatura may spend on one WARC page before the page is a bad record (datatrove's
+    # Trafilatura `timeout`, 1 s too, counts wall-clock seconds); at most a day (a timer cannot hold .inf)
+    warc_timeout_s: float = ranged(1.0, gt=0, le=86400)
 
 
 @dataclass

@@ -55,7 +55,7 @@ def detect_format(path: str, configured: str) -> str:
 def read_documents(f: InputFile, cfg: InputConfig) -> Iterator[Document | BadRecord]:
     """Yields the Documents of one input file, and a BadRecord for each record that is not one."""
     fmt = detect_format(f.path, cfg.format)
-    records = read_warc(f.path, f.label) if fmt == "warc" else iter_records(f.path, fmt, name=f.label)
+    records = read_warc(f.path, f.label, cfg.warc_timeout_s) if fmt == "warc" else iter_records(f.path, fmt, name=f.label)
     for line, rec in records:
         if isinstance(rec, BadRecord):
             yield rec

@@ -13,10 +13,21 @@ deliberate differences:
   sniffing the bytes (no system library needed; the server's own word for what it sent).
 A WET conversion is text already and is kept as it is. A page with no main text, or whose bytes decode in no charset, is a bad record with its reason
 (datatrove drops it silently); a file cut short ends with one StreamCut.
+
+Each page's extraction has datatrove's per-document time limit (`input.warc_timeout_s`, 1 s by
+default); a page past it is a bad record too (datatrove drops it with a logged warning). Two
+differences in how: datatrove runs trafilatura in a child process that it kills, here a timer signal
+interrupts trafilatura in the worker itself (no pickling of every page through a pipe, no second
+process per worker; the price: one long call inside lxml's C code ends only when it returns to
+Python); and the limit is CPU time, not wall-clock time, so which pages time out does not depend on
+how loaded the machine is or how many workers share it (as with `deduplicate=False` above: a page's
+outcome should not depend on what else runs beside it).
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import zlib
 from collections.abc import Iterator
 
@@ -85,6 +96,46 @@ def decode(content: bytes, record) -> str | None:
     return None
 
 
+class _OutOfTime(BaseException):
+    """The timer's interrupt: not an Exception, since trafilatura catches Exception around its fallback extractors."""
+
+
+def timer_usable() -> bool:
+    """Returns whether this thread may time a page with a CPU-time timer (SIGPROF): POSIX, the main thread, none running."""
+    return (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+            and signal.getitimer(signal.ITIMER_PROF)[0] == 0)
+
+
+def extract_main_text(extract, html: str, seconds: float) -> str | None:
+    """Returns trafilatura's main text of `html` (None if it finds none); raises TimeoutError past `seconds` of CPU time."""
+    options = {"favor_precision": True, "include_comments": False, "deduplicate": False}
+    if not timer_usable():
+        # only the main thread may set a signal's handler: a pool worker runs its shards there; where a Ray
+        # worker or an embedding app runs them on another thread, or a timer not ours to reset is running
+        # (a sampling profiler's), the page is extracted without a limit rather than not at all
+        return extract(html, **options)
+    armed = True
+
+    def on_timer(signum, frame):
+        if armed:  # a signal still pending after the page finished is no longer about it
+            raise _OutOfTime
+
+    previous = signal.signal(signal.SIGPROF, on_timer)
+    try:
+        # the process's CPU time (all its threads: in a worker only this one is busy meanwhile); a page that
+        # hangs hangs in a loop, trafilatura having no I/O to wait on
+        signal.setitimer(signal.ITIMER_PROF, seconds)
+        text = extract(html, **options)
+        armed = False
+        return text
+    except _OutOfTime:
+        raise TimeoutError(f"extraction took more than {seconds:g} s of CPU time") from None
+    finally:
+        armed = False
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
+
+
 def gzip_tail_complete(path: str, offset: int) -> bool:
     """Returns whether every gzip member of `path` from byte `offset` on (a record's start) ends whole."""
     with open(path, "rb") as fh:
@@ -102,9 +153,10 @@ def gzip_tail_complete(path: str, offset: int) -> bool:
     return True
 
 
-def read_warc(path: str, name: str) -> Iterator[tuple[int, dict | BadRecord]]:
+def read_warc(path: str, name: str, timeout_s: float) -> Iterator[tuple[int, dict | BadRecord]]:
     """Yields (record number, {"text", "id", "url", "date"}) for each page of one WARC file; a BadRecord for
-    a page with no text; a StreamCut where the file breaks off. Record numbers count every record from 0."""
+    a page with no text or whose extraction takes over `timeout_s`; a StreamCut where the file breaks off.
+    Record numbers count every record from 0."""
     ArchiveIterator, extract = _libraries()
     index, offset = -1, 0
     with open(path, "rb") as fh:
@@ -134,7 +186,11 @@ def read_warc(path: str, name: str) -> Iterator[tuple[int, dict | BadRecord]]:
             if html is None:
                 yield index, BadRecord("the page's bytes decode in no charset (UTF-8, its header's or a detected one)", where)
                 continue
-            text = html if record.rec_type == "conversion" else extract(html, favor_precision=True, include_comments=False, deduplicate=False)
+            try:
+                text = html if record.rec_type == "conversion" else extract_main_text(extract, html, timeout_s)
+            except TimeoutError as e:
+                yield index, BadRecord(f"{e} (input.warc_timeout_s)", where)
+                continue
             if not text:
                 yield index, BadRecord("no main text in the page (trafilatura extracted nothing)", where)
                 continue

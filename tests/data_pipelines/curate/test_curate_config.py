@@ -97,12 +97,17 @@ def test_values_go_through_the_one_maxlm_loader(write_yaml):
         "workers: -1\nstages: [pii]\n": r"pipeline\.yaml:1: workers must be >= 0, got -1",  # ranges stated on the fields
         "stages: [pii]\nbatch_size: 0\n": r"pipeline\.yaml:2: batch_size must be > 0, got 0",
         "dedup_memory_mb: 0\nstages: [pii]\n": r"pipeline\.yaml:1: dedup_memory_mb must be > 0, got 0",
+        "input: {warc_timeout_s: 0}\nstages: [pii]\n": r"pipeline\.yaml:1: input\.warc_timeout_s must be in \(0, 86400\], got 0",
+        "input:\n  warc_timeout_s: .inf\nstages: [pii]\n": r"pipeline\.yaml:2: input\.warc_timeout_s must be in \(0, 86400\], got inf",
+        "input: {warc_timeout_s: soon}\nstages: [pii]\n": r"input\.warc_timeout_s must be a number",
     }
     for text, expected in cases.items():
         with pytest.raises(MaxlmError, match=expected):
             load_pipeline(write_yaml(text), STAGES)
     cfg = load_pipeline(write_yaml("output: {format: arrayrecord}\nstages:\n  - gopher_repetition: {max_top_ngram_char_frac: {2: 0.3}}\n"), STAGES)
     assert cfg.output.format == "arrayrecord" and cfg.stages[0].params.max_top_ngram_char_frac == {2: 0.3}
+    assert cfg.input.warc_timeout_s == 1.0  # datatrove's Trafilatura default
+    assert load_pipeline(write_yaml("input: {warc_timeout_s: 2}\nstages: [pii]\n"), STAGES).input.warc_timeout_s == 2.0
 
 
 def test_literal_and_dict_fields_are_never_nested():

@@ -1,14 +1,18 @@
 """WARC input: the pages maxlm reads from a WARC file are the documents datatrove's WarcReader +
 Trafilatura read from it (same ids, URLs, dates, texts), on pages of many shapes; `maxlm curate`
-runs on .warc.gz input and names a file cut short by its record."""
+runs on .warc.gz input and names a file cut short by its record; a page past `input.warc_timeout_s`
+is a bad record and the pages after it are read."""
 
 from __future__ import annotations
 
+import gc
 import html
 import io
 import json
 import pydoc
 import random
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -179,3 +183,71 @@ def test_a_warc_cut_anywhere_ends_in_one_stream_cut(warc_dir, tmp_path):
         assert isinstance(items[-1], StreamCut) and not any(isinstance(d, StreamCut) for d in items[:-1]), k
         ids = [d.id for d in items if not isinstance(d, BadRecord)]
         assert ids == whole[: len(ids)], k  # what was read before the cut is whole and in order
+
+
+# CPU times measured on a loaded 2-core machine: a short page takes trafilatura 2-6 ms, the long one
+# 0.13-0.25 s (cut off at the tight limit within a few ms of it); 0.03 s sits 5x or more above the one
+# and 4x or more below the other, and the 1 s default 4x or more above the long page.
+TIGHT_S = 0.03
+SHORT = "The cafe on the corner serves coffee, tea and small cakes every morning of the week.\n\n" * 3
+LONG = "\n\n".join(f"Paragraph {i} of a very long page, with words enough to count as text." for i in range(2000))
+SLOW_URLS = ["https://example.org/before", "https://example.org/long", "https://example.org/after"]
+
+
+@pytest.fixture(scope="module")
+def slow_warc(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("slow") / "slow.warc.gz"
+    texts = [("Before", SHORT), ("Long", LONG), ("After", SHORT.replace("cafe", "bakery"))]
+    write_warc(path, [(url, _page(title, text).encode(), "text/html") for url, (title, text) in zip(SLOW_URLS, texts)])
+    return path
+
+
+@pytest.fixture
+def own_cpu_time():
+    """Charges each page only its own CPU time: trafilatura set up first (its first page in a process costs
+    a few ms more), and the test process's heap frozen out of garbage collection (a full collection of
+    it has taken 0.2-0.45 s here, and would count against whichever page it interrupted)."""
+    from trafilatura import extract
+
+    extract(_page("Warm-up", SHORT))
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def test_a_page_past_the_time_limit_is_a_bad_record_and_the_next_is_read(slow_warc, own_cpu_time):
+    (f,) = list_inputs(str(slow_warc))
+    handler = signal.getsignal(signal.SIGPROF)
+    default = list(read_documents(f, InputConfig()))
+    assert [d.meta["url"] for d in default] == SLOW_URLS  # within 1 s, the long page is text like any other
+    assert "Paragraph 1999 of a very long page" in default[1].text
+    tight = list(read_documents(f, InputConfig(warc_timeout_s=TIGHT_S)))
+    assert [type(d) for d in tight] == [type(default[0]), BadRecord, type(default[2])]
+    # warcinfo is record 0, then a request and a response per page: the long page's response is record 4
+    assert (tight[1].problem, tight[1].where) == (f"extraction took more than {TIGHT_S:g} s of CPU time (input.warc_timeout_s)", "slow.warc.gz:4")
+    assert [(d.id, d.text) for d in (tight[0], tight[2])] == [(d.id, d.text) for d in (default[0], default[2])]
+    # no timer left to go off later, and SIGPROF's handler is the one there was before
+    assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0) and signal.getsignal(signal.SIGPROF) is handler
+
+
+def test_off_the_main_thread_pages_are_extracted_without_a_limit(slow_warc):
+    (f,) = list_inputs(str(slow_warc))
+    items = []  # only the main thread may set a signal's handler: another one reads every page unbounded
+    reader = threading.Thread(target=lambda: items.extend(read_documents(f, InputConfig(warc_timeout_s=TIGHT_S))))
+    reader.start()
+    reader.join()
+    assert [d.meta["url"] for d in items] == SLOW_URLS
+
+
+def test_curate_workers_time_out_pages_by_the_config(slow_warc, tmp_path, own_cpu_time):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name in ("a.warc.gz", "b.warc.gz"):  # two inputs: two pool workers (forked), each timing its own pages
+        (inp / name).write_bytes(slow_warc.read_bytes())
+    (tmp_path / "p.yaml").write_text(f"input: {{warc_timeout_s: {TIGHT_S}}}\nworkers: 2\n{PIPELINE}")
+    assert cli_main(["curate", str(tmp_path / "p.yaml"), "--input", str(inp / "*.warc.gz"), "--output", str(tmp_path / "out"), "-q"]) == 0
+    assert sorted(r["url"] for r in read_output(tmp_path / "out")) == sorted(SLOW_URLS[::2] * 2)
+    timed_out = [r for r in read_removed(tmp_path / "out") if f"more than {TIGHT_S:g} s of CPU time (input.warc_timeout_s)" in r["reason"]]
+    assert len(timed_out) == 2 and {r["stage"] for r in timed_out} == {"input"}
