@@ -126,6 +126,6 @@ def _run(cfg: PipelineConfig, inputs: list[InputFile], workdir: Workdir, executo
 def _drop_intermediate(workdir: Workdir) -> None:
     """Deletes the bulky _work files once the run is complete; markers stay for resume and report."""
     for pattern in ("p*/*.docs.jsonl.zst", "p*/*.ids.jsonl.zst", "p*/*.npy", "r*/*.removed.jsonl.zst",
-                    "r*/s*/*.np[yz]", "r*/s*/cc*/*.npy", "r*/ids/*.jsonl.zst"):
+                    "r*/s*/*.np[yz]", "r*/s*/*.i64", "r*/s*/cc*/*.i64", "r*/ids/*.jsonl.zst"):
         for p in workdir.work.glob(pattern):
             p.unlink()

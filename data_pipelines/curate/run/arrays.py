@@ -1,4 +1,8 @@
-"""Array files of the dedup resolve: atomic writes, memory-mapped reads, slices of sorted rows."""
+"""Array files of the dedup resolve: raw int64 rows, written atomically, read memory-mapped.
+
+Raw, not .npy: every shard reads a small file from every other shard in the exchange steps,
+and parsing an .npy header costs ~10x the read of a few hundred values.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,31 @@ import numpy as np
 
 from maxlm.files.atomic import write_atomic
 
+SMALL_BYTES = 1 << 16  # below this a plain read beats setting up a memory map
+
 
 def save_array(path: str | os.PathLike, arr: np.ndarray) -> None:
-    """Writes `arr` as .npy atomically: a resumed run never reads half an array."""
+    """Writes the int64 array `arr` ([N] or [R, N], row-major) raw, atomically: a resumed run never reads half of it."""
+    if arr.dtype != np.int64:
+        raise TypeError(f"{path}: resolve arrays are int64, got {arr.dtype}")
+    write_atomic(path, lambda f: f.write(np.ascontiguousarray(arr).tobytes()))
+
+
+def save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
+    """Writes `arr` as .npy atomically (the key runs: read once per task, any dtype)."""
     write_atomic(path, lambda f: np.save(f, arr))
 
 
-def load_array(path: str | os.PathLike) -> np.ndarray:
-    """Returns the .npy at `path` memory-mapped: only the slices a task touches are read."""
-    return np.load(path, mmap_mode="r")
+def load_array(path: str | os.PathLike, rows: int = 0) -> np.ndarray:
+    """Returns the int64 array at `path`: [N] when rows is 0, else [rows, N]; large files memory-mapped."""
+    size = os.path.getsize(path)
+    if size == 0:
+        arr = np.zeros(0, np.int64)
+    elif size < SMALL_BYTES:
+        arr = np.fromfile(path, dtype=np.int64)
+    else:
+        arr = np.memmap(path, dtype=np.int64, mode="r")
+    return arr.reshape(rows, -1) if rows else arr
 
 
 def columns_in(arr_2E: np.ndarray, lo: int, hi: int) -> np.ndarray:

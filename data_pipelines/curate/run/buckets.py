@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.curate.run.arrays import save_array
+from data_pipelines.curate.run.arrays import save_npy
 
 BYTES_PER_ENTRY = 16 * 4  # key + index, and the sort's temporary copies
 
@@ -42,8 +42,8 @@ def write_run(directory: str | os.PathLike, shard: str, stage: int, keys_NB: np.
     keys_BM = np.ascontiguousarray(np.take_along_axis(k_MB, order_MB, axis=0).T)
     idx_BM = np.ascontiguousarray(idx_M[order_MB].T)
     kp, ip = run_paths(directory, shard, stage)
-    save_array(kp, keys_BM)
-    save_array(ip, idx_BM)
+    save_npy(kp, keys_BM)
+    save_npy(ip, idx_BM)
 
 
 def range_count(runs: list[Run], memory_bytes: int, at_least: int) -> int:

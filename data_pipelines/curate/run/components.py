@@ -58,17 +58,17 @@ def run_propagate(task: PropagateTask) -> dict:
     shard = g.shards[task.index]
     lo, hi = g.span(task.index)
     if r == 0:
-        parts = [columns_in(load_array(wd.edges(g.phase, j, p)), lo, hi) for p in range(task.parts)]
+        parts = [columns_in(load_array(wd.edges(g.phase, j, p), 2), lo, hi) for p in range(task.parts)]
         adj = np.concatenate([np.zeros((2, 0), np.int64)] + parts, axis=1)
         save_array(wd.adjacency(g.phase, j, shard), adj)
         labels = np.arange(lo, hi, dtype=np.int64)
         changed = np.ones(hi - lo, dtype=bool)
     else:
-        adj = load_array(wd.adjacency(g.phase, j, shard))
-        before = np.load(wd.labels(g.phase, j, r - 1, shard))
+        adj = load_array(wd.adjacency(g.phase, j, shard), 2)
+        before = load_array(wd.labels(g.phase, j, r - 1, shard))
         labels = before
         for other in g.shards:
-            labels = receive(labels, lo, columns_in(load_array(wd.messages(g.phase, j, r - 1, other)), lo, hi))
+            labels = receive(labels, lo, columns_in(load_array(wd.messages(g.phase, j, r - 1, other), 2), lo, hi))
         changed = labels < before
     save_array(wd.labels(g.phase, j, r, shard), labels)
     sent = outgoing(np.asarray(adj), lo, labels, changed)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_pipelines.curate.run.arrays import save_array
+from data_pipelines.curate.run.arrays import load_array, save_array, save_npy
 from data_pipelines.curate.run.buckets import run_paths
 from data_pipelines.curate.run.group import Group, usage
 from maxlm.files.atomic import write_atomic
@@ -40,7 +40,7 @@ def run_decide(task: DecideTask) -> dict:
     g, wd, j = task.group, task.group.workdir, task.stage
     shard = g.shards[task.index]
     lo, hi = g.span(task.index)
-    labels = np.load(wd.labels(g.phase, j, task.final_round, shard))
+    labels = load_array(wd.labels(g.phase, j, task.final_round, shard))
     removed_by, dup_of = load_decisions(g, j - 1, task.index)
     # documents removed earlier took no part in this stage, so they are their own labels
     newly = labels != np.arange(lo, hi)
@@ -58,5 +58,5 @@ def _prune_run(group: Group, stage: int, shard: str, removed_N: np.ndarray) -> N
     keep_BM = ~removed_N[idx_BM]
     bands = keys_BM.shape[0]
     kp, ip = run_paths(group.run_dir(stage), shard, stage)
-    save_array(kp, keys_BM[keep_BM].reshape(bands, -1))
-    save_array(ip, idx_BM[keep_BM].reshape(bands, -1))
+    save_npy(kp, keys_BM[keep_BM].reshape(bands, -1))
+    save_npy(ip, idx_BM[keep_BM].reshape(bands, -1))

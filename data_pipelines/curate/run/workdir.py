@@ -58,15 +58,15 @@ class Workdir:
 
     def edges(self, phase: int, stage: int, part: int) -> Path:
         """Returns the duplicate edges [2, E] (both directions, sorted by source) found in one key range."""
-        return self.stage_dir(phase, stage) / f"edges-{part:05d}.npy"
+        return self.stage_dir(phase, stage) / f"edges-{part:05d}.i64"
 
     def labels(self, phase: int, stage: int, round_: int, shard: str) -> Path:
         """Returns a shard's component labels (smallest global index reached so far) after one round."""
-        return self.stage_dir(phase, stage) / f"cc{round_}" / f"{shard}.labels.npy"
+        return self.stage_dir(phase, stage) / f"cc{round_}" / f"{shard}.labels.i64"
 
     def messages(self, phase: int, stage: int, round_: int, shard: str) -> Path:
         """Returns the (node, label) messages [2, M], sorted by node, a shard sent in one round."""
-        return self.stage_dir(phase, stage) / f"cc{round_}" / f"{shard}.msgs.npy"
+        return self.stage_dir(phase, stage) / f"cc{round_}" / f"{shard}.msgs.i64"
 
     def decisions(self, phase: int, stage: int, shard: str) -> Path:
         """Returns a shard's decisions through group stage `stage`: removing stage and duplicate_of index."""
@@ -74,11 +74,11 @@ class Workdir:
 
     def roots(self, phase: int, stage: int, shard: str) -> Path:
         """Returns the sorted global indices of the kept documents a shard's duplicates of one stage point at."""
-        return self.stage_dir(phase, stage) / f"{shard}.roots.npy"
+        return self.stage_dir(phase, stage) / f"{shard}.roots.i64"
 
     def adjacency(self, phase: int, stage: int, shard: str) -> Path:
         """Returns a shard's duplicate edges [2, E] (source in the shard, sorted; other end), gathered once."""
-        return self.stage_dir(phase, stage) / f"{shard}.adj.npy"
+        return self.stage_dir(phase, stage) / f"{shard}.adj.i64"
 
     def answers(self, phase: int, owner: str, asker: str) -> Path:
         """Returns the [global index, id] pairs shard `owner` looked up for shard `asker`."""

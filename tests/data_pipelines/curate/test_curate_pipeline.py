@@ -121,7 +121,7 @@ def test_end_to_end(tmp_path, write_yaml):
     assert "a.jsonl:15" in md and "| minhash_dedup |" in md
     pngs = list((tmp_path / "out" / "report").glob("*.png"))
     assert pngs and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
-    assert not list((tmp_path / "out" / "_work").rglob("*.npy"))  # intermediate files are cleaned up
+    assert not [p for p in (tmp_path / "out" / "_work").rglob("*") if p.suffix in (".npy", ".npz", ".i64")]  # intermediate files are cleaned up
 
 
 def test_parquet_output_matches_jsonl(tmp_path, write_yaml):
