@@ -28,11 +28,12 @@ EXTRAS = {
     # lm-eval: the decontaminate stage's n-grams are compared with its janitor module, and `--model maxlm` with its `hf` model (internals: pinned).
     # wandb / mlflow-skinny: the train.trackers tests read an offline W&B run and an MLflow file store back.
     # peft: LoRA exports are loaded by PeftModel.from_pretrained in the tests.
+    # bitsandbytes: QLoRA's own nf4 (on CPU through torch); the nf4 base is compared with its quantize_4bit.
     # faust-cchardet / python-magic: datatrove's WarcReader imports them; the WARC test reads its crawl with it.
     # pytest-xdist: the README's test command runs the suite on two workers (-n 2: CI's two cores).
     # trl: the preference/reward loss tests compare against TRL's own loss methods (private API: pinned).
     "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "tokenizers>=0.20", "ray>=2.9", "trl==1.16.0", "rouge-score>=0.1.2",
-             "datatrove==0.10.1", "spacy==3.8.18", "lm-eval==0.4.13", "wandb==0.31.0", "mlflow-skinny==3.18.0", "peft==0.21.2",
+             "datatrove==0.10.1", "spacy==3.8.18", "lm-eval==0.4.13", "wandb==0.31.0", "mlflow-skinny==3.18.0", "peft==0.21.2", "bitsandbytes==0.50.2",
              "warcio>=1.7", "trafilatura>=2.0", "lxml_html_clean>=0.4", "charset-normalizer>=3", "faust-cchardet>=2.1", "python-magic>=0.4"],
     "hf": ["transformers>=5.0", "tokenizers>=0.20"],
     "seqio": ["seqio>=0.0.19"],

@@ -18,7 +18,7 @@ from data_pipelines.curate.run.resolve import resolve_group
 from data_pipelines.curate.inputs import InputFile, list_inputs
 from data_pipelines.curate.report import write_report
 from data_pipelines.curate.run.workdir import Workdir, shard_name
-from data_pipelines.curate.run.group import peak_rss_mb
+from data_pipelines.curate.run.accounting import peak_rss_mb
 from data_pipelines.curate.run.local import LocalExecutor
 from data_pipelines.curate.run.plan import plan_phases
 from data_pipelines.curate.run.ray import RayExecutor

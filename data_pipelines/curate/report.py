@@ -77,10 +77,12 @@ def _histogram(values: list[float], png: Path, title: str) -> dict:
 def write_report(workdir: Workdir, cfg: PipelineConfig, inputs: list[InputFile], phases: tuple[Phase, ...], shards: list[str], run: dict) -> dict:
     """Writes DIR/report.json, DIR/report.md and DIR/report/*.png; returns the report."""
     by_label, read, bad, written = _gather(workdir, phases, shards)
-    resolves = {}
+    resolves, id_steps = {}, []
     for k, phase in enumerate(phases):
         if phase.group and workdir.resolve_done(k).exists():
-            resolves.update(json.loads(workdir.resolve_done(k).read_text())["stages"])
+            done = json.loads(workdir.resolve_done(k).read_text())
+            resolves.update(done["stages"])
+            id_steps.append({"stages": list(done["stages"]), **done["ids"]})
     stages_out = []
     for spec in cfg.stages:
         st = by_label.get(spec.label, StageStats())
@@ -130,6 +132,8 @@ def write_report(workdir: Workdir, cfg: PipelineConfig, inputs: list[InputFile],
         },
         "bad_records": bad,
         "stages": stages_out,
+        # per dedup group: the duplicate-id steps its stages share (not in any one stage's seconds)
+        "dedup_ids": id_steps,
     }
     write_json(workdir.root / "report.json", report)
     write_text(workdir.root / "report.md", render_markdown(report))
@@ -190,6 +194,10 @@ def render_markdown(r: dict) -> str:
                 out.append("")
                 out.append("Resolve tasks: " + ", ".join(
                     f"{name} {st['tasks']} in {st['seconds']:.2f} s (peak {st['max_task_rss_mb']:.0f} MiB)" for name, st in steps.items()))
+        ids = next((g for g in r.get("dedup_ids", []) if g["stages"][-1] == s["label"]), None)
+        if ids:
+            out += ["", f"Duplicate ids for {', '.join(ids['stages'])}: " + ", ".join(
+                f"{name} {ids[name]['tasks']} in {ids[name]['seconds']:.2f} s" for name in ("answer", "removals"))]
         for reason, exs in s["examples"].items():
             out += ["", f"Examples removed for `{reason}`:", ""]
             for ex in exs[:3]:

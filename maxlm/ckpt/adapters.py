@@ -141,8 +141,8 @@ class MergedStep:
         # The run's own scalar head (trained with the adapters) replaces the base's.
         self.leaves = {k: v for k, v in self.base.leaves.items() if k not in lora.TRAINED_HEADS} | own
         self.scale = self.config.lora.alpha / self.config.lora.rank
-        # leaf -> its input dims, for the projections the run held quantized
-        self.quantized = ({f"layers/{block}/{name}": n_in for name, (block, n_in) in lora.PROJECTIONS.items()}
+        # leaf -> (its stacked dims after L, its input dims), for the projections the run held quantized
+        self.quantized = ({f"layers/{block}/{name}": dims for (block, name), dims in lora.HELD.items()}
                           if self.config.lora.base_dtype in quant.QUANTIZED else {})
         check_fingerprint(stored.checkpoints.base(stored.step)["fingerprint"], self._base_fingerprint(), str(self.params_dir.parent))
 
@@ -171,13 +171,15 @@ class MergedStep:
         """Returns the stored dtype of `leaf`."""
         return self._source(leaf).dtype(leaf)
 
-    def read(self, leaf: str, layer: int | None = None) -> np.ndarray:
+    def read(self, leaf: str, layer: int | tuple[int, ...] | None = None) -> np.ndarray:
         """Returns `leaf` (or its row `layer`) with its adapter's update merged in, in the leaf's dtype; with lora.base_dtype
         int8 / nf4, a projection's update goes onto its dequantized base, the weights the adapters were trained with."""
         w = self._source(leaf).read(leaf, layer)
         if leaf in self.quantized:
-            held = lora.as_held(w if layer is None else w[None], self.quantized[leaf], self.config.lora)
-            w = np.asarray(held if layer is None else held[0]).astype(w.dtype)
+            lead, n_in = self.quantized[leaf]
+            # what `layer` picked (a layer, or a (layer, expert)) is no longer a stacked dim of w
+            picked = 0 if layer is None else len(layer) if isinstance(layer, tuple) else 1
+            w = np.asarray(lora.as_held(w, 1 + lead - picked, n_in, self.config.lora)).astype(w.dtype)
         if f"{leaf}{lora.SUFFIX}/a" not in self.adapters.leaves:
             return w
         a = self.adapters.read(f"{leaf}{lora.SUFFIX}/a", layer).astype(np.float32)

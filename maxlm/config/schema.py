@@ -402,16 +402,14 @@ def check_quantized_base(cfg: Config) -> None:
     lo, m = cfg.lora, cfg.model
     if not lo.rank or lo.base_dtype not in ("int8", "nf4"):
         return
-    if m.num_experts:
-        raise Inconsistent(f"lora.base_dtype {lo.base_dtype} quantizes the dense MLP and attention projections; an MoE model's experts "
-                           f"(model.num_experts {m.num_experts}) are not quantized: use lora.base_dtype param_dtype or bfloat16",
-                           "lora.base_dtype", "model.num_experts")
     if lo.base_dtype != "nf4":
         return
     h = head_dim(m)
+    # The MLP's down projection takes mlp_dim inputs; an MoE's experts' take expert_dim (its gate and up: hidden_size).
+    down = (("model.moe_mlp_dim" if m.moe_mlp_dim else "model.mlp_dim"), expert_dim(m)) if m.num_experts else ("model.mlp_dim", m.mlp_dim)
     # (its keys, all inputs flattened, the last input dim: the one two codes a byte pack along, which projections)
     inputs = [("model.hidden_size", m.hidden_size, m.hidden_size, "q, k, v, gate, up"),
-              ("model.num_heads, model.head_dim", m.num_heads * h, h, "o"), ("model.mlp_dim", m.mlp_dim, m.mlp_dim, "down")]
+              ("model.num_heads, model.head_dim", m.num_heads * h, h, "o"), (down[0], down[1], down[1], "down")]
     for keys, n, last, which in inputs:
         if last % 2:
             raise Inconsistent(f"lora.base_dtype nf4 packs two 4-bit codes a byte along a projection's last input dim: {which}'s is "

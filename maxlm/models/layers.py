@@ -8,6 +8,7 @@ H head dim, F mlp, V vocab, L layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -74,11 +75,30 @@ def adapters(module: nnx.Module, cfg: ModelConfig, lora: LoraConfig | None, rngs
         if name in lora.targets:
             setattr(module, f"{name}_lora", Adapter(cfg, lora, rngs, i, i_axes, o, o_axes))
         if lora.base_dtype in quant.QUANTIZED:
-            # Shapes only: a LoRA run's base is loaded (models/lora.py held_base), never initialized here.
-            values, scale = quant.held_shapes(i, o, lora)
-            scale_axes = (*(None for _ in range(len(scale.shape) - len(o))), *o_axes)
-            setattr(module, name, nnx.Param(jnp.zeros(values.shape, values.dtype), out_sharding=(*i_axes, *o_axes), eager_sharding=False))
-            setattr(module, name + quant.SCALE, nnx.Param(jnp.ones(scale.shape, scale.dtype), out_sharding=scale_axes, eager_sharding=False))
+            hold_quantized(module, name, lora, i, i_axes, o, o_axes)
+
+
+def hold_quantized(module: nnx.Module, name: str, lora: LoraConfig, i, i_axes, o, o_axes, lead=(), lead_axes=()) -> None:
+    """Replaces the module's projection `name` by lora.base_dtype's quantized values and their `<name>_scale`: one
+    [in..., out...] matrix each, stacked over `lead` dims (an MoE's experts)."""
+    # Shapes only: a LoRA run's base is loaded (models/lora.py held_base), never initialized here.
+    values, scale = quant.held_shapes(i, o, lora)
+    scale_axes = (*lead_axes, *(None for _ in range(len(scale.shape) - len(o))), *o_axes)
+    setattr(module, name, nnx.Param(jnp.zeros((*lead, *values.shape), values.dtype), out_sharding=(*lead_axes, *i_axes, *o_axes),
+                                    eager_sharding=False))
+    setattr(module, name + quant.SCALE, nnx.Param(jnp.ones((*lead, *scale.shape), scale.dtype), out_sharding=scale_axes, eager_sharding=False))
+
+
+def weight(module: nnx.Module, name: str, n_in: int = 1, lead: int = 0) -> jax.Array:
+    """Returns the module's projection `name` as it computes: a quantized one dequantized (f32), one matrix per `lead` dims."""
+    w = getattr(module, name)[...]
+    scale = getattr(module, name + quant.SCALE, None)
+    if scale is None:
+        return w
+    fn = functools.partial(quant.dequantize, n_in=n_in)
+    for _ in range(lead):
+        fn = jax.vmap(fn)
+    return fn(w, scale[...])
 
 
 PROJECTION_IDS = {name: i for i, name in enumerate(("q", "k", "v", "o", "gate", "up", "down"))}  # each adapter's own dropout stream
@@ -86,11 +106,7 @@ PROJECTION_IDS = {name: i for i, name in enumerate(("q", "k", "v", "o", "gate", 
 
 def project(module: nnx.Module, name: str, x: jax.Array, n_in: int = 1, dropout_key: jax.Array | None = None) -> jax.Array:
     """Returns x through the module's projection `name` (a quantized one dequantized as it is used), plus its adapter's update when it has one."""
-    w = getattr(module, name)[...]
-    scale = getattr(module, name + quant.SCALE, None)
-    if scale is not None:
-        w = quant.dequantize(w, scale[...], n_in)
-    y = linear(x, w, n_in)
+    y = linear(x, weight(module, name, n_in), n_in)
     adapter = getattr(module, f"{name}_lora", None)
     if adapter is None:
         return y

@@ -54,7 +54,7 @@ class Decoder(nnx.Module):
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_layers(r: nnx.Rngs) -> Block:
-            return Block(cfg, rngs=r, moe=MoE(cfg, rngs=r) if cfg.num_experts else None, lora=lora)
+            return Block(cfg, rngs=r, moe=MoE(cfg, rngs=r, lora=lora) if cfg.num_experts else None, lora=lora)
 
         self.layers = make_layers(rngs)
         self.final_norm = RMSNorm(cfg, rngs=rngs)

@@ -21,6 +21,9 @@ SUFFIX = "_lora"
 TRAINED_HEADS = ("score_head",)
 # The projections of a layer (params["layers"][block][name]) and how many leading dims (after L) are inputs.
 PROJECTIONS = {"q": ("attn", 1), "k": ("attn", 1), "v": ("attn", 1), "o": ("attn", 2), "gate": ("mlp", 1), "up": ("mlp", 1), "down": ("mlp", 1)}
+# What a quantized base holds quantized: (block, name) -> (stacked dims after L, input dims); an MoE layer's experts
+# [L, E, in, out] are quantized one expert matrix at a time (its router stays float: top-k flips on small errors).
+HELD = {(block, name): (0, n_in) for name, (block, n_in) in PROJECTIONS.items()} | {("moe", name): (1, 1) for name in ("gate", "up", "down")}
 
 
 def is_adapter(key: str) -> bool:
@@ -77,7 +80,14 @@ def delta(a_LxIxr: jax.Array, b_Lxrx0: jax.Array, scale: float) -> jax.Array:
     return scale * jnp.einsum("lir,lro->lio", a, b).reshape(*a_LxIxr.shape[:-1], *b_Lxrx0.shape[2:])
 
 
-def merged(params: dict, lora: LoraConfig, dtype=jnp.float32) -> dict:
+def per_matrix(fn, stacked: int):
+    """Returns fn mapped over a leaf's `stacked` leading dims (L, and E for experts): quant's functions take one matrix."""
+    for _ in range(stacked):
+        fn = jax.vmap(fn)
+    return fn
+
+
+def merged(params: dict, lora: LoraConfig, dtype=jnp.float32, block: str = "") -> dict:
     """Returns plain params: each target projection W + (alpha / r) · a @ b, the adapters dropped; a quantized
     projection dequantized into `dtype` (the model's param dtype) first."""
     out = {}
@@ -85,13 +95,13 @@ def merged(params: dict, lora: LoraConfig, dtype=jnp.float32) -> dict:
         if is_adapter(k) or k.endswith(quant.SCALE):
             continue
         if k + quant.SCALE in params:
-            n_in = PROJECTIONS[k][1]
-            v = jax.vmap(functools.partial(quant.dequantize, n_in=n_in))(v, params[k + quant.SCALE]).astype(dtype)
+            lead, n_in = HELD[block, k]
+            v = per_matrix(functools.partial(quant.dequantize, n_in=n_in), 1 + lead)(v, params[k + quant.SCALE]).astype(dtype)
         adapter = params.get(k + SUFFIX)
         if adapter is not None:
             out[k] = (v.astype(jnp.float32) + delta(adapter["a"], adapter["b"], lora.alpha / lora.rank)).astype(v.dtype)
         else:
-            out[k] = merged(v, lora, dtype) if isinstance(v, dict) else v
+            out[k] = merged(v, lora, dtype, k) if isinstance(v, dict) else v
     return out
 
 
@@ -102,14 +112,17 @@ def held_base(frozen: dict, lora: LoraConfig) -> dict:
     if lora.base_dtype not in quant.QUANTIZED:
         return frozen
     layers = {block: dict(sub) for block, sub in frozen["layers"].items()}
-    for name, (block, n_in) in PROJECTIONS.items():
-        layers[block][name], layers[block][name + quant.SCALE] = jax.vmap(functools.partial(quant.quantize, n_in=n_in, lora=lora))(layers[block][name])
+    for (block, name), (lead, n_in) in HELD.items():
+        if block in layers:
+            fn = per_matrix(functools.partial(quant.quantize, n_in=n_in, lora=lora), 1 + lead)
+            layers[block][name], layers[block][name + quant.SCALE] = fn(layers[block][name])
     return frozen | {"layers": layers}
 
 
-def as_held(w_LxIxO: jax.Array, n_in: int, lora: LoraConfig) -> jax.Array:
-    """Returns a stacked projection as a run with `lora.base_dtype` int8 / nf4 computes with it: quantized, then dequantized (f32)."""
-    return jax.vmap(lambda w: quant.dequantize(*quant.quantize(w, n_in, lora), n_in))(w_LxIxO)
+def as_held(w: jax.Array, stacked: int, n_in: int, lora: LoraConfig) -> jax.Array:
+    """Returns a projection ([in..., out...] after `stacked` leading dims) as a run with `lora.base_dtype` int8 / nf4
+    computes with it: quantized, then dequantized (f32)."""
+    return per_matrix(lambda m: quant.dequantize(*quant.quantize(m, n_in, lora), n_in), stacked)(w)
 
 
 def count(params: dict) -> int:

@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maxlm.config import ModelConfig, expert_dim
-from maxlm.models.layers import linear, param
+from maxlm.config import LoraConfig, ModelConfig, expert_dim
+from maxlm.models import quant
+from maxlm.models.layers import hold_quantized, linear, param, weight
 from maxlm.parallel.rules import constrain, per_data_shard
 
 
@@ -64,7 +65,7 @@ def router_losses(stats: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
 class MoE(nnx.Module):
     """Top-k routed SwiGLU experts: Σ_k w_k · down_e(silu(gate_e(x)) · up_e(x)) over each token's k experts."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         d, f, e = cfg.hidden_size, expert_dim(cfg), cfg.num_experts
         self.k = cfg.experts_per_token
         self.renormalize = cfg.router_renormalize
@@ -73,6 +74,10 @@ class MoE(nnx.Module):
         self.gate = param(rngs, (e, d, f), ("expert", "embed", "mlp"), cfg, fan_in=d)
         self.up = param(rngs, (e, d, f), ("expert", "embed", "mlp"), cfg, fan_in=d)
         self.down = param(rngs, (e, f, d), ("expert", "mlp", "embed"), cfg, fan_in=f)
+        if lora is not None and lora.rank and lora.base_dtype in quant.QUANTIZED:
+            # A LoRA run's frozen experts, held like the dense projections (models/quant.py), one [in, out] matrix per expert.
+            for name, (i, i_ax, o, o_ax) in {"gate": (d, "embed", f, "mlp"), "up": (d, "embed", f, "mlp"), "down": (f, "mlp", d, "embed")}.items():
+                hold_quantized(self, name, lora, (i,), (i_ax,), (o,), (o_ax,), lead=(e,), lead_axes=("expert",))
 
     def __call__(self, x_BxTxD: jax.Array, valid_BxT: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Returns (out [B, T, D], router_stats over the tokens where `valid_BxT`)."""
@@ -84,7 +89,7 @@ class MoE(nnx.Module):
         stats = router_stats(logits_NxE, ids_NxK, valid_BxT.reshape(-1))
         # The dispatch is row-local: run apart per data-parallel shard, it sorts only that shard's tokens.
         out_NxD = per_data_shard(functools.partial(dispatch, k=self.k), 3, x_NxD, ids_NxK, w_NxK.astype(dt),
-                                 self.gate[...].astype(dt), self.up[...].astype(dt), self.down[...].astype(dt))
+                                 *(weight(self, name, lead=1).astype(dt) for name in ("gate", "up", "down")))
         return constrain(out_NxD.reshape(b, t, d), ("batch", "length", "act_embed")), stats
 
 

@@ -149,8 +149,10 @@ def test_a_quantized_lora_base_is_refused_where_it_cannot_hold_the_projections()
         load_config(None, [*nf4, "lora.nf4_block=0"])
     assert load_config(None, ["lora.base_dtype=nf4"]).lora.rank == 0  # no adapters: the base is not held quantized
     moe = ["model.family=mixtral", "model.num_experts=4", "model.experts_per_token=2", "model.router_renormalize=true", "lora.rank=4"]
-    for dtype in ("int8", "nf4"):
-        with pytest.raises(MaxlmError, match=rf"lora\.base_dtype {dtype} quantizes the dense MLP and attention projections; an MoE "
-                                             r"model's experts \(model\.num_experts 4\) are not quantized"):
-            load_config(None, [*moe, f"lora.base_dtype={dtype}"])
-    assert load_config(None, [*moe, "lora.base_dtype=bfloat16"]).lora.base_dtype == "bfloat16"
+    # An MoE's experts are quantized too: their down projections take moe_mlp_dim inputs, not the dense mlp_dim.
+    assert load_config(None, [*moe, "lora.base_dtype=int8"]).lora.base_dtype == "int8"
+    qwen = ["model.family=qwen3_moe", "model.qk_norm=true", "model.num_experts=4", "model.experts_per_token=2", "lora.rank=4",
+            "lora.base_dtype=nf4", "lora.nf4_block=16", "model.mlp_dim=64"]
+    assert load_config(None, [*qwen, "model.moe_mlp_dim=32"]).model.moe_mlp_dim == 32
+    with pytest.raises(MaxlmError, match=r"down take 40 \(model\.moe_mlp_dim\); pick a block that divides 40"):
+        load_config(None, [*qwen, "model.moe_mlp_dim=40"])

@@ -94,3 +94,21 @@ def test_int8_is_within_half_a_step_per_output_channel(n_in, shape):
     step = np.abs(w).max(axis=tuple(range(n_in)), keepdims=True) / 127
     np.testing.assert_allclose(np.asarray(scale), step, rtol=1e-6)
     assert np.all(np.abs(np.asarray(quant.dequantize(values, scale, n_in)) - w) <= step / 2 + 1e-7)
+
+
+@pytest.mark.parametrize("block", [64, 32])  # bitsandbytes takes blocks of 32 to 4096
+def test_nf4_equals_bitsandbytes_quantize_4bit(block):
+    # QLoRA's own implementation on Hugging Face's [out, in] weights: the same blocks, absmax and codes, so the same weights.
+    torch = pytest.importorskip("torch")
+    functional = pytest.importorskip("bitsandbytes.functional")
+    cfg = dataclasses.replace(NF4, nf4_block=block)
+    rng = np.random.default_rng(0)
+    for n_in, w_IxO in [(1, rng.standard_normal((128, 48))), (2, rng.standard_normal((4, 32, 40)))]:  # a projection; o's [N, H, D]
+        w_IxO = w_IxO.astype(np.float32)
+        hf_OxI = torch.from_numpy(w_IxO.reshape(-1, w_IxO.shape[-1]).T.copy())
+        packed, state = functional.quantize_4bit(hf_OxI, blocksize=block, quant_type="nf4", compress_statistics=False)
+        theirs = functional.dequantize_4bit(packed, state).numpy().T.reshape(w_IxO.shape)
+        values, scale = quant.quantize(jnp.asarray(w_IxO), n_in, cfg)
+        # bitsandbytes' absmax runs over the flattened [out, in] rows: block b of output o is our scale [b, o]
+        np.testing.assert_array_equal(np.asarray(scale).reshape(-1, w_IxO.shape[-1]).T.reshape(-1), state.absmax.numpy())
+        np.testing.assert_allclose(np.asarray(quant.dequantize(values, scale, n_in)), theirs, rtol=1e-6, atol=0)

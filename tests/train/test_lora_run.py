@@ -1,6 +1,6 @@
 """LoRA runs end to end on an imported model (transformers' random Llama, a tokenizer trained here):
 what trains and what is saved, PEFT's and transformers' logits of the exports, the base check,
-a DPO run whose reference is the base with the adapters off, and a run on an nf4 base (QLoRA)."""
+a DPO run whose reference is the base with the adapters off, and runs on an nf4 base (QLoRA; dense and MoE)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 import maxlm  # noqa: E402
+from maxlm.ckpt.adapters import MergedStep  # noqa: E402
 from maxlm.ckpt.hf import export_hf, import_hf  # noqa: E402
 from maxlm.ckpt.manager import Checkpoints  # noqa: E402
 from maxlm.ckpt.step import StoredStep  # noqa: E402
@@ -254,3 +255,26 @@ def test_nf4_blocks_are_checked_against_the_init_from_model(base, tmp_path, shar
     with pytest.raises(MaxlmError, match=rf"^train.init_from {re.escape(str(base[2]))}: its model cannot be held as lora.base_dtype nf4: "
                                          r"lora.nf4_block \(64\) must divide .* down take 96 \(model.mlp_dim\)"):
         train(load_config(path), log=lambda s: None)
+
+
+def test_an_moe_run_on_an_nf4_base_exports_the_experts_it_trained_with(tmp_path, shared_data):
+    # Mixtral's experts are held as nf4 too (one matrix per expert); the merged export holds those same dequantized experts.
+    sp = train_sentencepiece([(Path(os.__file__).parent / "os.py").read_text()], tmp_path / "sp.model", vocab_size=V, max_sentences=2000)
+    torch.manual_seed(0)
+    shape = {k: v for k, v in SHAPE.items() if k != "tie_word_embeddings"}
+    cfg = transformers.MixtralConfig(**shape, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False)
+    transformers.MixtralForCausalLM(cfg).save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.model").write_bytes(sp.read_bytes())
+    base_run = import_hf(tmp_path / "hf", tmp_path / "base")
+    path = lora_config(tmp_path, base_run, shared_data, lora={"rank": 4, "alpha": 8.0, "targets": ["q", "o"], "base_dtype": "nf4", "nf4_block": 32},
+                       train={"steps": 2, "global_batch_size": 8, "warmup_steps": 1, "log_every": 1, "learning_rate": 2e-2, "init_from": str(base_run)})
+    train(load_config(path), log=lambda s: None)
+    run = tmp_path / "run"
+    merged_step = MergedStep(StoredStep(run))
+    whole = merged_step.read("layers/moe/down")
+    np.testing.assert_array_equal(merged_step.read("layers/moe/down", (1, 2)), whole[1, 2])  # one expert, as export reads it
+    assert np.abs(whole - StoredStep(base_run).read("layers/moe/down")).max() > 0  # the nf4 experts, not the float ones
+    tokens = np.random.default_rng(0).integers(0, V, (2, 40))
+    ours = lora_logits(run, tokens)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(export_hf(run, tmp_path / "merged", merge=True), dtype=torch.float32).eval()
+    assert np.abs(torch_logits(plain, tokens) - ours).max() <= 1e-4

@@ -56,6 +56,7 @@ def range_edges(runs: list[Run], bands: int, part: int, parts: int) -> tuple[np.
     """Returns the distinct (first [E], other [E]) global index pairs of key range `part` of `parts`:
     `other` shares a band key in the range with `first`, the smallest index in its bucket."""
     lo = np.uint64((part << 64) // parts)
+    hi = np.uint64(((part + 1) << 64) // parts) if part + 1 < parts else None  # None: up to the run's end
     maps = [(np.load(r.keys_path, mmap_mode="r"), np.load(r.idx_path, mmap_mode="r"), r.offset) for r in runs]
     maps = [m for m in maps if m[0].shape[1] > 0]
     firsts, others = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
@@ -63,7 +64,7 @@ def range_edges(runs: list[Run], bands: int, part: int, parts: int) -> tuple[np.
         ks, gs = [], []
         for keys_BM, idx_BM, offset in maps:
             a = int(np.searchsorted(keys_BM[b], lo, side="left"))
-            z = int(np.searchsorted(keys_BM[b], np.uint64(((part + 1) << 64) // parts), side="left")) if part + 1 < parts else keys_BM.shape[1]
+            z = keys_BM.shape[1] if hi is None else int(np.searchsorted(keys_BM[b], hi, side="left"))
             if z > a:
                 ks.append(np.asarray(keys_BM[b, a:z]))
                 gs.append(np.asarray(idx_BM[b, a:z]).astype(np.int64) + offset)

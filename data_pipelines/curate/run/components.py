@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_pipelines.curate.run.arrays import columns_in, load_array, save_array
-from data_pipelines.curate.run.group import Group, usage
+from data_pipelines.curate.run.accounting import usage
+from data_pipelines.curate.run.group import Group
 
 
 def receive(labels_N: np.ndarray, lo: int, messages_2M: np.ndarray) -> np.ndarray:

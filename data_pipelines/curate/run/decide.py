@@ -9,7 +9,8 @@ import numpy as np
 
 from data_pipelines.curate.run.arrays import load_array, save_array, save_npy
 from data_pipelines.curate.run.buckets import run_paths
-from data_pipelines.curate.run.group import Group, usage
+from data_pipelines.curate.run.accounting import usage
+from data_pipelines.curate.run.group import Group
 from maxlm.files.atomic import write_atomic
 
 

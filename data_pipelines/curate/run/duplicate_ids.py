@@ -10,7 +10,8 @@ import numpy as np
 
 from data_pipelines.curate.run.arrays import load_array, values_in
 from data_pipelines.curate.run.decide import load_decisions
-from data_pipelines.curate.run.group import Group, usage
+from data_pipelines.curate.run.accounting import usage
+from data_pipelines.curate.run.group import Group
 from maxlm.files.readers import iter_records
 from maxlm.files.writers import JsonlZstWriter
 

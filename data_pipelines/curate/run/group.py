@@ -1,11 +1,7 @@
-"""The corpus a dedup resolve works over: its shards, where each starts in the global index, and
-what every resolve task reports about itself."""
+"""The corpus a dedup resolve works over: its shards and where each starts in the global index."""
 
 from __future__ import annotations
 
-import resource
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,19 +31,3 @@ class Group:
         wd = self.workdir
         return wd.phase_dir(self.phase) if stage == 0 else wd.stage_dir(self.phase, stage)
 
-
-def peak_rss_mb() -> float:
-    """Returns this process's peak resident memory in MiB."""
-    try:
-        # Linux: the high-water mark of this program's own memory; getrusage's would also count the
-        # process it was started from, whose maximum survives exec
-        with open("/proc/self/status") as f:
-            return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024, 1)
-    except (OSError, StopIteration):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)  # bytes on macOS, KiB elsewhere
-
-
-def usage(t0: float) -> dict:
-    """Returns what a task reports about itself: seconds since t0 and its process's peak memory."""
-    return {"seconds": time.perf_counter() - t0, "rss_mb": peak_rss_mb()}

@@ -9,7 +9,8 @@ import numpy as np
 
 from data_pipelines.curate.run.arrays import save_array
 from data_pipelines.curate.run.buckets import Run, range_edges, run_paths
-from data_pipelines.curate.run.group import Group, usage
+from data_pipelines.curate.run.accounting import usage
+from data_pipelines.curate.run.group import Group
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ def resolve_group(workdir: Workdir, phase: int, shards: list[str], counts: list[
     for j, label in enumerate(labels):
         r = report[label]
         r["clusters"] = int(answer["clusters"][j])
-        r["seconds"] = round(sum(s["seconds"] for s in r["steps"].values()) + (answer["seconds"] + removals["seconds"]) / len(labels), 3)
+        # the id steps serve every stage of the group at once: they are reported beside the stages, not split over them
+        r["seconds"] = round(sum(s["seconds"] for s in r["steps"].values()), 3)
     write_json(workdir.resolve_done(phase), {"stages": report, "documents": offsets[-1], "ids": {"answer": answer, "removals": removals}})
     return report

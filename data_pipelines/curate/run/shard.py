@@ -20,7 +20,7 @@ from data_pipelines.curate.run.buckets import write_run
 from data_pipelines.curate.document import Document, utf8_size
 from maxlm.files.formats import BadRecord, StreamCut
 from data_pipelines.curate.inputs import InputFile, read_documents
-from data_pipelines.curate.run.group import peak_rss_mb
+from data_pipelines.curate.run.accounting import peak_rss_mb
 from data_pipelines.curate.run.workdir import Workdir
 from data_pipelines.curate.run.plan import Phase
 from data_pipelines.curate.stages import build_stage

@@ -115,10 +115,13 @@ def test_end_to_end(tmp_path, write_yaml):
     assert pii["counters"]["EMAIL"] == 1 and pii["counters"]["PHONE"] == 1
     assert stages[0]["removed"] == {"language": 1} and stages[0]["examples"]["language"][0]["id"] == "german"
     assert all(s["docs_per_second"] for s in stages)
+    # the id steps both dedup stages share are reported once, beside them, not split into their seconds
+    (ids,) = report["dedup_ids"]
+    assert ids["stages"] == ["exact_dedup", "minhash_dedup"] and ids["answer"]["tasks"] == ids["removals"]["tasks"] >= 2
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     assert on_disk["totals"] == t
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "a.jsonl:15" in md and "| minhash_dedup |" in md
+    assert "a.jsonl:15" in md and "| minhash_dedup |" in md and "Duplicate ids for exact_dedup, minhash_dedup: answer" in md
     pngs = list((tmp_path / "out" / "report").glob("*.png"))
     assert pngs and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert not [p for p in (tmp_path / "out" / "_work").rglob("*") if p.suffix in (".npy", ".npz", ".i64")]  # intermediate files are cleaned up
