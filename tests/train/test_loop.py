@@ -95,15 +95,14 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path, shared_data, tokenize
 
 # Qwen3's switches on the tiny shape: q/k norms, head_dim 24 (not 64 / 4 heads), tied embeddings.
 QWEN3 = {"family": "qwen3", "qk_norm": True, "head_dim": 24, "tie_embeddings": True}
-# Mistral's: a sliding window shorter than the 64-token rows.
-MISTRAL = {"family": "mistral", "sliding_window": 16}
-# Gemma 2's: local and global layers alternating (window 16 under 64-token rows), both soft-caps, post-norms.
+# Gemma 2's: local and global layers alternating (window 16 under 64-token rows), both soft-caps, post-norms. Its local
+# layers are Mistral's sliding window (the same masked blocks), so Mistral needs no run of its own here.
 GEMMA2 = {"family": "gemma2", "sliding_window": 16, "global_every": 2, "query_pre_attn_scalar": 16, "attn_softcap": 50.0, "final_softcap": 30.0,
           "post_norms": True, "norm_offset": True, "embed_scale": True, "mlp_activation": "gelu_tanh", "tie_embeddings": True}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [{}, QWEN3, MISTRAL, GEMMA2], ids=["llama", "qwen3", "mistral", "gemma2"])
+@pytest.mark.parametrize("model", [{}, QWEN3, GEMMA2], ids=["llama", "qwen3", "gemma2"])
 def test_same_losses_on_1_and_8_devices(model, tmp_path, shared_data, tokenizer_model):
     cfg = tiny_config(tmp_path, shared_data, tokenizer_model, train={"steps": 5}, model=model)
     runs = {
