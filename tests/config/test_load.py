@@ -115,6 +115,19 @@ def test_every_shipped_config_loads_and_validates(path):
     assert cfg.task in ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")
 
 
+def test_every_preset_of_7b_or_more_shards_its_state_and_recomputes_activations():
+    """The presets measured to fit a pod (README, "Will it fit?") all carry the two settings that made them fit."""
+    from maxlm.train.metrics import param_count
+
+    big = {}
+    for p in sorted((REPO / "configs" / "models").glob("*.yaml")):
+        cfg = load_config(p)
+        if param_count(cfg.model) >= 6e9:
+            big[p.stem] = (cfg.mesh.data, cfg.mesh.fsdp, cfg.model.remat)
+    assert {"llama3_8b", "llama3_70b", "mixtral_8x7b", "qwen3_30b_a3b"} <= set(big)
+    assert {k: v for k, v in big.items() if v != (1, -1, "full")} == {}
+
+
 def test_errors_name_the_file_and_line_of_the_key(tmp_path):
     p = write(tmp_path / "exp.yaml", "run_dir: r\ntrain:\n  steps: 3\n  learning_rat: 0.1\n")
     with pytest.raises(MaxlmError, match=rf"^{re.escape(str(p))}:4: unknown key train\.learning_rat; did you mean train\.learning_rate\?"):
