@@ -175,19 +175,17 @@ class MergedStep:
         """Returns `leaf` (or its row `layer`) with its adapter's update merged in, in the leaf's dtype; with lora.base_dtype
         int8 / nf4, a projection's update goes onto its dequantized base, the weights the adapters were trained with."""
         w = self._source(leaf).read(leaf, layer)
+        # what `layer` picked (a layer, or a (layer, expert)) is no longer a stacked dim of w
+        picked = 0 if layer is None else len(layer) if isinstance(layer, tuple) else 1
         if leaf in self.quantized:
             lead, n_in = self.quantized[leaf]
-            # what `layer` picked (a layer, or a (layer, expert)) is no longer a stacked dim of w
-            picked = 0 if layer is None else len(layer) if isinstance(layer, tuple) else 1
             w = np.asarray(lora.as_held(w, 1 + lead - picked, n_in, self.config.lora)).astype(w.dtype)
         if f"{leaf}{lora.SUFFIX}/a" not in self.adapters.leaves:
             return w
         a = self.adapters.read(f"{leaf}{lora.SUFFIX}/a", layer).astype(np.float32)
         b = self.adapters.read(f"{leaf}{lora.SUFFIX}/b", layer).astype(np.float32)
-        if layer is not None:
-            a, b = a[None], b[None]
-        d = np.asarray(lora.delta(a, b, self.scale))
-        return (w.astype(np.float32) + (d if layer is None else d[0])).astype(w.dtype)
+        stacked = 1 + lora.HELD[tuple(leaf.split("/")[1:])][0] - picked
+        return (w.astype(np.float32) + np.asarray(lora.delta(a, b, self.scale, stacked))).astype(w.dtype)
 
     def tokenizer_path(self) -> Path | None:
         """Returns the run's tokenizer, else its base's."""

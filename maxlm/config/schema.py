@@ -379,10 +379,11 @@ def validate(cfg: Config) -> None:
         raise Inconsistent(f"lora.rank {cfg.lora.rank} needs at least one of lora.targets (q, k, v, o, gate, up, down)", "lora.targets", "lora.rank")
     if cfg.lora.rank and len(set(cfg.lora.targets)) != len(cfg.lora.targets):
         raise Inconsistent(f"lora.targets names a projection twice: {cfg.lora.targets}", "lora.targets")
-    mlp_targets = sorted(set(cfg.lora.targets) & {"gate", "up", "down"})
-    if cfg.lora.rank and cfg.model.num_experts and mlp_targets:
-        raise Inconsistent(f"lora.targets {mlp_targets}: an MoE model's experts take no adapters; target the attention (q, k, v, o)",
-                           "lora.targets", "model.num_experts")
+    expert_targets = sorted(set(cfg.lora.targets) & {"gate", "up", "down"}) if cfg.model.num_experts else []
+    if cfg.lora.rank and expert_targets and cfg.lora.dropout:
+        # as PEFT, whose adapters on expert parameters (target_parameters) refuse lora_dropout
+        raise Inconsistent(f"lora.dropout {cfg.lora.dropout}: adapters on an MoE model's experts (lora.targets {expert_targets}) take no "
+                           "dropout; set lora.dropout 0 or target the attention (q, k, v, o) only", "lora.dropout", "lora.targets")
     if not cfg.train.init_from:  # else the model is init_from's, checked once read (train/state.py resolve_init_from)
         check_quantized_base(cfg)
     mesh = cfg.mesh

@@ -47,15 +47,16 @@ def linear(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Arr
 
 class Adapter(nnx.Module):
     """A low-rank update of one projection (LoRA): (alpha / r) · (x @ a) @ b, with a [in..., r] random and
-    b [r, out...] zero, so that a fresh adapter changes nothing. Stored under `<projection>_lora`."""
+    b [r, out...] zero, so that a fresh adapter changes nothing. Stored under `<projection>_lora`; an MoE's
+    experts have one each, stacked over `lead` (a [E, in, r], b [E, r, out], applied in moe.dispatch)."""
 
     def __init__(self, cfg: ModelConfig, lora: LoraConfig, rngs: nnx.Rngs, in_shape: tuple[int, ...], in_axes: tuple[str, ...],
-                 out_shape: tuple[int, ...], out_axes: tuple[str, ...]):
+                 out_shape: tuple[int, ...], out_axes: tuple[str, ...], lead: tuple[int, ...] = (), lead_axes: tuple[str, ...] = ()):
         self.scale = lora.alpha / lora.rank
         self.dropout = lora.dropout
         self.n_in = len(in_shape)
-        self.a = param(rngs, (*in_shape, lora.rank), (*in_axes, "lora_rank"), cfg, fan_in=math.prod(in_shape))
-        self.b = param(rngs, (lora.rank, *out_shape), ("lora_rank", *out_axes), cfg, init="zeros")
+        self.a = param(rngs, (*lead, *in_shape, lora.rank), (*lead_axes, *in_axes, "lora_rank"), cfg, fan_in=math.prod(in_shape))
+        self.b = param(rngs, (*lead, lora.rank, *out_shape), (*lead_axes, "lora_rank", *out_axes), cfg, init="zeros")
 
     def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         """Returns the update of x's projection: x contracted over its last n_in dims, shaped [..., out...];
@@ -66,16 +67,17 @@ class Adapter(nnx.Module):
         return linear(linear(x, self.a[...], self.n_in), self.b[...]) * jnp.asarray(self.scale, x.dtype)
 
 
-def adapters(module: nnx.Module, cfg: ModelConfig, lora: LoraConfig | None, rngs: nnx.Rngs, shapes: dict) -> None:
+def adapters(module: nnx.Module, cfg: ModelConfig, lora: LoraConfig | None, rngs: nnx.Rngs, shapes: dict, lead=(), lead_axes=()) -> None:
     """Adds an Adapter `<name>_lora` to `module` for each of its projections (`shapes`: name -> (in, in axes, out, out axes))
-    that lora targets; with lora.base_dtype int8 / nf4, every projection becomes quantized values beside a `<name>_scale` (models/quant.py)."""
+    that lora targets; with lora.base_dtype int8 / nf4, every projection becomes quantized values beside a `<name>_scale` (models/quant.py).
+    With `lead` (an MoE's experts), each projection is one matrix per lead index, and so is its adapter."""
     if lora is None or lora.rank == 0:
         return
     for name, (i, i_axes, o, o_axes) in shapes.items():
         if name in lora.targets:
-            setattr(module, f"{name}_lora", Adapter(cfg, lora, rngs, i, i_axes, o, o_axes))
+            setattr(module, f"{name}_lora", Adapter(cfg, lora, rngs, i, i_axes, o, o_axes, lead, lead_axes))
         if lora.base_dtype in quant.QUANTIZED:
-            hold_quantized(module, name, lora, i, i_axes, o, o_axes)
+            hold_quantized(module, name, lora, i, i_axes, o, o_axes, lead, lead_axes)
 
 
 def hold_quantized(module: nnx.Module, name: str, lora: LoraConfig, i, i_axes, o, o_axes, lead=(), lead_axes=()) -> None:

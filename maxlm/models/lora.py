@@ -72,12 +72,13 @@ def adapters_off(params: dict) -> dict:
     return out
 
 
-def delta(a_LxIxr: jax.Array, b_Lxrx0: jax.Array, scale: float) -> jax.Array:
-    """Returns scale · a @ b per layer, f32, shaped [L, in..., out...] like the projection (a [L, in..., r], b [L, r, out...])."""
-    lead, rank = a_LxIxr.shape[0], a_LxIxr.shape[-1]
-    a = a_LxIxr.astype(jnp.float32).reshape(lead, -1, rank)
-    b = b_Lxrx0.astype(jnp.float32).reshape(lead, rank, -1)
-    return scale * jnp.einsum("lir,lro->lio", a, b).reshape(*a_LxIxr.shape[:-1], *b_Lxrx0.shape[2:])
+def delta(a_SxIxr: jax.Array, b_Sxrx0: jax.Array, scale: float, stacked: int = 1) -> jax.Array:
+    """Returns scale · a @ b per matrix, f32, shaped [S..., in..., out...] like the projection (a [S..., in..., r],
+    b [S..., r, out...]) for `stacked` leading dims S (L; L, E for an MoE's experts)."""
+    lead, rank = a_SxIxr.shape[:stacked], a_SxIxr.shape[-1]
+    a = a_SxIxr.astype(jnp.float32).reshape(*lead, -1, rank)
+    b = b_Sxrx0.astype(jnp.float32).reshape(*lead, rank, -1)
+    return scale * jnp.einsum("...ir,...ro->...io", a, b).reshape(*a_SxIxr.shape[:-1], *b_Sxrx0.shape[stacked + 1:])
 
 
 def per_matrix(fn, stacked: int):
@@ -99,7 +100,8 @@ def merged(params: dict, lora: LoraConfig, dtype=jnp.float32, block: str = "") -
             v = per_matrix(functools.partial(quant.dequantize, n_in=n_in), 1 + lead)(v, params[k + quant.SCALE]).astype(dtype)
         adapter = params.get(k + SUFFIX)
         if adapter is not None:
-            out[k] = (v.astype(jnp.float32) + delta(adapter["a"], adapter["b"], lora.alpha / lora.rank)).astype(v.dtype)
+            d = delta(adapter["a"], adapter["b"], lora.alpha / lora.rank, 1 + HELD[block, k][0])
+            out[k] = (v.astype(jnp.float32) + d).astype(v.dtype)
         else:
             out[k] = merged(v, lora, dtype, k) if isinstance(v, dict) else v
     return out

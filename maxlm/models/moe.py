@@ -19,8 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maxlm.config import LoraConfig, ModelConfig, expert_dim
-from maxlm.models import quant
-from maxlm.models.layers import hold_quantized, linear, param, weight
+from maxlm.models.layers import adapters, linear, param, weight
 from maxlm.parallel.rules import constrain, per_data_shard
 
 
@@ -74,10 +73,9 @@ class MoE(nnx.Module):
         self.gate = param(rngs, (e, d, f), ("expert", "embed", "mlp"), cfg, fan_in=d)
         self.up = param(rngs, (e, d, f), ("expert", "embed", "mlp"), cfg, fan_in=d)
         self.down = param(rngs, (e, f, d), ("expert", "mlp", "embed"), cfg, fan_in=f)
-        if lora is not None and lora.rank and lora.base_dtype in quant.QUANTIZED:
-            # A LoRA run's frozen experts, held like the dense projections (models/quant.py), one [in, out] matrix per expert.
-            for name, (i, i_ax, o, o_ax) in {"gate": (d, "embed", f, "mlp"), "up": (d, "embed", f, "mlp"), "down": (f, "mlp", d, "embed")}.items():
-                hold_quantized(self, name, lora, (i,), (i_ax,), (o,), (o_ax,), lead=(e,), lead_axes=("expert",))
+        # A LoRA run's experts: an adapter per targeted expert matrix, and a quantized base held one [in, out] matrix per expert.
+        up = ((d,), ("embed",), (f,), ("mlp",))
+        adapters(self, cfg, lora, rngs, {"gate": up, "up": up, "down": ((f,), ("mlp",), (d,), ("embed",))}, lead=(e,), lead_axes=("expert",))
 
     def __call__(self, x_BxTxD: jax.Array, valid_BxT: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Returns (out [B, T, D], router_stats over the tokens where `valid_BxT`)."""
@@ -87,22 +85,38 @@ class MoE(nnx.Module):
         logits_NxE = linear(x_NxD, self.router[...])
         w_NxK, ids_NxK = route(logits_NxE, self.k, self.renormalize)
         stats = router_stats(logits_NxE, ids_NxK, valid_BxT.reshape(-1))
+        experts = {name: weight(self, name, lead=1).astype(dt) for name in ("gate", "up", "down")}
+        adapted = {name: getattr(self, f"{name}_lora") for name in experts if hasattr(self, f"{name}_lora")}
+        # Adapters enter the shard_map in f32 and their path runs in f32: their gradients are summed over the data shards
+        # where they meet x, and XLA:CPU's all-reduce promotion aborts on a bfloat16 sum there.
+        lora = {name: (ad.a[...].astype(jnp.float32), ad.b[...].astype(jnp.float32)) for name, ad in adapted.items()}
+        scale = next(iter(adapted.values())).scale if adapted else 0.0
         # The dispatch is row-local: run apart per data-parallel shard, it sorts only that shard's tokens.
-        out_NxD = per_data_shard(functools.partial(dispatch, k=self.k), 3, x_NxD, ids_NxK, w_NxK.astype(dt),
-                                 *(weight(self, name, lead=1).astype(dt) for name in ("gate", "up", "down")))
+        out_NxD = per_data_shard(functools.partial(dispatch, k=self.k, scale=scale), 3, x_NxD, ids_NxK, w_NxK.astype(dt), experts, lora)
         return constrain(out_NxD.reshape(b, t, d), ("batch", "length", "act_embed")), stats
 
 
-def dispatch(x_NxD, ids_NxK, w_NxK, gate_ExDxF, up_ExDxF, down_ExFxD, *, k: int) -> jax.Array:
-    """Returns [N, D]: Σ_k w · expert_k(x) with each token's rows sorted by expert and run as grouped matmuls."""
+def dispatch(x_NxD, ids_NxK, w_NxK, experts: dict, lora: dict, *, k: int, scale: float = 0.0) -> jax.Array:
+    """Returns [N, D]: Σ_k w · expert_k(x) with each token's rows sorted by expert and run as grouped matmuls.
+
+    `experts`: gate, up [E, D, F] and down [E, F, D]; `lora`: name -> (a [E, in, r], b [E, r, out]) for the
+    adapted ones, each adding scale · (x @ a_e) @ b_e to its expert's matmul.
+    """
     n, d = x_NxD.shape
     # Stable sort by expert: slot j of the sorted rows is assignment order[j], token order[j] // K.
     order_M = jnp.argsort(ids_NxK.reshape(-1), stable=True)
-    sizes_E = jnp.bincount(ids_NxK.reshape(-1), length=gate_ExDxF.shape[0]).astype(jnp.int32)
+    sizes_E = jnp.bincount(ids_NxK.reshape(-1), length=experts["gate"].shape[0]).astype(jnp.int32)
+
+    def grouped(name, x_Mxi):
+        y = jax.lax.ragged_dot(x_Mxi, experts[name], sizes_E)
+        if name in lora:
+            a, b = lora[name]
+            low = jax.lax.ragged_dot(jax.lax.ragged_dot(x_Mxi.astype(a.dtype), a, sizes_E), b, sizes_E)
+            y = y + (scale * low).astype(y.dtype)
+        return y
+
     x_MxD = jnp.take(x_NxD, order_M // k, axis=0)
-    g_MxF = jax.lax.ragged_dot(x_MxD, gate_ExDxF, sizes_E)
-    u_MxF = jax.lax.ragged_dot(x_MxD, up_ExDxF, sizes_E)
-    y_MxD = jax.lax.ragged_dot(jax.nn.silu(g_MxF) * u_MxF, down_ExFxD, sizes_E)
+    y_MxD = grouped("down", jax.nn.silu(grouped("gate", x_MxD)) * grouped("up", x_MxD))
     # Unsort by the inverse permutation (a gather, not a scatter-add), then weigh each token's k rows.
     y_NxKxD = jnp.take(y_MxD, jnp.argsort(order_M), axis=0).reshape(n, k, d)
     return jnp.einsum("nkd,nk->nd", y_NxKxD, w_NxK)

@@ -156,3 +156,13 @@ def test_a_quantized_lora_base_is_refused_where_it_cannot_hold_the_projections()
     assert load_config(None, [*qwen, "model.moe_mlp_dim=32"]).model.moe_mlp_dim == 32
     with pytest.raises(MaxlmError, match=r"down take 40 \(model\.moe_mlp_dim\); pick a block that divides 40"):
         load_config(None, [*qwen, "model.moe_mlp_dim=40"])
+
+
+def test_adapters_on_an_moe_models_experts_take_no_dropout():
+    moe = ["model.family=mixtral", "model.num_experts=4", "model.experts_per_token=2", "model.router_renormalize=true", "lora.rank=4"]
+    assert load_config(None, [*moe, "lora.targets=[q,gate,up,down]"]).lora.targets == ["q", "gate", "up", "down"]
+    assert load_config(None, [*moe, "lora.targets=[q,v]", "lora.dropout=0.1"]).lora.dropout == 0.1  # attention only: dropout is fine
+    with pytest.raises(MaxlmError, match=r"lora\.dropout 0\.1: adapters on an MoE model's experts \(lora\.targets \['down'\]\) take no dropout"):
+        load_config(None, [*moe, "lora.targets=[q,down]", "lora.dropout=0.1"])
+    # a dense model's mlp takes dropout as before
+    assert load_config(None, ["lora.rank=4", "lora.targets=[q,down]", "lora.dropout=0.1"]).lora.dropout == 0.1

@@ -117,9 +117,31 @@ def test_an_nf4_base_sharded_over_fsdp_and_tensor_gives_the_one_device_logits(ad
 MOE = dataclasses.replace(MODEL, family="mixtral", num_experts=4, experts_per_token=2, router_renormalize=True)
 
 
+def test_an_moe_experts_adapters_give_the_merged_forward_and_train():
+    graphdef, shapes, names = params_lib.abstract(MOE, ALL)
+    moe = shapes["layers"]["moe"]
+    assert moe["gate_lora"]["a"].shape == (2, 4, 32, 4) and moe["down_lora"]["b"].shape == (2, 4, 4, 32)  # [L, E, in, r], [L, E, r, out]
+    assert tuple(names["layers"]["moe"]["up_lora"]["a"]) == ("layers", "expert", "embed", "lora_rank")
+    trainable, frozen = lora.split(params_lib.init(MOE, make_mesh(MeshConfig(data=-1, fsdp=1)), 0, ALL))
+    keys = iter(jax.random.split(jax.random.key(1), 64))
+    trainable = jax.tree.map(lambda x: 0.2 * jax.random.normal(next(keys), x.shape), trainable)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 12)))
+    run = lambda p, g: np.asarray(jax.jit(lambda p, t: params_lib.bind(g, p)(t))(p, tokens))
+    plain = params_lib.abstract(MOE)[0]
+    got = run(lora.join(trainable, frozen), graphdef)
+    np.testing.assert_allclose(got, run(lora.merged(lora.join(trainable, frozen), ALL), plain), rtol=0, atol=1e-5)
+    assert np.abs(got - run(frozen, plain)).max() > 0.1
+    # each expert's adapter gets its own gradient (experts no token reaches would get none; with 24 tokens, k=2, all are reached)
+    loss = lambda t: jnp.mean(params_lib.bind(graphdef, lora.join(t, frozen))(tokens) ** 2)
+    grads = jax.jit(jax.grad(loss))(trainable)["layers"]["moe"]
+    for name in ("gate", "up", "down"):
+        per_expert = np.abs(np.asarray(grads[f"{name}_lora"]["b"])).sum(axis=(0, 2, 3))
+        assert (per_expert > 0).all(), (name, per_expert)
+
+
 @pytest.mark.parametrize("base_dtype", ["int8", "nf4"])
 def test_an_moe_base_holds_its_experts_quantized_and_gives_the_merged_logits_on_1_and_8_devices(base_dtype):
-    cfg = LoraConfig(rank=4, alpha=8.0, targets=["q", "o"], base_dtype=base_dtype, nf4_block=16)
+    cfg = LoraConfig(rank=4, alpha=8.0, targets=["q", "o", "gate", "down"], base_dtype=base_dtype, nf4_block=16)
     graphdef, _, _ = params_lib.abstract(MOE, cfg)
     trainable, frozen = lora.split(params_lib.init(MOE, make_mesh(MeshConfig(data=-1, fsdp=1)), 0, dataclasses.replace(cfg, base_dtype="param_dtype")))
     trainable = jax.tree.map(lambda x: 0.2 * jax.random.normal(jax.random.key(1), x.shape), trainable)
@@ -147,5 +169,6 @@ def test_an_moe_base_holds_its_experts_quantized_and_gives_the_merged_logits_on_
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, expert=2))
     sharded = jax.device_put(params, params_lib.shardings(MOE, mesh, cfg))
     assert tuple(sharded["layers"]["moe"]["gate"].sharding.spec)[1:3] == ("expert", "fsdp")
+    assert tuple(sharded["layers"]["moe"]["gate_lora"]["a"].sharding.spec)[1:3] == ("expert", "fsdp")
     with jax.set_mesh(mesh):
         np.testing.assert_allclose(run(sharded, cfg), got, rtol=0, atol=1e-5)

@@ -258,7 +258,8 @@ def test_nf4_blocks_are_checked_against_the_init_from_model(base, tmp_path, shar
 
 
 def test_an_moe_run_on_an_nf4_base_exports_the_experts_it_trained_with(tmp_path, shared_data):
-    # Mixtral's experts are held as nf4 too (one matrix per expert); the merged export holds those same dequantized experts.
+    # Mixtral's experts are held as nf4 too (one matrix per expert) and two of them adapted; the merged export holds those same
+    # dequantized experts with their adapters merged in.
     sp = train_sentencepiece([(Path(os.__file__).parent / "os.py").read_text()], tmp_path / "sp.model", vocab_size=V, max_sentences=2000)
     torch.manual_seed(0)
     shape = {k: v for k, v in SHAPE.items() if k != "tie_word_embeddings"}
@@ -266,7 +267,8 @@ def test_an_moe_run_on_an_nf4_base_exports_the_experts_it_trained_with(tmp_path,
     transformers.MixtralForCausalLM(cfg).save_pretrained(tmp_path / "hf")
     (tmp_path / "hf" / "tokenizer.model").write_bytes(sp.read_bytes())
     base_run = import_hf(tmp_path / "hf", tmp_path / "base")
-    path = lora_config(tmp_path, base_run, shared_data, lora={"rank": 4, "alpha": 8.0, "targets": ["q", "o"], "base_dtype": "nf4", "nf4_block": 32},
+    path = lora_config(tmp_path, base_run, shared_data, lora={"rank": 4, "alpha": 8.0, "targets": ["q", "o", "gate", "down"], "base_dtype": "nf4",
+                                                              "nf4_block": 32},
                        train={"steps": 2, "global_batch_size": 8, "warmup_steps": 1, "log_every": 1, "learning_rate": 2e-2, "init_from": str(base_run)})
     train(load_config(path), log=lambda s: None)
     run = tmp_path / "run"
@@ -274,7 +276,39 @@ def test_an_moe_run_on_an_nf4_base_exports_the_experts_it_trained_with(tmp_path,
     whole = merged_step.read("layers/moe/down")
     np.testing.assert_array_equal(merged_step.read("layers/moe/down", (1, 2)), whole[1, 2])  # one expert, as export reads it
     assert np.abs(whole - StoredStep(base_run).read("layers/moe/down")).max() > 0  # the nf4 experts, not the float ones
+    assert np.abs(StoredStep(run).read("layers/moe/down_lora/b")).max(axis=(2, 3)).min() > 0  # every expert's adapter trained
     tokens = np.random.default_rng(0).integers(0, V, (2, 40))
     ours = lora_logits(run, tokens)
     plain = transformers.AutoModelForCausalLM.from_pretrained(export_hf(run, tmp_path / "merged", merge=True), dtype=torch.float32).eval()
-    assert np.abs(torch_logits(plain, tokens) - ours).max() <= 1e-4
+    diff = np.abs(torch_logits(plain, tokens) - ours).max()
+    print(f"nf4 Mixtral LoRA on q, o, gate, down: max |merged export's logits - maxlm's| {diff:.2e}")
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("targets", [TARGETS, ["up"]], ids=["all", "up-only"])
+def test_an_moe_runs_expert_adapters_load_in_peft_and_merge(tmp_path, shared_data, targets):
+    # PEFT adapts transformers 5's fused expert parameters (target_parameters): every projection (gate and up then share
+    # gate_up_proj's adapter, at rank 2r) or the experts' up alone (no target module at all).
+    sp = train_sentencepiece([(Path(os.__file__).parent / "os.py").read_text()], tmp_path / "sp.model", vocab_size=V, max_sentences=2000)
+    torch.manual_seed(0)
+    shape = {k: v for k, v in SHAPE.items() if k != "tie_word_embeddings"}
+    cfg = transformers.Qwen3MoeConfig(**shape, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=40, norm_topk_prob=True,
+                                      head_dim=16, tie_word_embeddings=False)
+    transformers.Qwen3MoeForCausalLM(cfg).save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.model").write_bytes(sp.read_bytes())
+    base_run = import_hf(tmp_path / "hf", tmp_path / "base")
+    path = lora_config(tmp_path, base_run, shared_data, lora={"rank": 4, "alpha": 8.0, "targets": targets},
+                       train={"steps": 2, "global_batch_size": 8, "warmup_steps": 1, "log_every": 1, "learning_rate": 2e-2, "init_from": str(base_run)})
+    train(load_config(path), log=lambda s: None)
+    run = tmp_path / "run"
+    tokens = np.random.default_rng(0).integers(0, V, (2, 40))
+    ours = lora_logits(run, tokens)
+    base_logits = torch_logits(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval(), tokens)
+    assert np.abs(ours - base_logits).max() > 1e-3  # the adapters moved the logits
+    out = export_hf(run, tmp_path / "peft")
+    adapted = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32), out).eval()
+    diff_peft = np.abs(torch_logits(adapted, tokens) - ours).max()
+    plain = transformers.AutoModelForCausalLM.from_pretrained(export_hf(run, tmp_path / "merged", merge=True), dtype=torch.float32).eval()
+    diff_merged = np.abs(torch_logits(plain, tokens) - ours).max()
+    print(f"MoE LoRA {targets}: max |logits - maxlm's|: peft {diff_peft:.2e}, merged export {diff_merged:.2e}; moved {np.abs(ours - base_logits).max():.2e}")
+    assert diff_peft <= 1e-4 and diff_merged <= 1e-4
