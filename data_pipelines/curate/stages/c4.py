@@ -4,14 +4,20 @@ The rules run as C4's own code runs them (TFDS c4_utils, which datatrove's C4Qua
 follows; tests/data_pipelines/curate/test_datatrove_parity.py holds the decisions equal), line
 by line: a line with a word over max_word_length goes, then Wikipedia citation marks ("[1]",
 "[edit]", "[citation needed]") are cut, then a line goes for no terminal mark (. ? ! " ') or an
-ending "...", then for fewer than three words (counted before the cut), then "lorem ipsum" or
+ending "...", then for fewer than min_words_per_line words (counted before the cut), then "lorem ipsum" or
 "{" in a line still standing removes the page, a line naming javascript or a policy phrase
 goes, and the sentences of the kept lines are counted with spaCy's sentencizer rule. So a "{"
 inside a line that was dropped anyway does not remove the page, although the paper says "We
 removed any page that contained a curly bracket": the code is what made C4.
 
-Deliberate difference: the kept text keeps its paragraph breaks (one blank line where blank
-lines were); datatrove joins the kept lines with single newlines. Decisions are the same.
+Deliberate differences:
+- The thresholds are C4's: "We discarded any page with fewer than 3 sentences and only retained
+  lines that contained at least 5 words" (section 2.2), as TFDS c4_utils has them
+  (`_MIN_WORDS_PER_LINE = 5`, `_MIN_NUM_SENTENCES = 3`). Datatrove's C4QualityFilter defaults swap
+  the two (min_num_sentences=5, min_words_per_line=3), which removes short complete answers of 3-4
+  sentences; at the same thresholds the decisions are datatrove's (the parity test runs both pairs).
+- The kept text keeps its paragraph breaks (one blank line where blank lines were); datatrove
+  joins the kept lines with single newlines. Decisions are the same.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ class C4Params:
     """C4 rules; defaults from Raffel et al. 2020 (T5), section 2.2, unless noted."""
 
     filter_no_terminal_punct: bool = True  # drop lines not ending in . ? ! " ' (or ending in "...")
-    min_words_per_line: int | None = 3  # drop shorter lines
-    min_sentences: int | None = 5  # then remove pages with fewer sentences
+    min_words_per_line: int | None = 5  # drop shorter lines (datatrove's default: 3)
+    min_sentences: int | None = 3  # then remove pages with fewer sentences (datatrove's default: 5)
     remove_citations: bool = True  # cut "[1]", "[edit]", "[citation needed]" from lines
     filter_lorem_ipsum: bool = True  # remove pages with a kept line containing "lorem ipsum"
     filter_curly_bracket: bool = True  # remove pages with a kept line containing "{" (code, not prose)

@@ -148,6 +148,12 @@ def test_c4_line_and_page_rules():
     assert run("c4", p, page + "\nvar x = {a: 1};")[0] is None
     assert run("c4", p, "Lorem ipsum dolor sit amet.\n" + page)[0] == "lorem_ipsum"
     assert run("c4", p, "One sentence only here.\nAnd a second one.")[0] == "too_few_sentences"
+    # C4's thresholds: 3 sentences make a page, a line needs 5 words; datatrove's defaults swap them
+    three = "The library opens at nine every morning. It closes at six in the evening. Members may borrow ten books."
+    assert run("c4", p, three)[0] is None
+    assert run("c4", C4Params(min_sentences=5, min_words_per_line=3), three)[0] == "too_few_sentences"
+    reason, doc, _ = run("c4", p, three + "\nOpen on Sundays too.")
+    assert reason is None and "Sundays" not in doc.text
     # FineWeb's setting: lines without terminal punctuation stay
     reason, doc, _ = run("c4", C4Params(filter_no_terminal_punct=False), page.replace("weekdays.", "weekdays"))
     assert reason is None and "on weekdays\n" in doc.text

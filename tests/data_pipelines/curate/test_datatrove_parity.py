@@ -25,13 +25,15 @@ from data_pipelines.curate.stats import StageStats  # noqa: E402
 
 MIN_AGREEMENT = 0.995
 # (stage, maxlm params, datatrove filter class, its arguments): the defaults, and the
-# variant configs/curation/english_web.yaml runs
+# variants configs/curation/english_web.yaml runs
 CASES = [
     ("gopher_repetition", {}, "GopherRepetitionFilter", {}),
     ("gopher_quality", {}, "GopherQualityFilter", {}),
     ("fineweb", {}, "FineWebQualityFilter", {}),
-    ("c4", {}, "C4QualityFilter", {}),
-    ("c4", {"filter_no_terminal_punct": False}, "C4QualityFilter", {"filter_no_terminal_punct": False}),
+    # C4's thresholds (maxlm's defaults) and datatrove's (its defaults, which swap them: stages/c4.py)
+    ("c4", {}, "C4QualityFilter", {"min_num_sentences": 3, "min_words_per_line": 5}),
+    ("c4", {"filter_no_terminal_punct": False, "min_sentences": 5, "min_words_per_line": 3}, "C4QualityFilter",
+     {"filter_no_terminal_punct": False}),
 ]
 # stage -> the corpus shapes of documents decided differently on purpose, and how many
 DELIBERATE: dict[str, dict[str, int]] = {}
