@@ -106,8 +106,15 @@ class Loop:
     step_evals: Sequence[StepEval] = ()
 
     def evaluates_at(self, step: int) -> bool:
-        """Returns whether a step evaluation runs after `step`: that step is then finished before the next is dispatched, on its own params."""
-        return any(e.due(step, self.run.cfg.train.steps) for e in self.step_evals)
+        """Returns whether an evaluation (held-out or a step evaluation) runs after `step`: that step is then finished
+        before the next is dispatched, so that it sees its own params."""
+        t = self.run.cfg.train
+        return self.evaluates_held_out(step) or any(e.due(step, t.steps) for e in self.step_evals)
+
+    def evaluates_held_out(self, step: int) -> bool:
+        """Returns whether the held-out evaluation (train.eval_every, and the last step) runs after `step`."""
+        t = self.run.cfg.train
+        return bool(t.eval_every and (step % t.eval_every == 0 or step == t.steps) and self.run.data.evaluate)
 
     def save(self, step: int) -> None:
         """Checkpoints `step`: params, optimizer state, config and the batches' position."""
@@ -138,7 +145,7 @@ class Loop:
         if p.step % t.log_every == 0 or last:
             lr = float(r.lr_at(p.step - 1))
             record = self.window.record(p.step, lr, self.flops_per_token, self.peak, int(r.data.train.skipped_records))
-        if t.eval_every and (p.step % t.eval_every == 0 or last) and r.data.evaluate:
+        if self.evaluates_held_out(p.step):
             record = (record or {}) | self.evaluate(p.step)
         due = [e for e in self.step_evals if e.due(p.step, t.steps)]
         if due:
@@ -195,7 +202,7 @@ def run_loop(loop: Loop, preemption: Preemption, log=print) -> None:
             if pending:
                 loop.finish(pending)
             pending = dispatched
-            if r.data.train.follows_params or loop.evaluates_at(step):  # a step evaluation sees this step's params
+            if r.data.train.follows_params or loop.evaluates_at(step):  # an evaluation sees this step's params
                 loop.finish(pending)
                 pending = None
             if step % cfg.checkpoint.interval_steps == 0:

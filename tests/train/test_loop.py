@@ -83,6 +83,23 @@ def test_tiny_run_learns_and_writes_everything(tmp_path, shared_data, tokenizer_
     assert result.samples and result.samples[0].startswith("ROMEO:")
 
 
+def test_an_evaluation_sees_the_params_of_its_own_step(tmp_path, shared_data, tokenizer_model):
+    from maxlm.config import load_config
+    from maxlm.train.run import train
+
+    # Step 2's held-out loss in a 3-step run (the loop has step 3 in flight by then) equals the last step's of a 2-step run.
+    base = tiny_config(tmp_path, shared_data, tokenizer_model, train={"schedule": "constant", "eval_every": 2, "eval_steps": 1},
+                       data={"eval_files": [str(shared_data / "pretrain" / "tinyshakespeare.txt")]})
+    evals = {}
+    for steps in (3, 2):
+        run = tmp_path / f"run{steps}"
+        train(load_config(base, [f"run_dir={run}", f"train.steps={steps}"]), log=lambda *_: None)
+        rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        evals[steps] = {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
+    assert {2, 3} <= set(evals[3]) and evals[3][2] != evals[3][3]
+    assert evals[3][2] == evals[2][2], evals
+
+
 def test_grad_accumulation_matches_one_big_batch(tmp_path, shared_data, tokenizer_model):
     from maxlm.config import load_config
     from maxlm.train.run import train
