@@ -102,6 +102,16 @@ def test_trackers_and_eval_harness_log_the_metrics_jsonl_records(tmp_path, share
         assert history == pytest.approx({s: m[key] for s, m in expected.items() if key in m}), key
     assert mlrun.data.params["train.eval_harness.every"] == "2" and mlrun.data.params["model.max_seq_len"] == "32"
 
+    # A resume logs on into the same tracker runs: MLflow's one run holds steps 1-4, W&B's offline run keeps its id.
+    ids = json.loads((run / "trackers.json").read_text())
+    assert cli_main(["train", str(path), "train.steps=4", "train.eval_harness.tasks=[]"]) == 0
+    assert json.loads((run / "trackers.json").read_text()) == ids
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("maxlm").experiment_id])
+    assert mlrun.info.run_id == ids["mlflow"] and mlrun.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(ids["mlflow"], "loss")) == [1, 2, 3, 4]
+    assert mlrun.data.params["train.steps"] == "3"  # MLflow params are immutable: the first invocation's stay
+    assert {p.name.split("-")[-1] for p in tmp_path.glob("wandb/offline-run-*")} == {ids["wandb"]}
+
     # The harness saw step 2's own params, not step 3's (already dispatched in a pipelined loop; no checkpoint at step 2
     # to finish it): the figures of the same run stopped at step 2 (a constant schedule: its steps 1-2 are the same).
     ref = tmp_path / "ref"
