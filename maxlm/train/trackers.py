@@ -108,17 +108,17 @@ class MlflowTracker:
             experiment = self._client.get_experiment_by_name(name)
             experiment_id = experiment.experiment_id if experiment else self._client.create_experiment(name)
             run_id = self._client.create_run(experiment_id, run_name=Path(run_dir).name).info.run_id
-        self.run_id = self._run_id = run_id
+        self.run_id = run_id
         params = [Param(k, v[:MLFLOW_PARAM_CHARS]) for k, v in flat_params(config).items() if k not in held]
         for start in range(0, len(params), 100):  # MLflow's batch limit for params
-            self._client.log_batch(self._run_id, params=params[start : start + 100])
+            self._client.log_batch(self.run_id, params=params[start : start + 100])
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        self._client.log_batch(self._run_id, metrics=[self._metric(k, v, now, step) for k, v in metrics.items()])
+        self._client.log_batch(self.run_id, metrics=[self._metric(k, v, now, step) for k, v in metrics.items()])
 
     def close(self) -> None:
-        self._client.set_terminated(self._run_id)
+        self._client.set_terminated(self.run_id)
 
 
 def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
